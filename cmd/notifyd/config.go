@@ -1,0 +1,173 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/user"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/notifyd/notifyd/protocol"
+	"github.com/notifyd/notifyd/registry"
+)
+
+// config is notifyd's validated configuration.
+type config struct {
+	socket       string
+	socketMode   os.FileMode
+	socketGID    int // -1: leave the group alone
+	bind         string
+	require      int
+	dir          string
+	filename     string
+	logLevel     slog.Level
+	access       registry.Access
+	detection    registry.Detection
+	reapInterval time.Duration
+	watchdogUSec uint64
+}
+
+// errHelp is returned for --help, after the usage has been printed.
+var errHelp = flag.ErrHelp
+
+// usageError is a mistake on the command line; notifyd exits 2 for it.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+// parseConfig reads flags from args and their NOTIFYD_* twins from the
+// environment; a flag wins over its variable. Every error is one line naming
+// the flag (or variable), the value and what is allowed.
+func parseConfig(args []string, stdout io.Writer) (config, error) {
+	fs := flag.NewFlagSet("notifyd", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	v := map[string]*string{}
+	def := func(name, value, usage string) { v[name] = fs.String(name, value, usage) }
+	def("socket", protocol.DefaultSocketPath(), "datagram socket workers notify; @name for an abstract socket")
+	def("socket-mode", "0660", "permissions of the socket file, in octal")
+	def("socket-group", "", "group of the socket file, by name or number (default: notifyd's group)")
+	def("bind", "127.0.0.1:8001", "address of the HTTP health check")
+	def("require", "1", "workers that must be ready for the health check to answer 200")
+	def("dir", protocol.RuntimeDirectory(), "directory of the state files")
+	def("filename", ".gunicorn.worker.{}", "state file name; {} stands for the pid")
+	def("log-level", "info", "debug, info, warn or error")
+	def("access", "same-uid", "who may name which pid: same-uid, root or all")
+	def("exit-detection", "auto", "how worker exits are seen: auto, pidfd or sweep")
+	def("reap-interval", "1s", "sweep interval, used only when exits are found by sweeping")
+	def("watchdog-usec", "0", "heartbeat deadline in µs for workers that declare none; 0 is off")
+
+	// Environment first, so that flags parsed after it win.
+	fromEnv := map[string]bool{}
+	fs.VisitAll(func(f *flag.Flag) {
+		if val, ok := os.LookupEnv(envName(f.Name)); ok {
+			f.Value.Set(val)
+			fromEnv[f.Name] = true
+		}
+	})
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(fs, stdout)
+			return config{}, errHelp
+		}
+		return config{}, &usageError{err.Error() + " (see notifyd --help)"}
+	}
+	if fs.NArg() > 0 {
+		return config{}, &usageError{fmt.Sprintf("unexpected argument %q: notifyd takes only flags (see notifyd --help)", fs.Arg(0))}
+	}
+	fromFlag := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { fromFlag[f.Name] = true })
+	bad := func(name, msg string) error {
+		where := "--" + name
+		if fromEnv[name] && !fromFlag[name] {
+			where = envName(name)
+		}
+		return &usageError{fmt.Sprintf("%s %q: %s", where, *v[name], msg)}
+	}
+
+	var c config
+	var err error
+	c.socket = *v["socket"]
+	if c.socket == "" || c.socket == "@" {
+		return c, bad("socket", "must be a path, or @name for an abstract socket")
+	}
+	mode, err := strconv.ParseUint(*v["socket-mode"], 8, 32)
+	if err != nil || mode > 0o777 {
+		return c, bad("socket-mode", "must be octal permissions such as 0660")
+	}
+	c.socketMode = os.FileMode(mode)
+	if c.socketGID, err = lookupGroup(*v["socket-group"]); err != nil {
+		return c, bad("socket-group", err.Error())
+	}
+	c.bind = *v["bind"]
+	if _, _, err := net.SplitHostPort(c.bind); err != nil {
+		return c, bad("bind", "must be host:port, such as 127.0.0.1:8001 or [::1]:8001")
+	}
+	if c.require, err = strconv.Atoi(*v["require"]); err != nil || c.require < 0 {
+		return c, bad("require", "must be a whole number, 0 or more")
+	}
+	if c.dir = *v["dir"]; c.dir == "" {
+		return c, bad("dir", "must name a directory")
+	}
+	c.filename = *v["filename"]
+	if err := registry.ValidateFilename(c.filename); err != nil {
+		return c, bad("filename", err.Error())
+	}
+	if err := c.logLevel.UnmarshalText([]byte(*v["log-level"])); err != nil {
+		return c, bad("log-level", "must be debug, info, warn or error")
+	}
+	if c.access, err = registry.ParseAccess(*v["access"]); err != nil {
+		return c, bad("access", err.Error())
+	}
+	if c.detection, err = registry.ParseDetection(*v["exit-detection"]); err != nil {
+		return c, bad("exit-detection", err.Error())
+	}
+	if c.reapInterval, err = time.ParseDuration(*v["reap-interval"]); err != nil || c.reapInterval <= 0 {
+		return c, bad("reap-interval", "must be a positive duration such as 1s or 250ms")
+	}
+	if c.watchdogUSec, err = strconv.ParseUint(*v["watchdog-usec"], 10, 64); err != nil {
+		return c, bad("watchdog-usec", "must be a whole number of microseconds, 0 for off")
+	}
+	return c, nil
+}
+
+// envName is a flag's environment twin: --socket-mode is NOTIFYD_SOCKET_MODE.
+func envName(flagName string) string {
+	return "NOTIFYD_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+func lookupGroup(name string) (int, error) {
+	if name == "" {
+		return -1, nil
+	}
+	if gid, err := strconv.Atoi(name); err == nil && gid >= 0 {
+		return gid, nil
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return -1, errors.New("no such group")
+	}
+	return strconv.Atoi(g.Gid)
+}
+
+func printUsage(fs *flag.FlagSet, w io.Writer) {
+	fmt.Fprint(w, `notifyd: a health check for pre-fork servers that their own workers cannot block
+
+Workers send sd_notify messages (READY=1, STOPPING=1, ...) to notifyd's socket;
+notifyd answers HTTP with 200 while at least --require of them are ready.
+
+Usage: notifyd [flags]
+
+Every flag has an environment twin: --require is NOTIFYD_REQUIRE. A flag wins
+over its variable.
+
+`)
+	fs.VisitAll(func(f *flag.Flag) {
+		fmt.Fprintf(w, "  --%-15s %s (default %q)\n", f.Name, f.Usage, f.DefValue)
+	})
+}

@@ -1,0 +1,35 @@
+"""Example gunicorn config that reports its workers to notifyd.
+
+From the repository root:
+
+    NOTIFYD_SOCKET=/run/notifyd/notify.sock \\
+        gunicorn --chdir contrib/gunicorn --config gunicorn.conf.py app:app
+
+gunicorn changes to --chdir before it reads --config, so a relative --config
+path is taken from the --chdir directory.
+"""
+
+import os
+import sys
+
+# notifyd_gunicorn.py sits next to this file; an installed copy works as well.
+_here = os.path.dirname(os.path.abspath(__file__))
+if _here not in sys.path:
+    sys.path.insert(0, _here)
+
+import notifyd_gunicorn  # noqa: E402
+
+bind = '127.0.0.1:8000'
+workers = 2
+
+
+# Hooks of your own go before install(), which chains after them.
+def post_worker_init(worker):
+    worker.log.info('worker %s initialised', worker.pid)
+
+
+# The same variable tells notifyd where to listen (--socket's twin), so one
+# setting in the environment configures both sides.
+notifyd_socket = os.environ.get('NOTIFYD_SOCKET', '/run/notifyd/notify.sock')
+
+notifyd_gunicorn.install(globals())

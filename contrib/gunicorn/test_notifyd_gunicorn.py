@@ -1,0 +1,494 @@
+"""Tests for notifyd_gunicorn, against real Unix datagram sockets.
+
+Run from the repository root:
+
+    python3 -m unittest discover -s contrib/gunicorn
+"""
+
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import unittest
+import urllib.request
+from unittest import mock
+
+import notifyd_gunicorn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# WORKER_PID is what the fake worker claims to be. It differs from our own
+# pid, so the tests can tell PID= (the worker) from the credentials (us).
+WORKER_PID = 4321
+
+# GUARD bounds every wait for a datagram, so a broken hook fails a test
+# instead of hanging it. No test depends on how long anything takes.
+GUARD = 30.0
+
+CREDENTIALS = struct.calcsize('3i')
+OUR_CREDENTIALS = (os.getpid(), os.getuid(), os.getgid())
+
+
+class Receiver:
+    """A bound datagram socket with SO_PASSCRED: notifyd's side of the wire."""
+
+    def __init__(self, address, passcred=True):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if passcred:
+            self.pass_credentials()
+        self.sock.bind(address)
+
+    def pass_credentials(self):
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+
+    def close(self):
+        self.sock.close()
+
+    def receive(self, timeout=GUARD):
+        """Return (data, (pid, uid, gid)) of the next datagram.
+
+        The credentials are None when the datagram carried none.
+        """
+        self.sock.settimeout(timeout)
+        data, ancillary, _, _ = self.sock.recvmsg(
+            4096, socket.CMSG_SPACE(CREDENTIALS))
+        credentials = None
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                credentials = struct.unpack('3i', payload[:CREDENTIALS])
+        return data, credentials
+
+    def pending(self):
+        """Return the data of every queued datagram, without waiting."""
+        self.sock.setblocking(False)
+        found = []
+        while True:
+            try:
+                found.append(self.sock.recv(4096))
+            except BlockingIOError:
+                return found
+
+
+class FakeLog:
+    """Records warnings the way gunicorn's logger is called."""
+
+    def __init__(self):
+        self.warnings = []
+
+    def warning(self, msg, *args):
+        self.warnings.append(msg % args)
+
+
+class FakeWorker:
+    def __init__(self, pid=WORKER_PID, log=None):
+        self.pid = pid
+        self.log = log if log is not None else FakeLog()
+
+
+class FakeServer:
+    def __init__(self):
+        self.log = FakeLog()
+
+
+def call(ns, name, worker, server=None):
+    """Call hook name from ns with the arguments gunicorn gives it."""
+    if name == 'post_worker_init':
+        return ns[name](worker)
+    return ns[name](server or FakeServer(), worker)
+
+
+EXIT_HOOKS = ('worker_exit', 'child_exit')
+ALL_HOOKS = ('post_worker_init',) + EXIT_HOOKS
+READY = b'READY=1\nPID=4321'
+MESSAGES = {
+    'post_worker_init': READY,
+    'worker_exit': b'STOPPING=1\nPID=4321',
+    'child_exit': b'STOPPING=1\nPID=4321',
+}
+
+STRING_HOOK_CALLS = []
+
+
+def string_hook(worker):
+    STRING_HOOK_CALLS.append(worker.pid)
+
+
+class SocketTestCase(unittest.TestCase):
+    """Gives each test a short temporary directory and a clean environment."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix='nd')
+        self.addCleanup(shutil.rmtree, self.dir)
+        env = mock.patch.dict(os.environ)
+        env.start()
+        self.addCleanup(env.stop)
+        for name in ('NOTIFYD_SOCKET', 'RUNTIME_DIRECTORY', 'NOTIFY_SOCKET'):
+            os.environ.pop(name, None)
+        self.addCleanup(os.chdir, os.getcwd())
+
+    def receiver(self, address, passcred=True):
+        receiver = Receiver(address, passcred)
+        self.addCleanup(receiver.close)
+        return receiver
+
+
+class HookTest(SocketTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.path = os.path.join(self.dir, 'notify.sock')
+        self.notifyd = self.receiver(self.path)
+        self.ns = {'notifyd_socket': self.path}
+
+    def test_hooks_send_message_with_our_credentials(self):
+        notifyd_gunicorn.install(self.ns)
+        for name in ALL_HOOKS:
+            with self.subTest(hook=name):
+                worker, server = FakeWorker(), FakeServer()
+                self.assertIsNone(call(self.ns, name, worker, server))
+                data, credentials = self.notifyd.receive()
+                self.assertEqual(data, MESSAGES[name])
+                self.assertEqual(credentials, OUR_CREDENTIALS)
+                self.assertEqual(self.notifyd.pending(), [])
+                self.assertEqual(worker.log.warnings, [])
+                self.assertEqual(server.log.warnings, [])
+
+    def test_credentials_survive_late_so_passcred(self):
+        # As under socket activation: SO_PASSCRED is set only after the
+        # datagram was queued, so the kernel attached no credentials of its
+        # own and only the ones the hook attached can arrive.
+        path = os.path.join(self.dir, 'activated.sock')
+        notifyd = self.receiver(path, passcred=False)
+        ns = {'notifyd_socket': path}
+        notifyd_gunicorn.install(ns)
+        call(ns, 'post_worker_init', FakeWorker())
+        notifyd.pass_credentials()
+        data, credentials = notifyd.receive()
+        self.assertEqual(data, READY)
+        self.assertEqual(credentials, OUR_CREDENTIALS)
+
+    def test_install_adds_only_the_three_hooks(self):
+        notifyd_gunicorn.install(self.ns)
+        self.assertEqual(sorted(self.ns),
+                         sorted(('notifyd_socket',) + ALL_HOOKS))
+
+    def test_user_hook_runs_first_and_once(self):
+        for name in ALL_HOOKS:
+            with self.subTest(hook=name):
+                calls = []
+
+                def user_hook(*args):
+                    # Nothing may have been sent yet when the user's hook runs.
+                    calls.append(self.notifyd.pending())
+
+                self.ns[name] = user_hook
+                notifyd_gunicorn.install(self.ns)
+                call(self.ns, name, FakeWorker())
+                self.assertEqual(calls, [[]])
+                self.assertEqual(self.notifyd.pending(), [MESSAGES[name]])
+
+    def test_install_twice_wraps_once(self):
+        calls = []
+        self.ns['post_worker_init'] = lambda worker: calls.append(worker.pid)
+        notifyd_gunicorn.install(self.ns)
+        first = dict(self.ns)
+        notifyd_gunicorn.install(self.ns)
+        for name in ALL_HOOKS:
+            self.assertIs(self.ns[name], first[name], name)
+        call(self.ns, 'post_worker_init', FakeWorker())
+        self.assertEqual(calls, [WORKER_PID])
+        self.assertEqual(self.notifyd.pending(), [READY])
+
+    def test_hook_defined_after_install_is_wrapped_by_next_install(self):
+        notifyd_gunicorn.install(self.ns)
+        calls = []
+        self.ns['post_worker_init'] = lambda worker: calls.append(worker.pid)
+        notifyd_gunicorn.install(self.ns)
+        call(self.ns, 'post_worker_init', FakeWorker())
+        self.assertEqual(calls, [WORKER_PID])
+        self.assertEqual(self.notifyd.pending(), [READY])
+
+    def test_user_hook_given_as_module_path(self):
+        del STRING_HOOK_CALLS[:]
+        self.ns['post_worker_init'] = __name__ + '.string_hook'
+        notifyd_gunicorn.install(self.ns)
+        call(self.ns, 'post_worker_init', FakeWorker())
+        self.assertEqual(STRING_HOOK_CALLS, [WORKER_PID])
+        self.assertEqual(self.notifyd.pending(), [READY])
+
+    def test_user_hook_that_is_not_callable_is_refused(self):
+        self.ns['worker_exit'] = 42
+        with self.assertRaisesRegex(TypeError, 'worker_exit'):
+            notifyd_gunicorn.install(self.ns)
+
+    def test_user_post_worker_init_raising_propagates_without_ready(self):
+        def user_hook(worker):
+            raise RuntimeError('user hook failed')
+
+        self.ns['post_worker_init'] = user_hook
+        notifyd_gunicorn.install(self.ns)
+        worker = FakeWorker()
+        with self.assertRaisesRegex(RuntimeError, 'user hook failed'):
+            call(self.ns, 'post_worker_init', worker)
+        self.assertEqual(self.notifyd.pending(), [])
+        self.assertEqual(worker.log.warnings, [])
+
+    def test_exit_hooks_send_stopping_when_user_hook_raises(self):
+        for name in EXIT_HOOKS:
+            with self.subTest(hook=name):
+                def user_hook(server, worker):
+                    raise RuntimeError('user hook failed')
+
+                self.ns[name] = user_hook
+                notifyd_gunicorn.install(self.ns)
+                with self.assertRaisesRegex(RuntimeError, 'user hook failed'):
+                    call(self.ns, name, FakeWorker())
+                self.assertEqual(self.notifyd.pending(), [MESSAGES[name]])
+
+    @unittest.skipUnless(importlib.util.find_spec('gunicorn'),
+                         'gunicorn is not installed')
+    def test_gunicorn_accepts_the_hooks(self):
+        from gunicorn.config import Config
+
+        notifyd_gunicorn.install(self.ns)
+        config = Config()
+        for name in ALL_HOOKS:
+            config.set(name, self.ns[name])
+            self.assertIs(getattr(config, name), self.ns[name])
+
+
+class NotifydDownTest(SocketTestCase):
+
+    def test_hooks_log_one_warning_and_return(self):
+        missing = os.path.join(self.dir, 'missing', 'notify.sock')
+        stale = os.path.join(self.dir, 'stale.sock')
+        Receiver(stale).close()  # leaves a socket file nobody listens on
+        cases = [
+            ('missing path', missing, '[Errno 2] No such file or directory'),
+            ('no listener', stale, '[Errno 111] Connection refused'),
+        ]
+        for case, path, error in cases:
+            for name in ALL_HOOKS:
+                with self.subTest(case=case, hook=name):
+                    ns = {'notifyd_socket': path}
+                    notifyd_gunicorn.install(ns)
+                    worker, server = FakeWorker(), FakeServer()
+                    self.assertIsNone(call(ns, name, worker, server))
+                    log = server.log if name in EXIT_HOOKS else worker.log
+                    state = MESSAGES[name].split(b'\n')[0].decode()
+                    self.assertEqual(log.warnings, [
+                        'notifyd: could not send %s for pid 4321 to %s: %s'
+                        % (state, path, error)])
+
+    def test_full_queue_times_out_with_a_warning(self):
+        path = os.path.join(self.dir, 'notify.sock')
+        notifyd = self.receiver(path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as flood:
+            flood.connect(path)
+            flood.setblocking(False)
+            sent = 0
+            while True:
+                try:
+                    flood.send(b'WATCHDOG=1')
+                except BlockingIOError:
+                    break
+                sent += 1
+        ns = {'notifyd_socket': path}
+        notifyd_gunicorn.install(ns)
+        worker = FakeWorker()
+        self.assertIsNone(call(ns, 'post_worker_init', worker))
+        self.assertEqual(worker.log.warnings, [
+            'notifyd: could not send READY=1 for pid 4321 to %s: timed out'
+            % path])
+        self.assertEqual(notifyd.pending(), [b'WATCHDOG=1'] * sent)
+
+    def test_without_gunicorn_log_warns_through_logging(self):
+        ns = {'notifyd_socket': os.path.join(self.dir, 'missing.sock')}
+        notifyd_gunicorn.install(ns)
+        worker = FakeWorker()
+        del worker.log
+        with self.assertLogs('notifyd_gunicorn', logging.WARNING) as logs:
+            self.assertIsNone(call(ns, 'post_worker_init', worker))
+        self.assertEqual(len(logs.records), 1)
+        self.assertIn('could not send READY=1 for pid 4321',
+                      logs.records[0].getMessage())
+
+
+class SocketResolutionTest(SocketTestCase):
+
+    def test_resolution_order(self):
+        def at(*parts):
+            return os.path.join(self.dir, *parts)
+
+        os.mkdir(at('run'))
+        os.mkdir(at('run2'))
+        os.mkdir(at('cwd'))
+        receivers = {
+            'ns': at('ns.sock'),
+            'env': at('env.sock'),
+            'runtime': at('run', 'notify.sock'),
+            'runtime2': at('run2', 'notify.sock'),
+            'default': at('cwd', 'notify.sock'),
+            'relative': at('cwd', 'relative.sock'),
+            'systemd': at('systemd.sock'),
+        }
+        receivers = {k: self.receiver(v) for k, v in receivers.items()}
+        everything = {
+            'NOTIFYD_SOCKET': at('env.sock'),
+            'RUNTIME_DIRECTORY': at('run'),
+            'NOTIFY_SOCKET': at('systemd.sock'),
+        }
+        cases = [
+            ('notifyd_socket wins', {'notifyd_socket': at('ns.sock')},
+             everything, 'ns', at('ns.sock')),
+            ('empty notifyd_socket is unset', {'notifyd_socket': ''},
+             everything, 'env', at('env.sock')),
+            ('NOTIFYD_SOCKET', {}, everything, 'env', at('env.sock')),
+            ('RUNTIME_DIRECTORY', {},
+             {'RUNTIME_DIRECTORY': at('run'),
+              'NOTIFY_SOCKET': at('systemd.sock')},
+             'runtime', at('run', 'notify.sock')),
+            ('first of several RUNTIME_DIRECTORY', {},
+             {'RUNTIME_DIRECTORY': at('run2') + ':' + at('run')},
+             'runtime2', at('run2', 'notify.sock')),
+            ('default never uses NOTIFY_SOCKET', {},
+             {'NOTIFY_SOCKET': at('systemd.sock')},
+             'default', at('cwd', 'notify.sock')),
+            ('relative path is absolute from install time',
+             {'notifyd_socket': 'relative.sock'}, {},
+             'relative', at('cwd', 'relative.sock')),
+        ]
+        for case, ns, env, want, address in cases:
+            with self.subTest(case=case):
+                os.chdir(at('cwd'))
+                with mock.patch.dict(os.environ, env):
+                    self.assertEqual(notifyd_gunicorn.resolve_socket(ns),
+                                     address)
+                    notifyd_gunicorn.install(ns)
+                os.chdir(self.dir)  # the hook must not depend on the cwd
+                worker = FakeWorker()
+                call(ns, 'post_worker_init', worker)
+                self.assertEqual(worker.log.warnings, [])
+                for name, receiver in receivers.items():
+                    got = receiver.pending()
+                    if name == want:
+                        self.assertEqual(got, [READY])
+                    else:
+                        self.assertEqual(got, [], name)
+
+    def test_abstract_socket(self):
+        name = 'nd-test-%d-%s' % (os.getpid(), os.path.basename(self.dir))
+        notifyd = self.receiver('\0' + name)
+        ns = {'notifyd_socket': '@' + name}
+        self.assertEqual(notifyd_gunicorn.resolve_socket(ns), '@' + name)
+        notifyd_gunicorn.install(ns)
+        worker = FakeWorker()
+        call(ns, 'post_worker_init', worker)
+        data, credentials = notifyd.receive()
+        self.assertEqual(data, READY)
+        self.assertEqual(credentials, OUR_CREDENTIALS)
+        self.assertEqual(worker.log.warnings, [])
+
+
+@unittest.skipUnless(importlib.util.find_spec('gunicorn'),
+                     'gunicorn is not installed')
+class GunicornTest(SocketTestCase):
+    """Runs real gunicorn with the example config and app."""
+
+    def start_gunicorn(self, path):
+        log = open(os.path.join(self.dir, 'gunicorn.log'), 'w+')
+        self.addCleanup(log.close)
+        env = dict(os.environ, NOTIFYD_SOCKET=path)
+        proc = subprocess.Popen(
+            [sys.executable, '-m', 'gunicorn',
+             '--config', os.path.join(HERE, 'gunicorn.conf.py'),
+             '--chdir', HERE, '--bind', '127.0.0.1:0', 'app:app'],
+            env=env, stdout=log, stderr=subprocess.STDOUT)
+
+        def stop():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+        self.addCleanup(stop)
+
+        def show_log():
+            log.seek(0)
+            return log.read()
+
+        return proc, show_log
+
+    def collect(self, notifyd, done, show_log):
+        """Receive datagrams until done(datagrams) is true."""
+        datagrams = []
+        while not done(datagrams):
+            try:
+                datagrams.append(notifyd.receive())
+            except socket.timeout:
+                self.fail('datagrams so far: %r\ngunicorn log:\n%s'
+                          % (datagrams, show_log()))
+        return datagrams
+
+    def test_workers_report_ready_and_stopping(self):
+        path = os.path.join(self.dir, 'notify.sock')
+        notifyd = self.receiver(path)
+        proc, show_log = self.start_gunicorn(path)
+        master = proc.pid
+
+        def ready(datagrams):
+            return {c[0] for d, c in datagrams if d.startswith(b'READY=1\n')}
+
+        def stopped_by_master(datagrams):
+            return {int(d.split(b'PID=')[1]) for d, c in datagrams
+                    if d.startswith(b'STOPPING=1\n') and c[0] == master}
+
+        first = self.collect(notifyd, lambda d: len(ready(d)) == 2, show_log)
+        self.assertEqual(len(first), 2, first)
+        for data, credentials in first:
+            self.assertEqual(data, b'READY=1\nPID=%d' % credentials[0])
+            self.assertEqual(parent_of(credentials[0]), master)
+        old = ready(first)
+
+        listening = re.search(r'Listening at: (http://[\d.:]+)', show_log())
+        self.assertIsNotNone(listening, show_log())
+        url = listening.group(1) + '/'
+        with urllib.request.urlopen(url, timeout=GUARD) as answer:
+            self.assertEqual(answer.read(), b'hello\n')
+
+        # A reload replaces both workers and keeps the master.
+        proc.send_signal(signal.SIGHUP)
+        reload = self.collect(
+            notifyd,
+            lambda d: len(ready(d)) == 2 and stopped_by_master(d) == old,
+            show_log)
+        new = ready(reload)
+        self.assertEqual(new & old, set())
+        for pid in new:
+            self.assertEqual(parent_of(pid), master)
+
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(proc.wait(GUARD), 0, show_log())
+        rest = notifyd.pending()
+        stopping = sorted(rest)
+        self.assertEqual(
+            stopping, sorted([b'STOPPING=1\nPID=%d' % pid for pid in new] * 2),
+            show_log())
+        self.assertNotIn('Traceback', show_log())
+
+
+def parent_of(pid):
+    with open('/proc/%d/stat' % pid) as f:
+        stat = f.read()
+    # The command name may hold spaces; the fields after it do not.
+    return int(stat.rpartition(')')[2].split()[1])
+
+
+if __name__ == '__main__':
+    unittest.main()

@@ -1,0 +1,368 @@
+package protocol
+
+import (
+	"bytes"
+	"fmt"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+)
+
+// MaxDatagramSize is the largest datagram notifyd reads, in bytes. It is
+// systemd's NOTIFY_BUFFER_MAX, so any message systemd accepts fits.
+const MaxDatagramSize = 4096
+
+// MaxPID is the largest pid Linux can hand out (PID_MAX_LIMIT on 64-bit).
+const MaxPID = 1 << 22
+
+// Lifecycle is what a message says about its worker's life.
+type Lifecycle uint8
+
+// The lifecycle keys. NoLifecycle means the message carried none of them.
+const (
+	NoLifecycle Lifecycle = iota
+	Ready                 // READY=1
+	Reloading             // RELOADING=1
+	Stopping              // STOPPING=1
+)
+
+func (l Lifecycle) String() string {
+	switch l {
+	case Ready:
+		return "READY=1"
+	case Reloading:
+		return "RELOADING=1"
+	case Stopping:
+		return "STOPPING=1"
+	}
+	return "none"
+}
+
+// Message is one parsed notification. The zero value is an empty message.
+type Message struct {
+	Lifecycle Lifecycle
+
+	// PID is the pid the message is about, from PID= or MAINPID=. Zero means
+	// the sender's own pid.
+	PID int
+
+	// Status is the STATUS= text, or nil when the message did not set it.
+	Status *string
+
+	// Watchdog is true for a WATCHDOG=1 heartbeat.
+	Watchdog bool
+
+	// WatchdogUSec is the heartbeat deadline from WATCHDOG_USEC=, or zero.
+	WatchdogUSec uint64
+
+	// Failed is true when the worker declared itself failed with
+	// WATCHDOG=trigger or ERRNO=. Errno holds the ERRNO= value, if any.
+	Failed bool
+	Errno  int
+
+	// Barrier is true for BARRIER=1. Such a message carries nothing else.
+	Barrier bool
+}
+
+// The keys notifyd acts on. Their order is the order Encode writes them in.
+const (
+	keyReady = iota
+	keyReloading
+	keyStopping
+	keyStatus
+	keyPID
+	keyMainPID
+	keyWatchdog
+	keyWatchdogUSec
+	keyErrno
+	keyBarrier
+	numKeys
+)
+
+var keyNames = [numKeys]string{
+	keyReady:        "READY",
+	keyReloading:    "RELOADING",
+	keyStopping:     "STOPPING",
+	keyStatus:       "STATUS",
+	keyPID:          "PID",
+	keyMainPID:      "MAINPID",
+	keyWatchdog:     "WATCHDOG",
+	keyWatchdogUSec: "WATCHDOG_USEC",
+	keyErrno:        "ERRNO",
+	keyBarrier:      "BARRIER",
+}
+
+func lookupKey(name string) int {
+	for i, k := range keyNames {
+		if k == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// Parse parses one datagram. It returns a *Rejection-wrapping error that says
+// what was wrong when the datagram must be rejected whole.
+func Parse(b []byte) (Message, error) {
+	if len(b) > MaxDatagramSize {
+		return Message{}, fmt.Errorf("%w (got %d)", ErrTooLarge, len(b))
+	}
+	if n := len(b); n > 0 && b[n-1] == 0 {
+		b = b[:n-1]
+	}
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		return Message{}, fmt.Errorf("%w (at offset %d)", ErrNUL, i)
+	}
+	var p parser
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if err := p.line(line); err != nil {
+			return Message{}, err
+		}
+	}
+	return p.message()
+}
+
+// parser collects the values of the known keys of one message.
+type parser struct {
+	values [numKeys]string
+	seen   [numKeys]bool
+	keys   int // assignments of known keys
+}
+
+// line splits one line into assignments. A line holds one assignment, or
+// several separated by spaces (the one-line form). A space-separated word
+// without "=" continues the value before it, and STATUS= takes the rest of
+// the line.
+func (p *parser) line(line string) error {
+	key, valStart, valEnd := "", 0, 0
+	flush := func() error {
+		if key == "" {
+			return nil
+		}
+		return p.assign(key, line[valStart:valEnd])
+	}
+	for i := 0; i < len(line); {
+		if line[i] == ' ' {
+			i++
+			continue
+		}
+		end := strings.IndexByte(line[i:], ' ')
+		if end < 0 {
+			end = len(line)
+		} else {
+			end += i
+		}
+		name, _, ok := strings.Cut(line[i:end], "=")
+		switch {
+		case ok && isKeyName(name):
+			if err := flush(); err != nil {
+				return err
+			}
+			key, valStart, valEnd = name, i+len(name)+1, end
+			if name == "STATUS" {
+				valEnd = len(line)
+				end = len(line)
+			}
+		case key != "":
+			valEnd = end
+		default:
+			return fmt.Errorf("%w: %q", ErrMalformed, line)
+		}
+		i = end
+	}
+	return flush()
+}
+
+func isKeyName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func (p *parser) assign(name, value string) error {
+	k := lookupKey(name)
+	if k < 0 {
+		return nil // unknown keys are ignored, as systemd ignores them
+	}
+	if p.seen[k] {
+		if p.values[k] != value {
+			return fmt.Errorf("%w: %s=%q and %s=%q", ErrConflict, name, p.values[k], name, value)
+		}
+		return nil
+	}
+	p.seen[k], p.values[k] = true, value
+	p.keys++
+	return nil
+}
+
+func (p *parser) message() (Message, error) {
+	var m Message
+	lifecycles := 0
+	for k := range numKeys {
+		if !p.seen[k] {
+			continue
+		}
+		v := p.values[k]
+		var err error
+		switch k {
+		case keyReady, keyReloading, keyStopping, keyBarrier:
+			err = wantOne(k, v)
+			lifecycles++
+		case keyStatus:
+			err = checkStatus(v)
+			m.Status = &v
+		case keyPID, keyMainPID:
+			var pid int
+			pid, err = ParsePID(v)
+			if err == nil && m.PID != 0 && m.PID != pid {
+				err = fmt.Errorf("%w: PID=%d and MAINPID=%d", ErrConflict, m.PID, pid)
+			}
+			m.PID = pid
+		case keyWatchdog:
+			switch v {
+			case "1":
+				m.Watchdog = true
+			case "trigger":
+				m.Failed = true
+			default:
+				err = fmt.Errorf(`%w: WATCHDOG=%q, want "1" or "trigger"`, ErrBadValue, v)
+			}
+		case keyWatchdogUSec:
+			m.WatchdogUSec, err = strconv.ParseUint(v, 10, 64)
+			if err != nil || m.WatchdogUSec == 0 || !isDigits(v) {
+				err = fmt.Errorf("%w: WATCHDOG_USEC=%q, want a positive number of microseconds", ErrBadValue, v)
+			}
+		case keyErrno:
+			var n int64
+			n, err = strconv.ParseInt(v, 10, 32)
+			if err != nil || n < 0 || !isDigits(v) {
+				err = fmt.Errorf("%w: ERRNO=%q, want a non-negative error number", ErrBadValue, v)
+			}
+			m.Failed, m.Errno = true, int(n)
+		}
+		if err != nil {
+			return Message{}, err
+		}
+	}
+	if p.seen[keyBarrier] {
+		if p.keys > 1 {
+			return Message{}, fmt.Errorf("%w: it came with other assignments", ErrBarrier)
+		}
+		m.Barrier = true
+		return m, nil
+	}
+	if lifecycles > 1 {
+		return Message{}, fmt.Errorf("%w: at most one of READY=1, RELOADING=1 and STOPPING=1 per message", ErrConflict)
+	}
+	switch {
+	case p.seen[keyReady]:
+		m.Lifecycle = Ready
+	case p.seen[keyReloading]:
+		m.Lifecycle = Reloading
+	case p.seen[keyStopping]:
+		m.Lifecycle = Stopping
+	}
+	return m, nil
+}
+
+func wantOne(k int, v string) error {
+	if v != "1" {
+		return fmt.Errorf("%w: %s=%q, want 1", ErrBadValue, keyNames[k], v)
+	}
+	return nil
+}
+
+// checkStatus refuses STATUS= text that would not show as one clean line in
+// logs, state files and terminals.
+func checkStatus(s string) error {
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("%w: STATUS=%q is not valid UTF-8", ErrBadValue, s)
+	}
+	for _, r := range s {
+		if r < ' ' && r != '\t' || r == 0x7f {
+			return fmt.Errorf("%w: STATUS=%q holds a control character", ErrBadValue, s)
+		}
+	}
+	return nil
+}
+
+// ParsePID parses a pid as the wire protocol writes it: decimal digits only,
+// from 1 to MaxPID.
+func ParsePID(s string) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || !isDigits(s) || n < 1 || n > MaxPID {
+		return 0, fmt.Errorf("%w: pid %q, want a number from 1 to %d", ErrBadValue, s, MaxPID)
+	}
+	return n, nil
+}
+
+func isDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// Encode writes m in the newline form, one assignment a line, in a fixed key
+// order. It returns an error when m could not be parsed back, for example a
+// STATUS with a newline.
+func (m Message) Encode() ([]byte, error) {
+	var b []byte
+	add := func(k int, v string) {
+		if len(b) > 0 {
+			b = append(b, '\n')
+		}
+		b = append(b, keyNames[k]...)
+		b = append(b, '=')
+		b = append(b, v...)
+	}
+	switch m.Lifecycle {
+	case Ready:
+		add(keyReady, "1")
+	case Reloading:
+		add(keyReloading, "1")
+	case Stopping:
+		add(keyStopping, "1")
+	}
+	if m.Status != nil {
+		if err := checkStatus(*m.Status); err != nil {
+			return nil, err
+		}
+		add(keyStatus, *m.Status)
+	}
+	if m.PID != 0 {
+		add(keyPID, strconv.Itoa(m.PID))
+	}
+	if m.Watchdog {
+		add(keyWatchdog, "1")
+	}
+	if m.WatchdogUSec != 0 {
+		add(keyWatchdogUSec, strconv.FormatUint(m.WatchdogUSec, 10))
+	}
+	if m.Failed {
+		if m.Watchdog && m.Errno == 0 {
+			return nil, fmt.Errorf("%w: WATCHDOG=1 and WATCHDOG=trigger", ErrConflict)
+		}
+		if m.Errno != 0 {
+			add(keyErrno, strconv.Itoa(m.Errno))
+		} else {
+			add(keyWatchdog, "trigger")
+		}
+	}
+	if m.Barrier {
+		add(keyBarrier, "1")
+	}
+	if len(b) > MaxDatagramSize {
+		return nil, fmt.Errorf("%w (got %d)", ErrTooLarge, len(b))
+	}
+	return b, nil
+}

@@ -1,0 +1,149 @@
+package protocol
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+)
+
+// Handler applies one accepted message. Serve calls it from a single
+// goroutine, in arrival order; a BARRIER=1 is acknowledged only after every
+// call before it has returned. A non-nil error rejects the message: it must
+// then have changed nothing.
+type Handler interface {
+	HandleMessage(m Message, sender Credentials) error
+}
+
+// Server reads datagrams from a Conn and hands the valid ones to a Handler.
+type Server struct {
+	conn    *Conn
+	handler Handler
+	log     *slog.Logger
+	limiter logLimiter
+
+	mu     sync.Mutex
+	counts map[string]uint64 // by result: "accepted", "barrier" or a rejection reason
+}
+
+// NewServer returns a Server that reads conn and applies messages to h.
+func NewServer(conn *Conn, h Handler, log *slog.Logger) *Server {
+	return &Server{
+		conn:    conn,
+		handler: h,
+		log:     log,
+		limiter: logLimiter{burst: 5, every: time.Second},
+		counts:  make(map[string]uint64),
+	}
+}
+
+// Serve reads and applies datagrams until ctx is cancelled, then closes the
+// socket. It returns nil after a cancellation and the read error otherwise.
+func (s *Server) Serve(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() { s.conn.c.Close() })
+	defer stop()
+	for {
+		d, err := s.conn.Read()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("read notify socket: %w", err)
+		}
+		s.handle(d)
+	}
+}
+
+// handle applies one datagram and closes its descriptors whatever happens.
+func (s *Server) handle(d Datagram) {
+	defer d.Close()
+	result, err := s.apply(&d)
+	if err != nil {
+		result = ReasonOf(err)
+		s.reject(d, err)
+	}
+	s.mu.Lock()
+	s.counts[result]++
+	s.mu.Unlock()
+}
+
+func (s *Server) apply(d *Datagram) (string, error) {
+	switch {
+	case d.Truncated:
+		return "", ErrTooLarge
+	case d.ControlTruncated:
+		return "", ErrControl
+	}
+	m, err := Parse(d.Data)
+	if err != nil {
+		return "", err
+	}
+	if m.Barrier {
+		// Everything before this datagram has been applied: the caller's
+		// Close of the descriptor is the acknowledgement.
+		if len(d.FDs) != 1 {
+			return "", fmt.Errorf("%w: it came with %d", ErrBarrier, len(d.FDs))
+		}
+		return "barrier", nil
+	}
+	if d.Cred == nil || d.Cred.PID == 0 {
+		return "", ErrNoCredentials
+	}
+	if err := s.handler.HandleMessage(m, *d.Cred); err != nil {
+		return "", err
+	}
+	return "accepted", nil
+}
+
+func (s *Server) reject(d Datagram, err error) {
+	ok, suppressed := s.limiter.allow(time.Now())
+	if !ok {
+		return
+	}
+	attrs := []any{"reason", ReasonOf(err), "error", err}
+	if d.Cred != nil {
+		attrs = append(attrs, "sender_pid", d.Cred.PID, "sender_uid", d.Cred.UID)
+	}
+	if suppressed > 0 {
+		attrs = append(attrs, "suppressed", suppressed)
+	}
+	s.log.Warn("rejected notification", attrs...)
+}
+
+// Counts returns how many datagrams ended in each result: "accepted",
+// "barrier", or a rejection reason such as "bad_value".
+func (s *Server) Counts() map[string]uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]uint64, len(s.counts))
+	for k, v := range s.counts {
+		out[k] = v
+	}
+	return out
+}
+
+// logLimiter lets through at most burst lines every interval, and counts
+// the ones it held back so the next line can say how many there were.
+type logLimiter struct {
+	burst      int
+	every      time.Duration
+	start      time.Time
+	n          int
+	suppressed int
+}
+
+func (l *logLimiter) allow(now time.Time) (ok bool, suppressed int) {
+	if now.Sub(l.start) >= l.every {
+		l.start, l.n = now, 0
+	}
+	if l.n >= l.burst {
+		l.suppressed++
+		return false, 0
+	}
+	l.n++
+	suppressed, l.suppressed = l.suppressed, 0
+	return true, suppressed
+}

@@ -1,0 +1,99 @@
+package registry
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Access says who may send notifications about which pid.
+type Access uint8
+
+const (
+	// SameUID lets root name any pid and any other sender only pids whose
+	// real uid is the sender's uid.
+	SameUID Access = iota
+	// RootOnly accepts messages from uid 0 only.
+	RootOnly
+	// All skips the ownership check, for containers whose processes share no
+	// user database with notifyd.
+	All
+)
+
+func (a Access) String() string {
+	switch a {
+	case SameUID:
+		return "same-uid"
+	case RootOnly:
+		return "root"
+	case All:
+		return "all"
+	}
+	return "unknown"
+}
+
+// ParseAccess parses the --access values: same-uid, root or all.
+func ParseAccess(s string) (Access, error) {
+	for _, a := range []Access{SameUID, RootOnly, All} {
+		if s == a.String() {
+			return a, nil
+		}
+	}
+	return 0, fmt.Errorf("must be same-uid, root or all")
+}
+
+// Detection says how the registry learns that a worker exited.
+type Detection uint8
+
+const (
+	// Auto uses pidfds where the kernel has them and sweeps otherwise.
+	Auto Detection = iota
+	// Pidfd waits on one pidfd per worker in an epoll loop: every exit is
+	// seen the moment it happens, and an idle registry never wakes up.
+	Pidfd
+	// Sweep checks every worker with kill(0) and /proc every ReapInterval.
+	Sweep
+)
+
+func (d Detection) String() string {
+	switch d {
+	case Auto:
+		return "auto"
+	case Pidfd:
+		return "pidfd"
+	case Sweep:
+		return "sweep"
+	}
+	return "unknown"
+}
+
+// ParseDetection parses the --exit-detection values: auto, pidfd or sweep.
+func ParseDetection(s string) (Detection, error) {
+	for _, d := range []Detection{Auto, Pidfd, Sweep} {
+		if s == d.String() {
+			return d, nil
+		}
+	}
+	return 0, fmt.Errorf("must be auto, pidfd or sweep")
+}
+
+// Config is what New needs. Dir and Filename are required.
+type Config struct {
+	// Dir is the state directory. It is created if missing.
+	Dir string
+	// Filename is the state file name, with {} where the pid goes.
+	Filename string
+	// Access says who may speak for which pid.
+	Access Access
+	// Detection picks how exits are seen; ReapInterval is the sweep period.
+	Detection    Detection
+	ReapInterval time.Duration
+	// WatchdogUSec is the heartbeat deadline of workers that declare none;
+	// zero means none.
+	WatchdogUSec uint64
+	// Logger receives the registry's log lines; nil discards them.
+	Logger *slog.Logger
+	// OnChange, if set, is called with every new Summary, under the
+	// registry's lock: it must return quickly and not call the registry.
+	OnChange func(Summary)
+}

@@ -1,0 +1,108 @@
+package registry
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// procInfo is what /proc says about a process.
+type procInfo struct {
+	// startTime is field 22 of /proc/<pid>/stat: clock ticks since boot. With
+	// the pid it names one process for the life of the machine.
+	startTime uint64
+	zombie    bool
+}
+
+// errExited means the process does not exist, or exists only as a zombie.
+var errExited = errors.New("process has exited")
+
+// readProc reads /proc/<pid>/stat. It returns errExited for a pid with no
+// process or with a zombie (or dead) one.
+func readProc(pid int) (procInfo, error) {
+	var buf [512]byte
+	b, err := readSmall("/proc/"+strconv.Itoa(pid)+"/stat", buf[:])
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+		return procInfo{}, errExited
+	}
+	if err != nil {
+		return procInfo{}, err
+	}
+	info, err := parseStat(b)
+	if err != nil {
+		return procInfo{}, fmt.Errorf("parse /proc/%d/stat: %w", pid, err)
+	}
+	if info.zombie {
+		return info, errExited
+	}
+	return info, nil
+}
+
+// parseStat reads the state (field 3) and start time (field 22). The command
+// name (field 2) may hold spaces and parentheses, so fields are counted from
+// the last ')'.
+func parseStat(b []byte) (procInfo, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) {
+		return procInfo{}, errors.New("no command name")
+	}
+	fields := bytes.Fields(b[i+2:]) // fields[0] is field 3
+	if len(fields) < 20 {
+		return procInfo{}, errors.New("too few fields")
+	}
+	st, err := strconv.ParseUint(string(fields[19]), 10, 64)
+	if err != nil {
+		return procInfo{}, fmt.Errorf("start time: %w", err)
+	}
+	state := fields[0][0]
+	return procInfo{startTime: st, zombie: state == 'Z' || state == 'X' || state == 'x'}, nil
+}
+
+// realUID reads the real uid of pid from /proc/<pid>/status.
+func realUID(pid int) (int, error) {
+	var buf [4096]byte
+	b, err := readSmall("/proc/"+strconv.Itoa(pid)+"/status", buf[:])
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+		return 0, errExited
+	}
+	if err != nil {
+		return 0, err
+	}
+	_, rest, ok := bytes.Cut(b, []byte("\nUid:"))
+	if !ok {
+		return 0, fmt.Errorf("read /proc/%d/status: no Uid line", pid)
+	}
+	fields := bytes.Fields(rest)
+	if len(fields) == 0 {
+		return 0, fmt.Errorf("read /proc/%d/status: empty Uid line", pid)
+	}
+	return strconv.Atoi(string(fields[0]))
+}
+
+// readSmall reads a small file in one read, without allocating.
+func readSmall(path string, buf []byte) ([]byte, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(fd)
+	n, err := unix.Read(fd, buf)
+	if err != nil {
+		return nil, &fs.PathError{Op: "read", Path: path, Err: err}
+	}
+	return buf[:n], nil
+}
+
+// alive reports whether pid is still the process that started at startTime,
+// using kill(0) and /proc: the sweep's check where pidfds are not available.
+func alive(pid int, startTime uint64) bool {
+	if err := unix.Kill(pid, 0); errors.Is(err, unix.ESRCH) {
+		return false
+	}
+	info, err := readProc(pid)
+	return err == nil && info.startTime == startTime
+}

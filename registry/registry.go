@@ -1,0 +1,458 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/notifyd/notifyd/protocol"
+)
+
+// The reasons the registry rejects a message.
+var (
+	ErrNoProcess    = protocol.NewRejection("no_such_process", "no such process")
+	ErrNotPermitted = protocol.NewRejection("not_permitted", "sender may not speak for this pid")
+)
+
+// Registry is the set of registered workers. It is safe for concurrent use.
+type Registry struct {
+	cfg     Config
+	log     *slog.Logger
+	files   stateFiles
+	watcher *pidfdWatcher // nil when exits are found by sweeping
+
+	mu      sync.Mutex
+	workers map[int]*entry
+	ready   int // workers that count, kept in step with every change
+
+	summary    atomic.Pointer[Summary]
+	exits      atomic.Uint64
+	fileErrors atomic.Uint64
+	closeOnce  sync.Once
+}
+
+// entry is a Worker plus what the registry needs to watch it.
+type entry struct {
+	Worker
+	pidfd int       // -1 when sweeping
+	beat  time.Time // last sign of life the heartbeat deadline counts from
+	timer *time.Timer
+	saved bool // a state file exists for this worker
+}
+
+// counts reports whether the worker counts towards the health answer.
+func (e *entry) counts() bool { return e.State == Ready }
+
+// New validates cfg, prepares the state directory and recovers the workers
+// its state files name that are still the same live processes. It deletes
+// the state files of every other one.
+func New(cfg Config) (*Registry, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ReapInterval <= 0 {
+		cfg.ReapInterval = time.Second
+	}
+	files, err := newStateFiles(cfg.Dir, cfg.Filename)
+	if err != nil {
+		return nil, err
+	}
+	if err := prepareDir(cfg.Dir); err != nil {
+		return nil, err
+	}
+	r := &Registry{cfg: cfg, log: cfg.Logger, files: files, workers: make(map[int]*entry)}
+	switch cfg.Detection {
+	case Auto, Pidfd:
+		if pidfdSupported() {
+			if r.watcher, err = newPidfdWatcher(); err != nil {
+				return nil, err
+			}
+		} else if cfg.Detection == Pidfd {
+			return nil, errors.New("exit detection pidfd: this kernel has no pidfd_open (Linux 5.3 or later needed)")
+		}
+	}
+	if r.watcher == nil {
+		r.log.Info("exit detection by sweep: a worker's exit is seen at the next sweep", "interval", cfg.ReapInterval)
+	}
+	if err := r.recover(); err != nil {
+		r.Close()
+		return nil, err
+	}
+	r.publish()
+	return r, nil
+}
+
+// prepareDir creates the state directory if needed and refuses one that any
+// user could fill with files of their choosing.
+func prepareDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("create state directory: %w", err)
+		}
+		fi, err = os.Stat(dir)
+	}
+	if err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("state directory %s is not a directory", dir)
+	}
+	if fi.Mode().Perm()&0o002 != 0 && fi.Mode()&fs.ModeSticky == 0 {
+		return fmt.Errorf("state directory %s is world-writable without the sticky bit; use a private directory such as $RUNTIME_DIRECTORY", dir)
+	}
+	return nil
+}
+
+// Summary returns the latest summary. It takes no lock and does no I/O.
+func (r *Registry) Summary() Summary { return *r.summary.Load() }
+
+// Workers returns a copy of every registered worker, ordered by pid.
+func (r *Registry) Workers() []Worker {
+	r.mu.Lock()
+	out := make([]Worker, 0, len(r.workers))
+	for _, e := range r.workers {
+		out = append(out, e.Worker)
+	}
+	r.mu.Unlock()
+	slices.SortFunc(out, func(a, b Worker) int { return a.PID - b.PID })
+	return out
+}
+
+// Exits returns how many registered workers were found to have exited (or
+// to have been replaced by another process under the same pid) without
+// sending STOPPING=1 first.
+func (r *Registry) Exits() uint64 { return r.exits.Load() }
+
+// StateFileErrors returns how many state file writes and removals failed.
+func (r *Registry) StateFileErrors() uint64 { return r.fileErrors.Load() }
+
+// HandleMessage applies one message from sender. It returns a
+// *protocol.Rejection-wrapping error, and changes nothing, when the message
+// names a pid that does not exist or that the sender may not speak for.
+// STOPPING=1 for a pid that has already exited is not an error: the gunicorn
+// master often reports a worker's exit after notifyd has seen it.
+func (r *Registry) HandleMessage(m protocol.Message, sender protocol.Credentials) error {
+	if r.cfg.Access == RootOnly && sender.UID != 0 {
+		return fmt.Errorf("%w: uid %d is not root and --access is root", ErrNotPermitted, sender.UID)
+	}
+	pid := m.PID
+	if pid == 0 {
+		pid = sender.PID
+	}
+	info, err := r.checkSender(pid, sender)
+	if errors.Is(err, errExited) {
+		if m.Lifecycle == protocol.Stopping {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			if e := r.workers[pid]; e != nil {
+				r.drop(e, "stopped")
+			}
+			return nil
+		}
+		return fmt.Errorf("%w: pid %d has exited or never existed", ErrNoProcess, pid)
+	}
+	if err != nil {
+		return err
+	}
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.workers[pid]
+	if e != nil && e.StartTime != info.startTime {
+		r.drop(e, "pid reused")
+		e = nil
+	}
+	if m.Lifecycle == protocol.Stopping {
+		if e != nil {
+			r.drop(e, "stopped")
+		}
+		return nil
+	}
+	if e == nil {
+		if !changesWorker(m) {
+			return nil
+		}
+		if e, err = r.add(pid, info.startTime); errors.Is(err, errExited) {
+			return fmt.Errorf("%w: pid %d exited while registering", ErrNoProcess, pid)
+		} else if err != nil {
+			return err
+		}
+	}
+	r.apply(e, m, time.Now())
+	return nil
+}
+
+// checkSender reads pid's process and checks that sender may speak for it.
+func (r *Registry) checkSender(pid int, sender protocol.Credentials) (procInfo, error) {
+	info, err := readProc(pid)
+	if err != nil || r.cfg.Access != SameUID || sender.UID == 0 || pid == sender.PID {
+		return info, err
+	}
+	uid, err := realUID(pid)
+	if err != nil {
+		return info, err
+	}
+	if uid != sender.UID {
+		return info, fmt.Errorf("%w: pid %d belongs to uid %d, the sender is uid %d", ErrNotPermitted, pid, uid, sender.UID)
+	}
+	return info, nil
+}
+
+// changesWorker reports whether m would change a worker's record, so that a
+// message carrying none of the keys notifyd keeps registers nothing.
+func changesWorker(m protocol.Message) bool {
+	return m.Lifecycle != protocol.NoLifecycle || m.Status != nil || m.Watchdog ||
+		m.WatchdogUSec != 0 || m.Failed
+}
+
+// add starts watching pid and registers it. Once the pidfd pins the process,
+// /proc is read again: a start time that changed means the process that was
+// checked has gone and another took its pid.
+func (r *Registry) add(pid int, startTime uint64) (*entry, error) {
+	e := &entry{Worker: Worker{PID: pid, StartTime: startTime, State: Starting}, pidfd: -1}
+	if r.watcher != nil {
+		fd, err := r.watcher.watch(pid)
+		if err != nil {
+			return nil, err
+		}
+		if info, err := readProc(pid); err != nil || info.startTime != startTime {
+			r.watcher.unwatch(fd)
+			return nil, errExited
+		}
+		e.pidfd = fd
+	}
+	r.workers[pid] = e
+	return e, nil
+}
+
+// apply changes e as m says, then mirrors the change to the state file, the
+// heartbeat timer and the summary.
+func (r *Registry) apply(e *entry, m protocol.Message, now time.Time) {
+	before := e.counts()
+	wasSaved := e.saved
+	if m.Status != nil {
+		e.Status = *m.Status
+	}
+	if m.WatchdogUSec != 0 {
+		e.WatchdogUSec = m.WatchdogUSec
+		e.beat = now
+	}
+	if m.Watchdog {
+		e.LastWatchdog, e.beat = now, now
+		if e.State == Hung {
+			e.State = Ready
+		}
+	}
+	switch m.Lifecycle {
+	case protocol.Ready:
+		if e.State != Ready {
+			r.log.Info("worker ready", "pid", e.PID)
+		}
+		e.State, e.ReadyAt, e.beat = Ready, now, now
+	case protocol.Reloading:
+		e.State = Reloading
+	}
+	if m.Failed {
+		e.State, e.Errno = Failed, m.Errno
+		r.log.Warn("worker declared itself failed", "pid", e.PID, "errno", m.Errno)
+	}
+	r.armHeartbeat(e, now)
+
+	switch wantFile := e.State == Ready || e.State == Hung; {
+	case wantFile && (!wasSaved || m.Lifecycle == protocol.Ready || m.Status != nil || m.WatchdogUSec != 0):
+		r.writeFile(e)
+	case !wantFile && wasSaved:
+		r.removeFile(e)
+	}
+	r.settle(e, before)
+}
+
+// settle brings the ready count in step after e changed, and publishes it.
+func (r *Registry) settle(e *entry, before bool) {
+	switch after := e.counts(); {
+	case after && !before:
+		r.ready++
+	case before && !after:
+		r.ready--
+	}
+	r.publish()
+}
+
+func (r *Registry) publish() {
+	s := &Summary{Ready: r.ready, Workers: len(r.workers)}
+	if old := r.summary.Load(); old != nil && *old == *s {
+		return
+	}
+	r.summary.Store(s)
+	if r.cfg.OnChange != nil {
+		r.cfg.OnChange(*s)
+	}
+}
+
+// deadline returns the worker's heartbeat deadline, or zero for none.
+func (r *Registry) deadline(e *entry) time.Duration {
+	usec := e.WatchdogUSec
+	if usec == 0 {
+		usec = r.cfg.WatchdogUSec
+	}
+	return time.Duration(usec) * time.Microsecond
+}
+
+// armHeartbeat (re)starts the timer that marks a ready worker hung when its
+// deadline passes without a heartbeat. Without a deadline there is no timer,
+// so an idle registry never wakes up.
+func (r *Registry) armHeartbeat(e *entry, now time.Time) {
+	d := r.deadline(e)
+	if d == 0 || e.State != Ready {
+		if e.timer != nil {
+			e.timer.Stop()
+		}
+		return
+	}
+	left := e.beat.Add(d).Sub(now)
+	if e.timer == nil {
+		e.timer = time.AfterFunc(left, func() { r.checkHeartbeat(e) })
+	} else {
+		e.timer.Reset(left)
+	}
+}
+
+func (r *Registry) checkHeartbeat(e *entry) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.workers[e.PID] != e || e.State != Ready {
+		return
+	}
+	now := time.Now()
+	if now.Before(e.beat.Add(r.deadline(e))) {
+		r.armHeartbeat(e, now) // a heartbeat came after the timer fired
+		return
+	}
+	e.State = Hung
+	r.log.Warn("worker missed its heartbeat deadline", "pid", e.PID, "deadline", r.deadline(e))
+	r.settle(e, true)
+}
+
+// drop removes e from the registry and its state file from disk.
+func (r *Registry) drop(e *entry, reason string) {
+	if r.workers[e.PID] != e {
+		return
+	}
+	before := e.counts()
+	delete(r.workers, e.PID)
+	if e.pidfd >= 0 {
+		r.watcher.unwatch(e.pidfd)
+	}
+	if e.timer != nil {
+		e.timer.Stop()
+	}
+	if e.saved {
+		r.removeFile(e)
+	}
+	if reason != "stopped" {
+		r.exits.Add(1)
+	}
+	r.log.Info("worker left", "pid", e.PID, "reason", reason)
+	e.State = Starting
+	r.settle(e, before)
+}
+
+func (r *Registry) writeFile(e *entry) {
+	if err := r.files.write(&e.Worker); err != nil {
+		r.fileErrors.Add(1)
+		r.log.Error("state file not written; the registry keeps the worker in memory", "pid", e.PID, "error", err)
+		return
+	}
+	e.saved = true
+}
+
+func (r *Registry) removeFile(e *entry) {
+	if err := r.files.remove(e.PID); err != nil {
+		r.fileErrors.Add(1)
+		r.log.Error("state file not removed", "pid", e.PID, "error", err)
+		return
+	}
+	e.saved = false
+}
+
+// exited is called by the pidfd watcher. The pidfd may have been closed and
+// its number reused since the event was queued, so it checks that the
+// descriptor is still this worker's and that its process has really exited.
+func (r *Registry) exited(pid, pidfd int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e := r.workers[pid]; e != nil && e.pidfd == pidfd && exitedPidfd(pidfd) {
+		r.drop(e, "exited")
+	}
+}
+
+// sweep drops every worker whose process is gone, is a zombie or is another
+// process under the same pid.
+func (r *Registry) sweep() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range r.workers {
+		if !alive(e.PID, e.StartTime) {
+			r.drop(e, "exited")
+		}
+	}
+}
+
+// Run watches for worker exits until ctx is cancelled. With pidfds it sleeps
+// in epoll_wait until a process exits; otherwise it sweeps every
+// ReapInterval.
+func (r *Registry) Run(ctx context.Context) error {
+	if r.watcher == nil {
+		t := time.NewTicker(r.cfg.ReapInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+				r.sweep()
+			}
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.watcher.run(r.exited) }()
+	select {
+	case <-ctx.Done():
+		r.watcher.stop()
+		<-done
+		return nil
+	case err := <-done:
+		return err
+	}
+}
+
+// Close releases the registry's descriptors and timers. State files stay, so
+// the next start recovers the workers. Close is idempotent; call it after Run
+// has returned.
+func (r *Registry) Close() error {
+	r.closeOnce.Do(func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		for _, e := range r.workers {
+			if e.pidfd >= 0 {
+				r.watcher.unwatch(e.pidfd)
+				e.pidfd = -1
+			}
+			if e.timer != nil {
+				e.timer.Stop()
+			}
+		}
+		if r.watcher != nil {
+			r.watcher.close()
+		}
+	})
+	return nil
+}

@@ -1,0 +1,208 @@
+package registry
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// tmpSuffix marks a state file that is being written. A file of that name
+// left behind by a crash is removed at the next start.
+const tmpSuffix = ".tmp"
+
+// stateFiles names, writes and removes the per-pid state files: dir joined
+// with prefix, the pid in decimal, and suffix.
+type stateFiles struct {
+	dir, prefix, suffix string
+	fixMode             bool // the umask would take bits away from 0644
+}
+
+// ValidateFilename checks a state file name pattern: exactly one {} for the
+// pid and no path separator.
+func ValidateFilename(pattern string) error {
+	if strings.Count(pattern, "{}") != 1 {
+		return fmt.Errorf("must contain exactly one {} placeholder for the pid")
+	}
+	if strings.ContainsRune(pattern, '/') {
+		return fmt.Errorf("must be a file name without '/'; put the directory in --dir")
+	}
+	if strings.ContainsAny(strings.Replace(pattern, "{}", "", 1), "{}\x00") {
+		return fmt.Errorf("must not contain braces other than the one {} placeholder")
+	}
+	return nil
+}
+
+func newStateFiles(dir, pattern string) (stateFiles, error) {
+	if err := ValidateFilename(pattern); err != nil {
+		return stateFiles{}, fmt.Errorf("state file name %q: %w", pattern, err)
+	}
+	prefix, suffix, _ := strings.Cut(pattern, "{}")
+	mask := unix.Umask(0)
+	unix.Umask(mask)
+	return stateFiles{dir: dir, prefix: prefix, suffix: suffix, fixMode: mask&0o644 != 0}, nil
+}
+
+func (s stateFiles) path(pid int) string {
+	return filepath.Join(s.dir, s.prefix+strconv.Itoa(pid)+s.suffix)
+}
+
+// match returns the pid a file name stands for, and whether it is a state
+// file at all (tmp is set for one left half-written).
+func (s stateFiles) match(name string) (pid int, tmp, ok bool) {
+	if base, found := strings.CutSuffix(name, tmpSuffix); found {
+		pid, _, ok = s.match(base)
+		return pid, true, ok
+	}
+	digits, found := strings.CutPrefix(name, s.prefix)
+	if !found {
+		return 0, false, false
+	}
+	if digits, found = strings.CutSuffix(digits, s.suffix); !found {
+		return 0, false, false
+	}
+	if digits == "" || digits[0] == '0' || !isDigits(digits) {
+		return 0, false, false
+	}
+	pid, err := strconv.Atoi(digits)
+	return pid, false, err == nil
+}
+
+// write replaces the state file of w in one rename, so a reader sees the old
+// file or the new one and never a part. There is no fsync: the files describe
+// live processes, and after a crash of the machine none of them is left.
+func (s stateFiles) write(w *Worker) error {
+	final := s.path(w.PID)
+	tmp := final + tmpSuffix
+	fd, err := unix.Open(tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return fmt.Errorf("write state file %s: %w", tmp, err)
+	}
+	err = writeAll(fd, encodeState(w))
+	if err == nil && s.fixMode {
+		err = unix.Fchmod(fd, 0o644)
+	}
+	if cerr := unix.Close(fd); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = unix.Rename(tmp, final)
+	}
+	if err != nil {
+		unix.Unlink(tmp)
+		return fmt.Errorf("write state file %s: %w", final, err)
+	}
+	return nil
+}
+
+func writeAll(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Write(fd, b)
+		if err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+func (s stateFiles) remove(pid int) error {
+	err := unix.Unlink(s.path(pid))
+	if err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("remove state file %s: %w", s.path(pid), err)
+	}
+	return nil
+}
+
+// encodeState writes a state file's KEY=VALUE lines.
+func encodeState(w *Worker) []byte {
+	b := make([]byte, 0, 128)
+	b = append(b, "PID="...)
+	b = strconv.AppendInt(b, int64(w.PID), 10)
+	b = append(b, "\nSTARTTIME="...)
+	b = strconv.AppendUint(b, w.StartTime, 10)
+	b = append(b, "\nREADY_AT="...)
+	b = w.ReadyAt.UTC().AppendFormat(b, time.RFC3339Nano)
+	if w.Status != "" {
+		b = append(b, "\nSTATUS="...)
+		b = append(b, w.Status...)
+	}
+	if w.WatchdogUSec != 0 {
+		b = append(b, "\nWATCHDOG_USEC="...)
+		b = strconv.AppendUint(b, w.WatchdogUSec, 10)
+	}
+	return append(b, '\n')
+}
+
+// savedState is what a state file says. An empty file, as the seed package
+// wrote them, says only "this pid, start time unknown".
+type savedState struct {
+	pid          int // 0 when the file does not say
+	startTime    uint64
+	readyAt      time.Time
+	status       string
+	watchdogUSec uint64
+}
+
+func decodeState(b []byte) (savedState, error) {
+	var st savedState
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if line == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			return st, fmt.Errorf("line %q is not KEY=VALUE", line)
+		}
+		var err error
+		switch k {
+		case "PID":
+			st.pid, err = strconv.Atoi(v)
+		case "STARTTIME":
+			st.startTime, err = strconv.ParseUint(v, 10, 64)
+		case "READY_AT":
+			st.readyAt, err = time.Parse(time.RFC3339Nano, v)
+		case "STATUS":
+			st.status = v
+		case "WATCHDOG_USEC":
+			st.watchdogUSec, err = strconv.ParseUint(v, 10, 64)
+		}
+		if err != nil {
+			return st, fmt.Errorf("%s: %w", k, err)
+		}
+	}
+	return st, nil
+}
+
+func isDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// readState reads one state file, refusing to follow a symlink.
+func readState(path string) (savedState, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return savedState{}, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxStateFile))
+	if err != nil {
+		return savedState{}, err
+	}
+	return decodeState(b)
+}
+
+// maxStateFile bounds what recovery reads of one file: a state file holds a
+// STATUS of at most one datagram and a few short lines.
+const maxStateFile = 8 << 10

@@ -1,0 +1,61 @@
+package registry
+
+import "time"
+
+// State is where a worker is in its life, as far as notifyd knows.
+type State uint8
+
+// The states of a registered worker. Only Ready counts towards the health
+// answer.
+const (
+	Starting  State = iota // sent something, but not READY=1 yet
+	Ready                  // last lifecycle message was READY=1
+	Reloading              // sent RELOADING=1; not ready until the next READY=1
+	Hung                   // ready, but missed its heartbeat deadline
+	Failed                 // declared itself failed (WATCHDOG=trigger, ERRNO=)
+)
+
+func (s State) String() string {
+	switch s {
+	case Starting:
+		return "starting"
+	case Ready:
+		return "ready"
+	case Reloading:
+		return "reloading"
+	case Hung:
+		return "hung"
+	case Failed:
+		return "failed"
+	}
+	return "unknown"
+}
+
+// Worker is one registered process, as the registry last saw it.
+type Worker struct {
+	PID int
+	// StartTime is field 22 of /proc/<pid>/stat at registration. With PID it
+	// names one process, so a reused pid is never taken for the old worker.
+	StartTime uint64
+	State     State
+	// ReadyAt is when the last READY=1 arrived; zero if none has.
+	ReadyAt time.Time
+	// Status is the last STATUS= text.
+	Status string
+	// WatchdogUSec is the heartbeat deadline the worker declared, or zero.
+	WatchdogUSec uint64
+	// LastWatchdog is when the last WATCHDOG=1 arrived; zero if none has.
+	LastWatchdog time.Time
+	// Errno is the ERRNO= a failed worker sent, if any.
+	Errno int
+}
+
+// Summary is the registry's state in numbers. The registry publishes a new
+// one after every change, so reading it costs one atomic load.
+type Summary struct {
+	// Ready is the number of workers that count: ready, alive, the same
+	// process that registered, and within their heartbeat deadline.
+	Ready int
+	// Workers is the number of registered workers in any state.
+	Workers int
+}
