@@ -2,11 +2,12 @@
 
 From the repository root:
 
-    NOTIFYD_SOCKET=/run/notifyd/notify.sock \\
-        gunicorn --chdir contrib/gunicorn --config gunicorn.conf.py app:app
+    NOTIFYD_SOCKET=/run/notifyd/notify.sock gunicorn \\
+        --config contrib/gunicorn/gunicorn.conf.py --chdir contrib/gunicorn \\
+        app:app
 
-gunicorn changes to --chdir before it reads --config, so a relative --config
-path is taken from the --chdir directory.
+gunicorn reads a relative --config path from the directory it was started
+in, not from --chdir.
 """
 
 import os

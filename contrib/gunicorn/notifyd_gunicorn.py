@@ -14,7 +14,9 @@ The socket is notifyd_socket, else $NOTIFYD_SOCKET, else
 $RUNTIME_DIRECTORY/notify.sock, else ./notify.sock; '@name' is an abstract
 socket. $NOTIFY_SOCKET is never used: it belongs to systemd. For the same
 reason, do not point gunicorn's own NOTIFY_SOCKET at notifyd, or the master
-would register itself as a worker.
+would register itself as a worker. The address is fixed when install() runs,
+before gunicorn applies --env and raw_env, so NOTIFYD_SOCKET given there is
+not seen; set it in gunicorn's own environment or as notifyd_socket.
 
 A HUP reload runs the config file again into a fresh namespace, so install()
 runs again and the new hooks replace the old ones. That is harmless. For a

@@ -1,0 +1,312 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// bin holds the notifyd and notify binaries built once for the whole run.
+var bin string
+
+// repoRoot is the repository's top directory.
+var repoRoot string
+
+func TestMain(m *testing.M) {
+	os.Exit(buildAndRun(m))
+}
+
+func buildAndRun(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "nd-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	repoRoot, _ = filepath.Abs("..")
+	build := exec.Command("go", "build", "-race", "-o", dir+"/", "./cmd/notifyd", "./cmd/notify")
+	build.Dir = repoRoot
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build notifyd and notify:", err)
+		return 1
+	}
+	bin = dir
+	// Race-enabled binaries sleep a second at exit by default.
+	os.Setenv("GORACE", "atexit_sleep_ms=0")
+	return m.Run()
+}
+
+// need returns the path of an external tool. A missing tool skips the test,
+// or fails it under CI=true.
+func need(t *testing.T, tool string) string {
+	t.Helper()
+	path, err := exec.LookPath(tool)
+	if err == nil {
+		return path
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s is not installed; the test command installs it (see README)", tool)
+	}
+	t.Skipf("%s is not installed", tool)
+	return ""
+}
+
+// waitFor polls cond until it holds, failing the test if it never does. The
+// deadline is generous: it only stops a broken test from hanging.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// shortDir makes a directory with a short path, so that socket paths in it
+// stay under the 108-byte sun_path limit.
+func shortDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "nd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// daemon is a running notifyd.
+type daemon struct {
+	cmd    *exec.Cmd
+	dir    string // state directory
+	socket string
+	addr   string // HTTP address, as host:port
+	log    *syncBuffer
+	done   chan struct{}
+	err    error
+}
+
+// syncBuffer collects a process's output while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+var boundAddr = regexp.MustCompile(`msg="notifyd started".* bind=(\S+)`)
+
+// startNotifyd runs notifyd with its state and socket in dir, an HTTP port
+// chosen by the kernel, and extra flags. It waits until notifyd logs that it
+// has started and stops it at the end of the test.
+func startNotifyd(t *testing.T, dir string, args ...string) *daemon {
+	t.Helper()
+	d := &daemon{dir: dir, socket: filepath.Join(dir, "notify.sock"), log: &syncBuffer{}, done: make(chan struct{})}
+	full := append([]string{"--socket", d.socket, "--dir", dir, "--bind", "127.0.0.1:0", "--log-level", "debug"}, args...)
+	d.cmd = exec.Command(filepath.Join(bin, "notifyd"), full...)
+	d.cmd.Stderr = d.log
+	d.cmd.Stdout = d.log
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.err = d.cmd.Wait(); close(d.done) }()
+	t.Cleanup(func() {
+		d.cmd.Process.Kill()
+		<-d.done
+		if t.Failed() {
+			t.Logf("notifyd log:\n%s", d.log.String())
+		}
+	})
+	waitFor(t, "notifyd to start", func() bool {
+		select {
+		case <-d.done:
+			t.Fatalf("notifyd exited at start: %v\n%s", d.err, d.log.String())
+		default:
+		}
+		m := boundAddr.FindStringSubmatch(d.log.String())
+		if m != nil {
+			d.addr = m[1]
+		}
+		return m != nil
+	})
+	return d
+}
+
+// health is one answer of the health check.
+type health struct {
+	code int
+	body string
+}
+
+func (d *daemon) health(t *testing.T) health {
+	t.Helper()
+	return getHealth(t, "http://"+d.addr+"/")
+}
+
+func getHealth(t *testing.T, url string) health {
+	t.Helper()
+	c := http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return health{code: resp.StatusCode, body: string(b)}
+}
+
+// ready parses the count out of a "N workers ready" body.
+func (h health) ready(t *testing.T) int {
+	t.Helper()
+	n, rest, ok := strings.Cut(h.body, " ")
+	count, err := strconv.Atoi(n)
+	if !ok || err != nil || rest != "workers ready\n" {
+		t.Fatalf("health body %q is not \"<n> workers ready\\n\"", h.body)
+	}
+	return count
+}
+
+func wantHealth(t *testing.T, d *daemon, code int, body string) {
+	t.Helper()
+	if got := d.health(t); got.code != code || got.body != body {
+		t.Fatalf("health = %d %q, want %d %q", got.code, got.body, code, body)
+	}
+}
+
+func waitHealth(t *testing.T, d *daemon, code int, body string) {
+	t.Helper()
+	var last health
+	waitFor(t, fmt.Sprintf("health %d %q", code, body), func() bool {
+		last = d.health(t)
+		return last.code == code && last.body == body
+	})
+}
+
+// stop sends sig to notifyd and waits for it to exit.
+func (d *daemon) stop(t *testing.T, sig syscall.Signal) error {
+	t.Helper()
+	d.cmd.Process.Signal(sig)
+	select {
+	case <-d.done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("notifyd did not exit after %v", sig)
+	}
+	return d.err
+}
+
+// stateFiles lists the pids that have a state file in dir, sorted.
+func stateFiles(t *testing.T, dir string) []int {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".tmp") {
+			continue // a state file being written this moment
+		}
+		if n, ok := strings.CutPrefix(e.Name(), ".gunicorn.worker."); ok {
+			pid, err := strconv.Atoi(n)
+			if err != nil {
+				t.Fatalf("unexpected file %s", e.Name())
+			}
+			pids = append(pids, pid)
+		}
+	}
+	slices.Sort(pids)
+	return pids
+}
+
+// notify runs the notify client and returns its exit code and output.
+func notify(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(bin, "notify"), args...)
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode(), string(out)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return 0, string(out)
+}
+
+// sleeper starts a child that lives until the test ends or it is killed.
+func sleeper(t *testing.T) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command("sleep", "1000")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return cmd
+}
+
+// alive reports whether pid is a live process (not gone, not a zombie).
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i > 0 && i+2 < len(b) && b[i+2] != 'Z' && b[i+2] != 'X'
+}
+
+// freePort asks the kernel for a free loopback TCP port.
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// children lists the pids of the live child processes of pid.
+func children(pid int) []int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		return nil
+	}
+	var out []int
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Split(bufio.ScanWords)
+	for sc.Scan() {
+		if n, err := strconv.Atoi(sc.Text()); err == nil && alive(n) {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	return out
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs every notifyd test. On a fresh Debian machine, run as root, it first
+# installs the tools the tests use: gunicorn, curl and systemd (for
+# systemd-notify). Under CI=true a tool that is still missing fails the run.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+missing=()
+command -v gunicorn >/dev/null || missing+=(gunicorn)
+command -v curl >/dev/null || missing+=(curl)
+command -v systemd-notify >/dev/null || missing+=(systemd)
+command -v setpriv >/dev/null || missing+=(util-linux)
+if ((${#missing[@]})); then
+	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+		echo "test.sh: installing ${missing[*]}"
+		apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+	else
+		echo "test.sh: missing ${missing[*]}; on Debian: apt-get install ${missing[*]}" >&2
+		[ "${CI:-}" = true ] && exit 1
+	fi
+fi
+
+unformatted=$(gofmt -l .)
+if [ -n "$unformatted" ]; then
+	echo "test.sh: not gofmt-formatted: $unformatted" >&2
+	exit 1
+fi
+go vet ./...
+go test -race -count=1 ./...
+
+# The hook module's own tests run on the interpreter gunicorn runs on.
+python=$(sed -n '1s/^#! *//p' "$(command -v gunicorn)")
+"${python:-python3}" -m unittest discover -s contrib/gunicorn
+
+go test -run '^$' -fuzz '^FuzzParse$' -fuzztime 30s ./protocol
