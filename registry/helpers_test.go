@@ -315,3 +315,7 @@ func (rec *recorder) summaries() []Summary {
 	defer rec.mu.Unlock()
 	return append([]Summary{}, rec.seen...)
 }
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+func utoa(n uint64) string { return strconv.FormatUint(n, 10) }
