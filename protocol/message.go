@@ -12,8 +12,9 @@ import (
 // systemd's NOTIFY_BUFFER_MAX, so any message systemd accepts fits.
 const MaxDatagramSize = 4096
 
-// MaxPID is the largest pid Linux can hand out (PID_MAX_LIMIT on 64-bit).
-const MaxPID = 1 << 22
+// MaxPID is the largest pid Linux can hand out: pids stay below
+// PID_MAX_LIMIT, 1<<22 on 64-bit.
+const MaxPID = 1<<22 - 1
 
 // Lifecycle is what a message says about its worker's life.
 type Lifecycle uint8
@@ -124,9 +125,9 @@ func Parse(b []byte) (Message, error) {
 
 // parser collects the values of the known keys of one message.
 type parser struct {
-	values [numKeys]string
-	seen   [numKeys]bool
-	keys   int // assignments of known keys
+	values      [numKeys]string
+	seen        [numKeys]bool
+	assignments int // of any key, known or not
 }
 
 // line splits one line into assignments. A line holds one assignment, or
@@ -187,6 +188,7 @@ func isKeyName(s string) bool {
 }
 
 func (p *parser) assign(name, value string) error {
+	p.assignments++
 	k := lookupKey(name)
 	if k < 0 {
 		return nil // unknown keys are ignored, as systemd ignores them
@@ -198,7 +200,6 @@ func (p *parser) assign(name, value string) error {
 		return nil
 	}
 	p.seen[k], p.values[k] = true, value
-	p.keys++
 	return nil
 }
 
@@ -252,7 +253,7 @@ func (p *parser) message() (Message, error) {
 		}
 	}
 	if p.seen[keyBarrier] {
-		if p.keys > 1 {
+		if p.assignments > 1 {
 			return Message{}, fmt.Errorf("%w: it came with other assignments", ErrBarrier)
 		}
 		m.Barrier = true
@@ -280,13 +281,14 @@ func wantOne(k int, v string) error {
 }
 
 // checkStatus refuses STATUS= text that would not show as one clean line in
-// logs, state files and terminals.
+// logs, state files and terminals: invalid UTF-8, C0 and C1 control
+// characters other than tab, and the Unicode line and paragraph separators.
 func checkStatus(s string) error {
 	if !utf8.ValidString(s) {
 		return fmt.Errorf("%w: STATUS=%q is not valid UTF-8", ErrBadValue, s)
 	}
 	for _, r := range s {
-		if r < ' ' && r != '\t' || r == 0x7f {
+		if r < ' ' && r != '\t' || 0x7f <= r && r <= 0x9f || r == 0x2028 || r == 0x2029 {
 			return fmt.Errorf("%w: STATUS=%q holds a control character", ErrBadValue, s)
 		}
 	}
@@ -349,10 +351,9 @@ func (m Message) Encode() ([]byte, error) {
 		add(keyWatchdogUSec, strconv.FormatUint(m.WatchdogUSec, 10))
 	}
 	if m.Failed {
-		if m.Watchdog && m.Errno == 0 {
-			return nil, fmt.Errorf("%w: WATCHDOG=1 and WATCHDOG=trigger", ErrConflict)
-		}
-		if m.Errno != 0 {
+		// ERRNO= says "failed" too, and unlike WATCHDOG=trigger it can stand
+		// beside a WATCHDOG=1 heartbeat.
+		if m.Errno != 0 || m.Watchdog {
 			add(keyErrno, strconv.Itoa(m.Errno))
 		} else {
 			add(keyWatchdog, "trigger")

@@ -41,9 +41,9 @@ func NewServer(conn *Conn, h Handler, log *slog.Logger) *Server {
 }
 
 // Serve reads and applies datagrams until ctx is cancelled, then closes the
-// socket. It returns nil after a cancellation and the read error otherwise.
+// socket and removes its file. It returns nil after a cancellation and the read error otherwise.
 func (s *Server) Serve(ctx context.Context) error {
-	stop := context.AfterFunc(ctx, func() { s.conn.c.Close() })
+	stop := context.AfterFunc(ctx, func() { s.conn.Close() })
 	defer stop()
 	for {
 		d, err := s.conn.Read()

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -41,8 +42,36 @@ func (r *recorder) HandleMessage(m Message, sender Credentials) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.got = append(r.got, record{m, sender})
+	r.got = append(r.got, record{m, withoutPidfd(sender)})
 	return nil
+}
+
+// withoutPidfd checks that a sender's pidfd, where the kernel sent one, is a
+// pidfd of the sender's own process, and returns the credentials without it
+// so that they compare equal to self().
+func withoutPidfd(c Credentials) Credentials {
+	if c.PIDFD > 0 {
+		if got := pidOfPidfd(c.PIDFD); got != c.PID {
+			c.PID = -got // shows up as a mismatch in the caller's comparison
+		}
+		c.PIDFD = 0
+	}
+	return c
+}
+
+// pidOfPidfd reads the pid a pidfd refers to from /proc/self/fdinfo.
+func pidOfPidfd(fd int) int {
+	b, err := os.ReadFile("/proc/self/fdinfo/" + strconv.Itoa(fd))
+	if err != nil {
+		return 0
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Pid:"); ok {
+			pid, _ := strconv.Atoi(strings.TrimSpace(v))
+			return pid
+		}
+	}
+	return 0
 }
 
 func (r *recorder) records() []record {

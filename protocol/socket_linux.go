@@ -1,12 +1,14 @@
 package protocol
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -16,6 +18,11 @@ import (
 // (SCM_CREDENTIALS).
 type Credentials struct {
 	PID, UID, GID int
+	// PIDFD is a pidfd for the sender itself (SCM_PIDFD, Linux 6.5+), or 0
+	// when the kernel sent none. It names the sending process exactly, where
+	// PID could already name another one. It is closed with the datagram:
+	// keep a dup of it, never the descriptor itself.
+	PIDFD int
 }
 
 // Datagram is one datagram as it came off the socket.
@@ -26,12 +33,20 @@ type Datagram struct {
 	// FDs are the descriptors that came with the datagram. The reader owns
 	// them and must close every one.
 	FDs []int
+	// pidfd is the SCM_PIDFD descriptor, or 0; it is copied into Cred.
+	pidfd int
 	// Truncated is set when the datagram or its ancillary data did not fit.
 	Truncated, ControlTruncated bool
 }
 
 // Close closes every descriptor that came with d.
+// The pidfd goes first: closing a barrier's descriptor tells the sender that
+// all is done, so it must be the last thing Close does.
 func (d *Datagram) Close() {
+	if d.pidfd > 0 {
+		unix.Close(d.pidfd)
+		d.pidfd = 0
+	}
 	for _, fd := range d.FDs {
 		unix.Close(fd)
 	}
@@ -41,17 +56,18 @@ func (d *Datagram) Close() {
 // maxFDs is how many descriptors one datagram can carry (SCM_MAX_FD).
 const maxFDs = 253
 
-// oobSize fits the credentials and a full load of descriptors, so the kernel
-// never has to drop one for lack of room.
-var oobSize = unix.CmsgSpace(unix.SizeofUcred) + unix.CmsgSpace(4*maxFDs)
+// oobSize fits the credentials, the sender's pidfd and a full load of
+// descriptors, so the kernel never has to drop one for lack of room.
+var oobSize = unix.CmsgSpace(unix.SizeofUcred) + unix.CmsgSpace(4) + unix.CmsgSpace(4*maxFDs)
 
 // Conn is notifyd's listening datagram socket.
 type Conn struct {
-	c    *net.UnixConn
-	path string // file to unlink on Close; empty for abstract or inherited sockets
-	ino  uint64
-	buf  []byte
-	oob  []byte
+	closeOnce sync.Once
+	c         *net.UnixConn
+	path      string // file to unlink on Close; empty for abstract or inherited sockets
+	ino       uint64
+	buf       []byte
+	oob       []byte
 }
 
 // ListenConfig says where and how to create the socket.
@@ -95,9 +111,15 @@ func Listen(cfg ListenConfig) (*Conn, error) {
 	}
 	// Bind with a umask that leaves the file at most 0600, then widen it to
 	// Mode once the group is right: the socket is never more open than asked.
+	// The umask is the process's, so Listen belongs to start-up, before other
+	// goroutines create files.
 	old := unix.Umask(0o177)
 	err = unix.Bind(fd, &unix.SockaddrUnix{Name: name})
 	unix.Umask(old)
+	if errors.Is(err, unix.EADDRINUSE) {
+		unix.Close(fd)
+		return nil, fmt.Errorf("socket %s: %w; stop it or choose another --socket", cfg.Path, ErrInUse)
+	}
 	if err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("bind %s: %w", cfg.Path, err)
@@ -142,6 +164,10 @@ func (c *Conn) secure(cfg ListenConfig) error {
 // FileConn wraps an inherited datagram socket, as passed by systemd socket
 // activation. SO_PASSCRED is set on it; its path is never unlinked.
 func FileConn(f *os.File) (*Conn, error) {
+	typ, err := unix.GetsockoptInt(int(f.Fd()), unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil || typ != unix.SOCK_DGRAM {
+		return nil, fmt.Errorf("use inherited socket %s: not a datagram socket", f.Name())
+	}
 	if err := setPassCred(int(f.Fd())); err != nil {
 		return nil, err
 	}
@@ -157,10 +183,13 @@ func FileConn(f *os.File) (*Conn, error) {
 	return &Conn{c: uc}, nil
 }
 
+// setPassCred asks the kernel to attach the sender's credentials to every
+// datagram, and a pidfd for the sender where the kernel can (Linux 6.5+).
 func setPassCred(fd int) error {
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PASSCRED, 1); err != nil {
 		return fmt.Errorf("set SO_PASSCRED: %w", err)
 	}
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PASSPIDFD, 1) // older kernels: credentials alone
 	return nil
 }
 
@@ -239,16 +268,29 @@ func (c *Conn) Read() (Datagram, error) {
 			if uc, err := unix.ParseUnixCredentials(&m); err == nil {
 				d.Cred = &Credentials{PID: int(uc.Pid), UID: int(uc.Uid), GID: int(uc.Gid)}
 			}
+		case unix.SCM_PIDFD:
+			if len(m.Data) >= 4 {
+				d.pidfd = int(int32(binary.NativeEndian.Uint32(m.Data)))
+			}
 		}
+	}
+	if d.Cred != nil && d.Cred.PID != 0 {
+		d.Cred.PIDFD = d.pidfd
 	}
 	return d, nil
 }
 
-// Close closes the socket and removes its file, if this Conn created it and
-// the file is still the one it created.
+// Close removes the socket's file, if this Conn created it and the file is
+// still the one it created, then closes the socket. The file goes first:
+// while the socket is open its inode number cannot be reused, so the check
+// cannot mistake a newer socket at the same path for this one. Close is
+// idempotent.
 func (c *Conn) Close() error {
-	err := c.c.Close()
-	c.unlink()
+	var err error
+	c.closeOnce.Do(func() {
+		c.unlink()
+		err = c.c.Close()
+	})
 	return err
 }
 

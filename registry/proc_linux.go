@@ -63,7 +63,17 @@ func parseStat(b []byte) (procInfo, error) {
 }
 
 // realUID reads the real uid of pid from /proc/<pid>/status.
-func realUID(pid int) (int, error) {
+func realUID(pid int) (int, error) { return statusField(pid, "Uid") }
+
+// isProcess reports whether pid names a process rather than one of the
+// other threads of a process, which /proc shows under their own ids too.
+func isProcess(pid int) (bool, error) {
+	tgid, err := statusField(pid, "Tgid")
+	return tgid == pid, err
+}
+
+// statusField reads the first number of one line of /proc/<pid>/status.
+func statusField(pid int, key string) (int, error) {
 	var buf [4096]byte
 	b, err := readSmall("/proc/"+strconv.Itoa(pid)+"/status", buf[:])
 	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH) {
@@ -72,13 +82,10 @@ func realUID(pid int) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	_, rest, ok := bytes.Cut(b, []byte("\nUid:"))
-	if !ok {
-		return 0, fmt.Errorf("read /proc/%d/status: no Uid line", pid)
-	}
+	_, rest, ok := bytes.Cut(b, []byte("\n"+key+":"))
 	fields := bytes.Fields(rest)
-	if len(fields) == 0 {
-		return 0, fmt.Errorf("read /proc/%d/status: empty Uid line", pid)
+	if !ok || len(fields) == 0 {
+		return 0, fmt.Errorf("read /proc/%d/status: no %s line", pid, key)
 	}
 	return strconv.Atoi(string(fields[0]))
 }

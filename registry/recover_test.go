@@ -34,7 +34,7 @@ func TestRecover(t *testing.T) {
 			setup: func(t *testing.T, dir string) recovered {
 				c := startSleep(t)
 				content := "PID=" + strconv.Itoa(c.pid()) + "\nSTARTTIME=" + strconv.FormatUint(startTimeOf(t, c.pid()), 10) +
-					"\nREADY_AT=" + readyAt + "\nSTATUS=serving requests\n"
+					"\nREADY_AT=" + readyAt + "\nSTATUS=load=0.5 (serving)\n"
 				writeFile(t, filepath.Join(dir, stateName(c.pid())), content)
 				return recovered{
 					summary: Summary{Ready: 1, Workers: 1},

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/notifyd/notifyd/protocol"
+	"golang.org/x/sys/unix"
 )
 
 // The reasons the registry rejects a message.
@@ -180,7 +181,11 @@ func (r *Registry) HandleMessage(m protocol.Message, sender protocol.Credentials
 		if !changesWorker(m) {
 			return nil
 		}
-		if e, err = r.add(pid, info.startTime); errors.Is(err, errExited) {
+		senderFD := 0
+		if pid == sender.PID {
+			senderFD = sender.PIDFD
+		}
+		if e, err = r.add(pid, info.startTime, senderFD); errors.Is(err, errExited) {
 			return fmt.Errorf("%w: pid %d exited while registering", ErrNoProcess, pid)
 		} else if err != nil {
 			return err
@@ -213,24 +218,39 @@ func changesWorker(m protocol.Message) bool {
 		m.WatchdogUSec != 0 || m.Failed
 }
 
-// add starts watching pid and registers it. Once the pidfd pins the process,
-// /proc is read again: a start time that changed means the process that was
-// checked has gone and another took its pid.
-func (r *Registry) add(pid int, startTime uint64) (*entry, error) {
+// add starts watching pid and registers it. senderFD, when not 0, is the
+// sender's own pidfd from the kernel, for a message about the sender: it is
+// dup'ed rather than opening a new pidfd by number. Once a pidfd pins the
+// process, /proc is read again: a start time that changed means the process
+// that was checked has gone and another took its pid.
+func (r *Registry) add(pid int, startTime uint64, senderFD int) (*entry, error) {
 	e := &entry{Worker: Worker{PID: pid, StartTime: startTime, State: Starting}, pidfd: -1}
 	if r.watcher != nil {
-		fd, err := r.watcher.watch(pid)
+		fd, err := r.watchPid(pid, senderFD)
 		if err != nil {
 			return nil, err
 		}
-		if info, err := readProc(pid); err != nil || info.startTime != startTime {
+		if info, err := readProc(pid); err != nil || info.startTime != startTime || exitedPidfd(fd) {
 			r.watcher.unwatch(fd)
 			return nil, errExited
 		}
 		e.pidfd = fd
+	} else if ok, err := isProcess(pid); err != nil || !ok {
+		return nil, errExited
 	}
 	r.workers[pid] = e
 	return e, nil
+}
+
+func (r *Registry) watchPid(pid, senderFD int) (int, error) {
+	if senderFD <= 0 {
+		return r.watcher.watch(pid)
+	}
+	fd, err := unix.FcntlInt(uintptr(senderFD), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("dup pidfd of %d: %w", pid, err)
+	}
+	return fd, r.watcher.watchFD(pid, fd)
 }
 
 // apply changes e as m says, then mirrors the change to the state file, the

@@ -33,6 +33,9 @@ func ValidateFilename(pattern string) error {
 	if strings.ContainsRune(pattern, '/') {
 		return fmt.Errorf("must be a file name without '/'; put the directory in --dir")
 	}
+	if strings.HasSuffix(pattern, tmpSuffix) {
+		return fmt.Errorf("must not end in %s, which marks a state file being written", tmpSuffix)
+	}
 	if strings.ContainsAny(strings.Replace(pattern, "{}", "", 1), "{}\x00") {
 		return fmt.Errorf("must not contain braces other than the one {} placeholder")
 	}

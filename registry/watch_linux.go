@@ -50,18 +50,24 @@ func newPidfdWatcher() (*pidfdWatcher, error) {
 // is readable at once.
 func (w *pidfdWatcher) watch(pid int) (int, error) {
 	fd, err := unix.PidfdOpen(pid, 0)
-	if errors.Is(err, unix.ESRCH) {
-		return -1, errExited
+	if errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) {
+		return -1, errExited // gone, or a thread of some process rather than a process
 	}
 	if err != nil {
 		return -1, fmt.Errorf("pidfd_open %d: %w", pid, err)
 	}
+	return fd, w.watchFD(pid, fd)
+}
+
+// watchFD adds a pidfd the caller already has, such as a dup of the sender's
+// SCM_PIDFD, to the epoll set. On error the descriptor is closed.
+func (w *pidfdWatcher) watchFD(pid, fd int) error {
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd), Pad: int32(pid)}
 	if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		unix.Close(fd)
-		return -1, fmt.Errorf("watch pidfd of %d: %w", pid, err)
+		return fmt.Errorf("watch pidfd of %d: %w", pid, err)
 	}
-	return fd, nil
+	return nil
 }
 
 // unwatch closes a pidfd; closing it also takes it out of the epoll set.
@@ -84,6 +90,8 @@ func (w *pidfdWatcher) run(exited func(pid, pidfd int)) error {
 		}
 		for _, ev := range events[:n] {
 			if ev.Pad == -1 {
+				var drain [8]byte
+				unix.Read(w.wake, drain[:]) // so that a later run waits again
 				return nil
 			}
 			exited(int(ev.Pad), int(ev.Fd))
