@@ -127,9 +127,20 @@ var boundAddr = regexp.MustCompile(`msg="notifyd started".* bind=(\S+)`)
 // has started and stops it at the end of the test.
 func startNotifyd(t *testing.T, dir string, args ...string) *daemon {
 	t.Helper()
+	d := launch(t, dir, nil, nil, args...)
+	d.waitStarted(t)
+	return d
+}
+
+// launch starts notifyd, or with wrap a command that runs it, with extra
+// environment variables, without waiting for it to start.
+func launch(t *testing.T, dir string, env, wrap []string, args ...string) *daemon {
+	t.Helper()
 	d := &daemon{dir: dir, socket: filepath.Join(dir, "notify.sock"), log: &syncBuffer{}, done: make(chan struct{})}
-	full := append([]string{"--socket", d.socket, "--dir", dir, "--bind", "127.0.0.1:0", "--log-level", "debug"}, args...)
-	d.cmd = exec.Command(filepath.Join(bin, "notifyd"), full...)
+	full := append([]string{filepath.Join(bin, "notifyd"), "--socket", d.socket, "--dir", dir, "--bind", "127.0.0.1:0", "--log-level", "debug"}, args...)
+	full = append(wrap, full...)
+	d.cmd = exec.Command(full[0], full[1:]...)
+	d.cmd.Env = append(os.Environ(), env...)
 	d.cmd.Stderr = d.log
 	d.cmd.Stdout = d.log
 	if err := d.cmd.Start(); err != nil {
@@ -143,6 +154,12 @@ func startNotifyd(t *testing.T, dir string, args ...string) *daemon {
 			t.Logf("notifyd log:\n%s", d.log.String())
 		}
 	})
+	return d
+}
+
+// waitStarted waits for notifyd's "started" line and learns its HTTP address.
+func (d *daemon) waitStarted(t *testing.T) {
+	t.Helper()
 	waitFor(t, "notifyd to start", func() bool {
 		select {
 		case <-d.done:
@@ -155,7 +172,6 @@ func startNotifyd(t *testing.T, dir string, args ...string) *daemon {
 		}
 		return m != nil
 	})
-	return d
 }
 
 // health is one answer of the health check.

@@ -31,6 +31,7 @@ type config struct {
 	detection    registry.Detection
 	reapInterval time.Duration
 	watchdogUSec uint64
+	systemdReady string
 }
 
 // errHelp is returned for --help, after the usage has been printed.
@@ -61,6 +62,7 @@ func parseConfig(args []string, stdout io.Writer) (config, error) {
 	def("exit-detection", "auto", "how worker exits are seen: auto, pidfd or sweep")
 	def("reap-interval", "1s", "sweep interval, used only when exits are found by sweeping")
 	def("watchdog-usec", "0", "heartbeat deadline in µs for workers that declare none; 0 is off")
+	def("systemd-ready", readyWhenListening, "when to tell systemd READY=1: listening, or workers once --require are ready")
 
 	// Environment first, so that flags parsed after it win.
 	fromEnv := map[string]bool{}
@@ -132,6 +134,11 @@ func parseConfig(args []string, stdout io.Writer) (config, error) {
 	}
 	if c.watchdogUSec, err = strconv.ParseUint(*v["watchdog-usec"], 10, 64); err != nil {
 		return c, bad("watchdog-usec", "must be a whole number of microseconds, 0 for off")
+	}
+	switch c.systemdReady = *v["systemd-ready"]; c.systemdReady {
+	case readyWhenListening, readyWhenWorkers:
+	default:
+		return c, bad("systemd-ready", "must be listening or workers")
 	}
 	return c, nil
 }

@@ -3,10 +3,8 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os/signal"
 	"sync"
 	"syscall"
@@ -30,6 +28,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	inherited, err := takeInherited()
+	if err != nil {
+		return err
+	}
+	if inherited.notify == nil {
+		if err := checkNotSystemdSocket(cfg.socket); err != nil {
+			return err
+		}
+	}
+	notifier := newSystemdNotifier(cfg, log.With("component", "systemd"))
+
 	reg, err := registry.New(registry.Config{
 		Dir:          cfg.dir,
 		Filename:     cfg.filename,
@@ -38,25 +47,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		ReapInterval: cfg.reapInterval,
 		WatchdogUSec: cfg.watchdogUSec,
 		Logger:       log.With("component", "registry"),
+		OnChange:     notifier.poke,
 	})
 	if err != nil {
 		return err
 	}
 	defer reg.Close()
+	notifier.summary = reg.Summary
 
-	conn, err := protocol.Listen(protocol.ListenConfig{Path: cfg.socket, Mode: cfg.socketMode, GID: cfg.socketGID})
+	conn, ln, err := listen(cfg, inherited, log)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-
-	ln, err := net.Listen("tcp", cfg.bind)
-	if err != nil {
-		return fmt.Errorf("listen on --bind %s: %w", cfg.bind, err)
-	}
 	defer ln.Close()
 
-	log.Info("notifyd started", "socket", cfg.socket, "bind", ln.Addr().String(),
+	log.Info("notifyd started", "socket", conn.Addr(), "bind", ln.Addr().String(),
 		"require", cfg.require, "dir", cfg.dir, "ready", reg.Summary().Ready)
 
 	srv := protocol.NewServer(conn, reg, log.With("component", "protocol"))
@@ -65,9 +71,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		reg.Run,
 		srv.Serve,
 		func(ctx context.Context) error { return httpapi.Serve(ctx, ln, health, log.With("component", "http")) },
+		notifier.Run,
 	)
 	stop() // from here on, a second signal ends the process
-	log.Info("notifyd stopped", "ready", reg.Summary().Ready)
+	log.Info("notifyd stopped", "ready", reg.Summary().Ready, "messages", srv.Counts())
 	return err
 }
 
