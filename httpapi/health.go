@@ -20,29 +20,73 @@ var (
 
 // Health answers the health check on every method and path.
 type Health struct {
-	src      Source
-	required int
+	src                Source
+	required, expected int
 }
 
 // NewHealth returns the health handler: 200 when src has at least required
-// ready workers, else 500.
-func NewHealth(src Source, required int) *Health {
-	return &Health{src: src, required: required}
+// ready workers and is not draining, else 500. expected is the capacity the
+// server is configured for, shown by ?verbose.
+func NewHealth(src Source, required, expected int) *Health {
+	return &Health{src: src, required: required, expected: expected}
 }
 
-func (h *Health) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
-	ready := h.src.Summary().Ready
-	var buf [32]byte
-	body := strconv.AppendInt(buf[:0], int64(ready), 10)
-	body = append(body, " workers ready\n"...)
+// healthy is the one rule every answer (HTTP, status, metrics) applies.
+func healthy(s registry.Summary, required int) bool {
+	return s.Ready >= required && !s.Draining
+}
+
+func (h *Health) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s := h.src.Summary()
+	var buf [256]byte
+	var body []byte
+	if r.URL.RawQuery != "" && r.URL.Query().Has("verbose") {
+		body = h.verbose(buf[:0], s)
+	} else {
+		body = strconv.AppendInt(buf[:0], int64(s.Ready), 10)
+		body = append(body, " workers ready"...)
+		if s.Draining {
+			body = append(body, ", draining"...)
+		}
+		body = append(body, '\n')
+	}
 	hdr := w.Header()
 	hdr["Content-Type"] = textPlain
 	hdr["Cache-Control"] = noStore
 	hdr["Content-Length"] = []string{strconv.Itoa(len(body))}
 	code := http.StatusOK
-	if ready < h.required {
+	if !healthy(s, h.required) {
 		code = http.StatusInternalServerError
 	}
 	w.WriteHeader(code)
 	w.Write(body)
+}
+
+// verbose writes one Kubernetes-style line per check, then the verdict:
+//
+//	[+]workers ok: 3/2 ready
+//	[+]capacity ok: 3/4 expected
+//	healthz check passed
+func (h *Health) verbose(b []byte, s registry.Summary) []byte {
+	count := func(b []byte, n, of int, what string) []byte {
+		b = strconv.AppendInt(b, int64(n), 10)
+		b = append(b, '/')
+		b = strconv.AppendInt(b, int64(of), 10)
+		return append(b, what...)
+	}
+	if s.Ready >= h.required {
+		b = append(b, "[+]workers ok: "...)
+	} else {
+		b = append(b, "[-]workers failed: "...)
+	}
+	b = count(b, s.Ready, h.required, " ready\n")
+	b = append(b, "[+]capacity ok: "...)
+	b = count(b, s.Ready, h.expected, " expected\n")
+	if s.Draining {
+		b = append(b, "[-]drain failed: draining; notify --undrain or SIGUSR2 ends it\n"...)
+	}
+	if healthy(s, h.required) {
+		return append(b, "healthz check passed\n"...)
+	}
+	return append(b, "healthz check failed\n"...)
 }

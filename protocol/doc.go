@@ -36,6 +36,8 @@
 //	BARRIER=1           alone, with exactly one file descriptor: the receiver
 //	                    closes the descriptor once everything sent before it
 //	                    has been applied
+//	X_NOTIFYD_DRAIN=1   notifyd's extension: drain the instance (0 undrains);
+//	                    only root and notifyd's own user may send it
 //
 // Keys notifyd has no use for (EXTEND_TIMEOUT_USEC, MONOTONIC_USEC, FDSTORE,
 // FDNAME and any unknown key) are accepted and ignored, as systemd does. A

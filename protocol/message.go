@@ -63,6 +63,11 @@ type Message struct {
 
 	// Barrier is true for BARRIER=1. Such a message carries nothing else.
 	Barrier bool
+
+	// Drain is set by notifyd's own extension X_NOTIFYD_DRAIN=1 (drain the
+	// instance: fail the health check while the registry keeps working) or
+	// X_NOTIFYD_DRAIN=0 (undrain); nil when the message has neither.
+	Drain *bool
 }
 
 // The keys notifyd acts on. Their order is the order Encode writes them in.
@@ -77,6 +82,7 @@ const (
 	keyWatchdogUSec
 	keyErrno
 	keyBarrier
+	keyDrain
 	numKeys
 )
 
@@ -91,6 +97,7 @@ var keyNames = [numKeys]string{
 	keyWatchdogUSec: "WATCHDOG_USEC",
 	keyErrno:        "ERRNO",
 	keyBarrier:      "BARRIER",
+	keyDrain:        "X_NOTIFYD_DRAIN",
 }
 
 func lookupKey(name string) int {
@@ -240,6 +247,12 @@ func (p *parser) message() (Message, error) {
 			if err != nil || m.WatchdogUSec == 0 || !isDigits(v) {
 				err = fmt.Errorf("%w: WATCHDOG_USEC=%q, want a positive number of microseconds", ErrBadValue, v)
 			}
+		case keyDrain:
+			if v != "0" && v != "1" {
+				err = fmt.Errorf("%w: X_NOTIFYD_DRAIN=%q, want 1 or 0", ErrBadValue, v)
+			}
+			drain := v == "1"
+			m.Drain = &drain
 		case keyErrno:
 			var n int64
 			n, err = strconv.ParseInt(v, 10, 32)
@@ -361,6 +374,9 @@ func (m Message) Encode() ([]byte, error) {
 	}
 	if m.Barrier {
 		add(keyBarrier, "1")
+	}
+	if m.Drain != nil {
+		add(keyDrain, map[bool]string{true: "1", false: "0"}[*m.Drain])
 	}
 	if len(b) > MaxDatagramSize {
 		return nil, fmt.Errorf("%w (got %d)", ErrTooLarge, len(b))

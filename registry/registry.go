@@ -29,9 +29,10 @@ type Registry struct {
 	files   stateFiles
 	watcher *pidfdWatcher // nil when exits are found by sweeping
 
-	mu      sync.Mutex
-	workers map[int]*entry
-	ready   int // workers that count, kept in step with every change
+	mu       sync.Mutex
+	workers  map[int]*entry
+	ready    int // workers that count, kept in step with every change
+	draining bool
 
 	summary    atomic.Pointer[Summary]
 	exits      atomic.Uint64
@@ -85,6 +86,9 @@ func New(cfg Config) (*Registry, error) {
 	if err := r.recover(); err != nil {
 		r.Close()
 		return nil, err
+	}
+	if r.draining = files.drainMarked(); r.draining {
+		r.log.Info("draining, as before the restart", "undrain", "notify --undrain, or SIGUSR2")
 	}
 	r.publish()
 	return r, nil
@@ -143,6 +147,17 @@ func (r *Registry) StateFileErrors() uint64 { return r.fileErrors.Load() }
 func (r *Registry) HandleMessage(m protocol.Message, sender protocol.Credentials) error {
 	if r.cfg.Access == RootOnly && sender.UID != 0 {
 		return fmt.Errorf("%w: uid %d is not root and --access is root", ErrNotPermitted, sender.UID)
+	}
+	if m.Drain != nil {
+		if sender.UID != 0 && sender.UID != os.Getuid() {
+			return fmt.Errorf("%w: only root and notifyd's own uid may drain, the sender is uid %d", ErrNotPermitted, sender.UID)
+		}
+		if err := r.SetDraining(*m.Drain); err != nil {
+			return err
+		}
+		if m.PID == 0 && !changesWorker(m) {
+			return nil // a drain from the notify client is about no worker
+		}
 	}
 	pid := m.PID
 	if pid == 0 {
@@ -306,8 +321,31 @@ func (r *Registry) settle(e *entry, before bool) {
 	r.publish()
 }
 
+// Draining reports whether the instance is drained.
+func (r *Registry) Draining() bool { return r.Summary().Draining }
+
+// SetDraining drains or undrains the instance, and records it in the state
+// directory so that a restarted notifyd keeps draining. The in-memory state
+// changes even when the file cannot be written; the error says so.
+func (r *Registry) SetDraining(on bool) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.draining == on {
+		return nil
+	}
+	r.draining = on
+	r.log.Info("drain", "draining", on)
+	r.publish()
+	if err := r.files.setDrainMark(on); err != nil {
+		r.fileErrors.Add(1)
+		r.log.Error("drain state not saved; a restart will forget it", "error", err)
+		return err
+	}
+	return nil
+}
+
 func (r *Registry) publish() {
-	s := &Summary{Ready: r.ready, Workers: len(r.workers)}
+	s := &Summary{Ready: r.ready, Workers: len(r.workers), Draining: r.draining}
 	if old := r.summary.Load(); old != nil && *old == *s {
 		return
 	}

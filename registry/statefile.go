@@ -17,6 +17,31 @@ import (
 // left behind by a crash is removed at the next start.
 const tmpSuffix = ".tmp"
 
+// drainFile marks a drained instance. It holds no digits, so no state file
+// name pattern can match it.
+const drainFile = ".notifyd.draining"
+
+// setDrainMark creates or removes the drain mark.
+func (s stateFiles) setDrainMark(on bool) error {
+	path := filepath.Join(s.dir, drainFile)
+	if !on {
+		if err := unix.Unlink(path); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("remove drain mark %s: %w", path, err)
+		}
+		return nil
+	}
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return fmt.Errorf("write drain mark %s: %w", path, err)
+	}
+	return unix.Close(fd)
+}
+
+func (s stateFiles) drainMarked() bool {
+	var st unix.Stat_t
+	return unix.Lstat(filepath.Join(s.dir, drainFile), &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG
+}
+
 // stateFiles names, writes and removes the per-pid state files: dir joined
 // with prefix, the pid in decimal, and suffix.
 type stateFiles struct {

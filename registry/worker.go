@@ -58,4 +58,7 @@ type Summary struct {
 	Ready int
 	// Workers is the number of registered workers in any state.
 	Workers int
+	// Draining is set while the instance is drained: the health check
+	// fails, whatever the count, so load balancers send it no new work.
+	Draining bool
 }

@@ -32,6 +32,9 @@ type request struct {
 }
 
 func run(args []string, stdout io.Writer) error {
+	if len(args) > 0 && args[0] == "check" {
+		return runCheck(args[1:], stdout)
+	}
 	req, err := parseArgs(args, stdout)
 	if err != nil {
 		return err
@@ -60,6 +63,8 @@ func parseArgs(args []string, stdout io.Writer) (request, error) {
 	status := fs.String("status", "", "send STATUS=TEXT")
 	pidArg := fs.String("pid", "parent", "the pid the message is about: a number, self or parent")
 	socket := fs.String("socket", "", "notifyd's socket (default $NOTIFYD_SOCKET, else "+protocol.DefaultSocketPath()+")")
+	drain := fs.Bool("drain", false, "drain the instance: notifyd's health check fails until --undrain (root or notifyd's user only)")
+	undrain := fs.Bool("undrain", false, "end a drain")
 	noBlock := fs.Bool("no-block", false, "do not wait for notifyd to process the message")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for notifyd")
 	if err := fs.Parse(args); err != nil {
@@ -73,6 +78,14 @@ func parseArgs(args []string, stdout io.Writer) (request, error) {
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 
 	var m protocol.Message
+	if *drain || *undrain {
+		if *drain && *undrain || *ready || *stopping || *reloading || set["status"] || set["pid"] || fs.NArg() > 0 {
+			return request{}, usagef("--drain and --undrain go alone: they are about the instance, not a worker")
+		}
+		on := *drain
+		m.Drain = &on
+		return finishRequest(m, nil, *socket, *noBlock, *timeout)
+	}
 	switch {
 	case *ready && *stopping, *ready && *reloading, *stopping && *reloading:
 		return request{}, usagef("--ready, --stopping and --reloading exclude each other")
@@ -91,33 +104,36 @@ func parseArgs(args []string, stdout io.Writer) (request, error) {
 		return request{}, err
 	}
 	m.PID = pid
-	if *timeout <= 0 {
-		return request{}, usagef("--timeout %s: must be a positive duration such as 5s", *timeout)
+	if m.Lifecycle == protocol.NoLifecycle && m.Status == nil && fs.NArg() == 0 {
+		return request{}, usagef("nothing to send: give --ready, --stopping, --reloading, --status, --drain, --undrain or KEY=VALUE")
 	}
+	return finishRequest(m, fs.Args(), *socket, *noBlock, *timeout)
+}
 
+// finishRequest encodes m with the raw KEY=VALUE assignments after it, and
+// checks the whole message here, where a mistake can be reported, rather
+// than have notifyd reject it where only its log would say why.
+func finishRequest(m protocol.Message, raw []string, socket string, noBlock bool, timeout time.Duration) (request, error) {
+	if timeout <= 0 {
+		return request{}, usagef("--timeout %s: must be a positive duration such as 5s", timeout)
+	}
 	payload, err := m.Encode()
 	if err != nil {
 		return request{}, usagef("%v", err)
 	}
-	for _, kv := range fs.Args() {
+	for _, kv := range raw {
 		if !strings.Contains(kv, "=") {
 			return request{}, usagef("argument %q: want KEY=VALUE", kv)
 		}
 		payload = append(append(payload, '\n'), kv...)
 	}
-	if m.Lifecycle == protocol.NoLifecycle && m.Status == nil && fs.NArg() == 0 {
-		return request{}, usagef("nothing to send: give --ready, --stopping, --reloading, --status or KEY=VALUE")
-	}
-	// Check the whole message here, where the mistake can be reported, rather
-	// than have notifyd reject it where only its log would say why.
 	switch parsed, err := protocol.Parse(payload); {
 	case err != nil:
 		return request{}, usagef("%v", err)
 	case parsed.Barrier:
 		return request{}, usagef("BARRIER=1 is sent by notify itself; use --no-block to skip it")
 	}
-
-	req := request{socket: *socket, payload: payload, block: !*noBlock, timeout: *timeout}
+	req := request{socket: socket, payload: payload, block: !noBlock, timeout: timeout}
 	if req.socket == "" {
 		req.socket = os.Getenv("NOTIFYD_SOCKET")
 	}
@@ -153,6 +169,8 @@ func printUsage(fs *flag.FlagSet, w io.Writer) {
 
 Usage: notify [--ready|--stopping|--reloading] [--status TEXT] [--pid N|self|parent]
               [--socket PATH] [--no-block] [--timeout D] [KEY=VALUE...]
+       notify --drain|--undrain [--socket PATH]
+       notify check [--url URL] [--timeout D]
 
 It never uses $NOTIFY_SOCKET: inside a Type=notify unit that is systemd's.
 Exit status: 0 notifyd processed the message, 1 error, 2 usage error.

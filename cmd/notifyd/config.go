@@ -32,6 +32,8 @@ type config struct {
 	reapInterval time.Duration
 	watchdogUSec uint64
 	systemdReady string
+	expect       int
+	agentBind    string // "" is off
 }
 
 // errHelp is returned for --help, after the usage has been printed.
@@ -55,6 +57,8 @@ func parseConfig(args []string, stdout io.Writer) (config, error) {
 	def("socket-group", "", "group of the socket file, by name or number (default: notifyd's group)")
 	def("bind", "127.0.0.1:8001", "address of the HTTP health check")
 	def("require", "1", "workers that must be ready for the health check to answer 200")
+	def("expect", "", "workers the server is configured to run, the capacity agent weights follow (default --require)")
+	def("agent-bind", "", "address of the HAProxy agent-check, such as 127.0.0.1:8002 (default off)")
 	def("dir", protocol.RuntimeDirectory(), "directory of the state files")
 	def("filename", ".gunicorn.worker.{}", "state file name; {} stands for the pid")
 	def("log-level", "info", "debug, info, warn or error")
@@ -134,6 +138,17 @@ func parseConfig(args []string, stdout io.Writer) (config, error) {
 	}
 	if c.watchdogUSec, err = strconv.ParseUint(*v["watchdog-usec"], 10, 64); err != nil {
 		return c, bad("watchdog-usec", "must be a whole number of microseconds, 0 for off")
+	}
+	c.expect = c.require
+	if *v["expect"] != "" {
+		if c.expect, err = strconv.Atoi(*v["expect"]); err != nil || c.expect < 0 {
+			return c, bad("expect", "must be a whole number, 0 or more")
+		}
+	}
+	if c.agentBind = *v["agent-bind"]; c.agentBind != "" {
+		if _, _, err := net.SplitHostPort(c.agentBind); err != nil {
+			return c, bad("agent-bind", "must be host:port, such as 127.0.0.1:8002")
+		}
 	}
 	switch c.systemdReady = *v["systemd-ready"]; c.systemdReady {
 	case readyWhenListening, readyWhenWorkers:

@@ -3,8 +3,11 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"os"
 	"os/signal"
 	"sync"
 	"syscall"
@@ -62,20 +65,56 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer conn.Close()
 	defer ln.Close()
 
-	log.Info("notifyd started", "socket", conn.Addr(), "bind", ln.Addr().String(),
-		"require", cfg.require, "dir", cfg.dir, "ready", reg.Summary().Ready)
-
 	srv := protocol.NewServer(conn, reg, log.With("component", "protocol"))
-	health := httpapi.NewHealth(reg, cfg.require)
-	err = runAll(ctx,
+	handler := httpapi.NewHandler(httpapi.Config{
+		Registry: reg, Required: cfg.require, Expected: cfg.expect, MessageCounts: srv.Counts,
+	})
+	httpLog := log.With("component", "http")
+	parts := []func(context.Context) error{
 		reg.Run,
 		srv.Serve,
-		func(ctx context.Context) error { return httpapi.Serve(ctx, ln, health, log.With("component", "http")) },
+		func(ctx context.Context) error { return httpapi.Serve(ctx, ln, handler, httpLog) },
 		notifier.Run,
-	)
+		drainSignals(reg, log),
+	}
+
+	started := []any{"socket", conn.Addr(), "bind", ln.Addr().String()}
+	if cfg.agentBind != "" {
+		agent, err := net.Listen("tcp", cfg.agentBind)
+		if err != nil {
+			return fmt.Errorf("listen on --agent-bind %s: %w", cfg.agentBind, err)
+		}
+		defer agent.Close()
+		started = append(started, "agent", agent.Addr().String())
+		parts = append(parts, func(ctx context.Context) error {
+			return httpapi.ServeAgent(ctx, agent, reg, cfg.require, cfg.expect, httpLog)
+		})
+	}
+	log.Info("notifyd started", append(started, "require", cfg.require, "expect", cfg.expect,
+		"dir", cfg.dir, "ready", reg.Summary().Ready, "draining", reg.Draining())...)
+	err = runAll(ctx, parts...)
 	stop() // from here on, a second signal ends the process
 	log.Info("notifyd stopped", "ready", reg.Summary().Ready, "messages", srv.Counts())
 	return err
+}
+
+// drainSignals drains the instance on SIGUSR1 and undrains it on SIGUSR2.
+func drainSignals(reg *registry.Registry, log *slog.Logger) func(context.Context) error {
+	return func(ctx context.Context) error {
+		ch := make(chan os.Signal, 1)
+		signal.Notify(ch, syscall.SIGUSR1, syscall.SIGUSR2)
+		defer signal.Stop(ch)
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case sig := <-ch:
+				// A drain mark that cannot be saved is logged by the registry;
+				// the drain itself has taken effect.
+				reg.SetDraining(sig == syscall.SIGUSR1)
+			}
+		}
+	}
 }
 
 // runAll runs each part in its own goroutine until ctx is cancelled or one

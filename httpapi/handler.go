@@ -1,0 +1,40 @@
+package httpapi
+
+import (
+	"net/http"
+
+	"github.com/notifyd/notifyd/registry"
+)
+
+// Config is what NewHandler needs.
+type Config struct {
+	Registry *registry.Registry
+	// Required is --require, Expected is --expect.
+	Required, Expected int
+	// MessageCounts returns the datagrams received by result, for
+	// notifyd_messages_total.
+	MessageCounts func() map[string]uint64
+}
+
+// NewHandler routes GET /status and GET /metrics to their handlers, and
+// every other method and path to the health check.
+func NewHandler(cfg Config) http.Handler {
+	health := NewHealth(cfg.Registry, cfg.Required, cfg.Expected)
+	named := map[string]http.Handler{
+		"/status":  statusHandler{reg: cfg.Registry, required: cfg.Required, expected: cfg.Expected},
+		"/metrics": metricsHandler(collector{reg: cfg.Registry, required: cfg.Required, expected: cfg.Expected, messages: cfg.MessageCounts}),
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h, ok := named[r.URL.Path]
+		if !ok {
+			health.ServeHTTP(w, r)
+			return
+		}
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, r.URL.Path+" answers GET and HEAD only", http.StatusMethodNotAllowed)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}

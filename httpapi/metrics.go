@@ -1,0 +1,74 @@
+package httpapi
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/notifyd/notifyd/registry"
+)
+
+// collector reads the registry at scrape time, so the metrics cost nothing
+// between scrapes and are never out of step with the health answer.
+type collector struct {
+	reg                *registry.Registry
+	required, expected int
+	messages           func() map[string]uint64
+}
+
+var (
+	descWorkers   = prometheus.NewDesc("notifyd_workers", "Registered workers by state.", []string{"state"}, nil)
+	descRequired  = prometheus.NewDesc("notifyd_workers_required", "Ready workers needed for a healthy answer (--require).", nil, nil)
+	descExpected  = prometheus.NewDesc("notifyd_workers_expected", "Workers the server is configured to run (--expect).", nil, nil)
+	descHealthy   = prometheus.NewDesc("notifyd_healthy", "1 when the health check answers 200, else 0.", nil, nil)
+	descDraining  = prometheus.NewDesc("notifyd_draining", "1 while the instance is drained, else 0.", nil, nil)
+	descMessages  = prometheus.NewDesc("notifyd_messages_total", "Datagrams received, by result: accepted, barrier, or the reason of a rejection.", []string{"result"}, nil)
+	descExits     = prometheus.NewDesc("notifyd_worker_exits_total", "Registered workers found to have exited without STOPPING=1.", nil, nil)
+	descFileError = prometheus.NewDesc("notifyd_state_file_errors_total", "State file writes and removals that failed.", nil, nil)
+)
+
+// states are the values of notifyd_workers' state label, all always present.
+var states = []registry.State{registry.Starting, registry.Ready, registry.Reloading, registry.Hung, registry.Failed}
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descWorkers, descRequired, descExpected, descHealthy, descDraining, descMessages, descExits, descFileError} {
+		ch <- d
+	}
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	byState := make(map[registry.State]int, len(states))
+	for _, w := range c.reg.Workers() {
+		byState[w.State]++
+	}
+	for _, st := range states {
+		ch <- prometheus.MustNewConstMetric(descWorkers, prometheus.GaugeValue, float64(byState[st]), st.String())
+	}
+	s := c.reg.Summary()
+	ch <- prometheus.MustNewConstMetric(descRequired, prometheus.GaugeValue, float64(c.required))
+	ch <- prometheus.MustNewConstMetric(descExpected, prometheus.GaugeValue, float64(c.expected))
+	ch <- prometheus.MustNewConstMetric(descHealthy, prometheus.GaugeValue, boolFloat(healthy(s, c.required)))
+	ch <- prometheus.MustNewConstMetric(descDraining, prometheus.GaugeValue, boolFloat(s.Draining))
+	for result, n := range c.messages() {
+		ch <- prometheus.MustNewConstMetric(descMessages, prometheus.CounterValue, float64(n), result)
+	}
+	ch <- prometheus.MustNewConstMetric(descExits, prometheus.CounterValue, float64(c.reg.Exits()))
+	ch <- prometheus.MustNewConstMetric(descFileError, prometheus.CounterValue, float64(c.reg.StateFileErrors()))
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// metricsHandler serves the Prometheus text format: notifyd's own metrics
+// plus the client library's process and Go runtime collectors.
+func metricsHandler(c collector) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c, collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+}

@@ -1,0 +1,74 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/notifyd/notifyd/registry"
+)
+
+// Status is the JSON document GET /status answers. Its keys are stable.
+type Status struct {
+	Ready    int            `json:"ready"`
+	Required int            `json:"required"`
+	Expected int            `json:"expected"`
+	Healthy  bool           `json:"healthy"`
+	Draining bool           `json:"draining"`
+	Workers  []WorkerStatus `json:"workers"`
+}
+
+// WorkerStatus is one worker in Status. Times are RFC 3339, or null when the
+// event has not happened.
+type WorkerStatus struct {
+	PID int `json:"pid"`
+	// State is ready, starting, reloading, hung or failed.
+	State        string     `json:"state"`
+	ReadyAt      *time.Time `json:"ready_at"`
+	Status       string     `json:"status"`
+	LastWatchdog *time.Time `json:"last_watchdog"`
+	// StartTime is field 22 of /proc/<pid>/stat, in clock ticks since boot.
+	StartTime uint64 `json:"start_time"`
+}
+
+// statusHandler answers GET /status.
+type statusHandler struct {
+	reg                *registry.Registry
+	required, expected int
+}
+
+func (h statusHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s := h.reg.Summary()
+	workers := h.reg.Workers()
+	doc := Status{
+		Ready:    s.Ready,
+		Required: h.required,
+		Expected: h.expected,
+		Healthy:  healthy(s, h.required),
+		Draining: s.Draining,
+		Workers:  make([]WorkerStatus, 0, len(workers)),
+	}
+	for _, wk := range workers {
+		doc.Workers = append(doc.Workers, WorkerStatus{
+			PID:          wk.PID,
+			State:        wk.State.String(),
+			ReadyAt:      timeOrNil(wk.ReadyAt),
+			Status:       wk.Status,
+			LastWatchdog: timeOrNil(wk.LastWatchdog),
+			StartTime:    wk.StartTime,
+		})
+	}
+	w.Header()["Content-Type"] = []string{"application/json"}
+	w.Header()["Cache-Control"] = noStore
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(doc)
+}
+
+func timeOrNil(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	t = t.UTC()
+	return &t
+}
