@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every notifyd test. On a fresh Debian machine, run as root, it first
-# installs the tools the tests use: gunicorn, curl and systemd (for
-# systemd-notify). Under CI=true a tool that is still missing fails the run.
+# installs the tools the tests use: gunicorn, curl, systemd (for
+# systemd-notify, systemd-socket-activate and systemd-analyze), haproxy and
+# prometheus (for promtool). Under CI=true a tool that is still missing
+# fails the run.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -10,6 +12,8 @@ command -v gunicorn >/dev/null || missing+=(gunicorn)
 command -v curl >/dev/null || missing+=(curl)
 command -v systemd-notify >/dev/null || missing+=(systemd)
 command -v setpriv >/dev/null || missing+=(util-linux)
+command -v haproxy >/dev/null || missing+=(haproxy)
+command -v promtool >/dev/null || missing+=(prometheus)
 if ((${#missing[@]})); then
 	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 		echo "test.sh: installing ${missing[*]}"

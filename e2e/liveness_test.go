@@ -67,6 +67,7 @@ func zombieFamily(t *testing.T) (*exec.Cmd, int) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { syscall.Kill(child, syscall.SIGKILL) })
 	return parent, child
 }
 

@@ -45,6 +45,35 @@ func TestNewRejectsBadFilename(t *testing.T) {
 	}
 }
 
+// TestFilenameEndingInTmpIsRefused checks a pattern whose state files would
+// end in ".tmp", the suffix of a file being written: recovery would take
+// every such state file for one left half-written and delete it.
+func TestFilenameEndingInTmpIsRefused(t *testing.T) {
+	for _, pattern := range []string{".w.{}.tmp", "{}.tmp"} {
+		t.Run(pattern, func(t *testing.T) {
+			verr := ValidateFilename(pattern)
+			if verr == nil {
+				t.Fatalf("ValidateFilename(%q) = nil, want an error", pattern)
+			}
+			if !strings.Contains(verr.Error(), ".tmp") {
+				t.Fatalf("ValidateFilename(%q) = %q, want an error mentioning .tmp", pattern, verr)
+			}
+			dir := filepath.Join(t.TempDir(), "state")
+			r, err := New(Config{Dir: dir, Filename: pattern})
+			if err == nil {
+				r.Close()
+				t.Fatalf("New with Filename %q succeeded, want an error", pattern)
+			}
+			if !strings.Contains(err.Error(), verr.Error()) {
+				t.Fatalf("New with Filename %q: %q, want an error saying %q", pattern, err, verr)
+			}
+			if exists(dir) {
+				t.Fatalf("New created %s although the configuration was refused", dir)
+			}
+		})
+	}
+}
+
 func TestValidateFilenameAccepts(t *testing.T) {
 	for _, pattern := range []string{"{}", ".gunicorn.worker.{}", "w-{}.state", "{}.pid", "worker {} state"} {
 		t.Run(pattern, func(t *testing.T) {

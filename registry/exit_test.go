@@ -3,12 +3,15 @@ package registry
 import (
 	"errors"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/notifyd/notifyd/protocol"
+	"golang.org/x/sys/unix"
 )
 
 // TestExitSeenByPidfd checks that the pidfd watcher alone drops a killed
@@ -122,6 +125,77 @@ func TestZombieIsNotRegistered(t *testing.T) {
 			c.reap()
 		})
 	}
+}
+
+// TestThreadIsNotRegistered checks a READY=1 naming the id of a thread that
+// is not a process: /proc shows such a thread under its own id, but it has
+// no pidfd and its exit is not a process exit, so it is never a worker.
+func TestThreadIsNotRegistered(t *testing.T) {
+	for _, detection := range []Detection{Pidfd, Sweep} {
+		t.Run(detection.String(), func(t *testing.T) {
+			cfg := testConfig(t)
+			cfg.Detection = detection
+			rec := &recorder{}
+			cfg.OnChange = rec.onChange
+			r := startRegistry(t, cfg)
+			tid := otherThread(t)
+
+			err := r.HandleMessage(ready(tid), rootCreds())
+			if !errors.Is(err, ErrNoProcess) {
+				t.Fatalf("READY=1 for thread %d: %v, want ErrNoProcess", tid, err)
+			}
+			if reason := protocol.ReasonOf(err); reason != "no_such_process" {
+				t.Fatalf("ReasonOf = %q, want no_such_process", reason)
+			}
+			wantSummary(t, r, Summary{})
+			if ws := r.Workers(); len(ws) != 0 {
+				t.Fatalf("Workers() = %+v, want none", ws)
+			}
+			if got := dirNames(t, cfg.Dir); len(got) != 0 {
+				t.Fatalf("state directory holds %q, want nothing", got)
+			}
+			if got := rec.summaries(); !slices.Equal(got, []Summary{{}}) {
+				t.Fatalf("OnChange saw %+v, want only the initial summary", got)
+			}
+			if got := r.Exits(); got != 0 {
+				t.Fatalf("Exits() = %d, want 0", got)
+			}
+		})
+	}
+}
+
+// otherThread returns the id of a thread of the test process other than its
+// main thread, the one whose id is the pid. A goroutine locked to the thread
+// keeps it alive until the test ends.
+func otherThread(t *testing.T) int {
+	t.Helper()
+	release := make(chan struct{})
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		close(release)
+		wg.Wait()
+	})
+	// Two goroutines locked at once run on two threads, and at most one of
+	// them is the main thread.
+	for range 2 {
+		tids := make(chan int)
+		wg.Go(func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			tids <- unix.Gettid()
+			<-release
+		})
+		tid := <-tids
+		if tid == os.Getpid() {
+			continue
+		}
+		if _, err := os.Stat("/proc/self/task/" + strconv.Itoa(tid)); err != nil {
+			t.Fatalf("thread %d is not in /proc/self/task: %v", tid, err)
+		}
+		return tid
+	}
+	t.Fatal("two locked goroutines both ran on the main thread")
+	return 0
 }
 
 // TestPidReuse hands the pid of a dead, still registered worker to a new

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"errors"
 	"os"
 	"slices"
 	"testing"
@@ -84,6 +85,59 @@ func TestSenderPidfdNotUsedForOtherPid(t *testing.T) {
 	eventually(t, "the named worker's exit to be seen", func() bool { return r.Summary() == Summary{} })
 	if got := r.Exits(); got != 2 {
 		t.Fatalf("Exits() = %d, want 2", got)
+	}
+}
+
+// TestSenderPidfdOfReplacedSender checks a READY=1 whose sender pidfd names a
+// process that has exited and been reaped, while its pid already belongs to
+// a new process: the pidfd says who sent the message, so the new process is
+// not registered in the sender's place.
+func TestSenderPidfdOfReplacedSender(t *testing.T) {
+	tests := []struct {
+		name string
+		msg  func(pid int) protocol.Message
+	}{
+		{name: "naming no pid", msg: func(int) protocol.Message { return protocol.Message{Lifecycle: protocol.Ready} }},
+		{name: "naming the sender's pid", msg: ready},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := testConfig(t)
+			rec := &recorder{}
+			cfg.OnChange = rec.onChange
+			r := startRegistry(t, cfg)
+			old := startSleep(t)
+			pid := old.pid()
+			fd := pidfdOf(t, pid)
+			old.killAndReap(t)
+			startWithPid(t, pid)
+			base := openFDs(t)
+
+			err := r.HandleMessage(tt.msg(pid), protocol.Credentials{PID: pid, UID: 0, PIDFD: fd})
+			if !errors.Is(err, ErrNoProcess) {
+				t.Fatalf("READY=1 with the pidfd of a replaced sender: %v, want ErrNoProcess", err)
+			}
+			if reason := protocol.ReasonOf(err); reason != "no_such_process" {
+				t.Fatalf("ReasonOf = %q, want no_such_process", reason)
+			}
+			wantSummary(t, r, Summary{})
+			if ws := r.Workers(); len(ws) != 0 {
+				t.Fatalf("Workers() = %+v, want none", ws)
+			}
+			if got := dirNames(t, cfg.Dir); len(got) != 0 {
+				t.Fatalf("state directory holds %q, want nothing", got)
+			}
+			if got := rec.summaries(); !slices.Equal(got, []Summary{{}}) {
+				t.Fatalf("OnChange saw %+v, want only the initial summary", got)
+			}
+			if got := r.Exits(); got != 0 {
+				t.Fatalf("Exits() = %d, want 0", got)
+			}
+			if got := openFDs(t); got != base {
+				t.Fatalf("%d descriptors open after the rejection, want %d as before it", got, base)
+			}
+			wantOpen(t, fd)
+		})
 	}
 }
 
