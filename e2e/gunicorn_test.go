@@ -102,7 +102,10 @@ func TestGunicornBootCountsBothWorkers(t *testing.T) {
 // sampleNeverOvercounts checks, for the length of one churn, that the health
 // count never exceeds the workers that are really alive. Each sample is
 // bracketed by two counts of live workers, so a worker that starts or dies
-// during the sample cannot make a correct answer look wrong.
+// during the sample cannot make a correct answer look wrong. A worker dies
+// in the kernel before notifyd's epoll loop is scheduled to hear of it, so
+// an excess is a failure only if it outlasts a scheduling delay: a dead
+// worker that stays counted.
 func sampleNeverOvercounts(t *testing.T, d *daemon, s *server, until func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
@@ -110,13 +113,25 @@ func sampleNeverOvercounts(t *testing.T, d *daemon, s *server, until func() bool
 		if time.Now().After(deadline) {
 			t.Fatal("timed out waiting for gunicorn to replace the worker")
 		}
-		before := len(s.workers())
-		got := d.health(t).ready(t)
-		after := len(s.workers())
-		if got > max(before, after) {
-			t.Fatalf("health counts %d workers ready, but only %d (before) and %d (after) are alive", got, before, after)
+		if got, alive := overcount(t, d, s); got > alive {
+			settle := time.Now().Add(5 * time.Second)
+			for got > alive && time.Now().Before(settle) {
+				time.Sleep(time.Millisecond)
+				got, alive = overcount(t, d, s)
+			}
+			if got > alive {
+				t.Fatalf("health keeps counting %d workers ready, but only %d are alive", got, alive)
+			}
 		}
 	}
+}
+
+// overcount samples the health count between two counts of live workers.
+func overcount(t *testing.T, d *daemon, s *server) (got, alive int) {
+	t.Helper()
+	before := len(s.workers())
+	got = d.health(t).ready(t)
+	return got, max(before, len(s.workers()))
 }
 
 func TestGunicornKilledWorkerIsDroppedAndReplaced(t *testing.T) {

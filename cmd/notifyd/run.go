@@ -40,8 +40,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	notifier := newSystemdNotifier(cfg, log.With("component", "systemd"))
+	// The sockets come first: a path that is in use stops notifyd before it
+	// touches the state directory. Datagrams that arrive meanwhile queue.
+	conn, ln, err := listen(cfg, inherited, log)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	defer ln.Close()
 
+	notifier := newSystemdNotifier(cfg, log.With("component", "systemd"))
 	reg, err := registry.New(registry.Config{
 		Dir:          cfg.dir,
 		Filename:     cfg.filename,
@@ -57,13 +65,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer reg.Close()
 	notifier.summary = reg.Summary
-
-	conn, ln, err := listen(cfg, inherited, log)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	defer ln.Close()
 
 	srv := protocol.NewServer(conn, reg, log.With("component", "protocol"))
 	handler := httpapi.NewHandler(httpapi.Config{
