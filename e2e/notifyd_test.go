@@ -1,6 +1,9 @@
 package e2e
 
 import (
+	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,6 +12,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/notifyd/notifyd/protocol"
 )
 
 func TestBadFlagsStopStartWithOneLine(t *testing.T) {
@@ -219,4 +225,46 @@ func TestNotifyExitCodes(t *testing.T) {
 		})
 	}
 	wantHealth(t, d, 200, "1 workers ready\n")
+}
+
+// net/http answers "OPTIONS *" itself unless told not to; notifyd must give
+// it the health answer like any other request.
+func TestOptionsStarAnswersHealth(t *testing.T) {
+	dir := shortDir(t)
+	d := startNotifyd(t, dir)
+	conn, err := net.Dial("tcp", d.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprint(conn, "OPTIONS * HTTP/1.1\r\nHost: notifyd\r\nConnection: close\r\n\r\n")
+	b, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(b), "HTTP/1.1 500 ") || !strings.HasSuffix(string(b), "\r\n\r\n0 workers ready\n") {
+		t.Fatalf("OPTIONS * answered %q, want 500 with \"0 workers ready\\n\"", b)
+	}
+}
+
+// A drain rides alone: combined with a worker's keys it is rejected whole,
+// so a message rejected for its pid cannot drain the instance.
+func TestDrainWithWorkerKeysIsRejectedWhole(t *testing.T) {
+	dir := shortDir(t)
+	d := startNotifyd(t, dir, "--require", "0")
+	c, err := protocol.Dial(d.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Send([]byte("READY=1\nPID=4000000\nX_NOTIFYD_DRAIN=1"), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Barrier(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	wantHealth(t, d, 200, "0 workers ready\n")
+	if _, err := os.Stat(filepath.Join(dir, ".notifyd.draining")); !os.IsNotExist(err) {
+		t.Fatalf("drain mark written for a rejected message: %v", err)
+	}
 }

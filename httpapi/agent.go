@@ -45,18 +45,25 @@ func AgentReply(s registry.Summary, required, expected int) string {
 func ServeAgent(ctx context.Context, ln net.Listener, src Source, required, expected int, log *slog.Logger) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
+	var backoff time.Duration
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			// Out of descriptors, or the like: wait and try again, as
+			// net/http does, rather than end notifyd over one connection.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			log.Warn("agent accept failed; retrying", "error", err, "in", backoff)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(backoff):
 			}
-			return err
+			continue
 		}
+		backoff = 0
 		conn.SetWriteDeadline(time.Now().Add(agentWriteTimeout))
 		if _, err := conn.Write([]byte(AgentReply(src.Summary(), required, expected))); err != nil {
 			log.Debug("agent reply not written", "peer", conn.RemoteAddr().String(), "error", err)

@@ -12,7 +12,7 @@ type Config struct {
 	// Required is --require, Expected is --expect.
 	Required, Expected int
 	// MessageCounts returns the datagrams received by result, for
-	// notifyd_messages_total.
+	// notifyd_messages_total; nil leaves that metric out.
 	MessageCounts func() map[string]uint64
 }
 

@@ -51,6 +51,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descExpected, prometheus.GaugeValue, float64(c.expected))
 	ch <- prometheus.MustNewConstMetric(descHealthy, prometheus.GaugeValue, boolFloat(healthy(s, c.required)))
 	ch <- prometheus.MustNewConstMetric(descDraining, prometheus.GaugeValue, boolFloat(s.Draining))
+	if c.messages == nil {
+		return
+	}
 	for result, n := range c.messages() {
 		ch <- prometheus.MustNewConstMetric(descMessages, prometheus.CounterValue, float64(n), result)
 	}

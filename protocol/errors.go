@@ -27,7 +27,7 @@ var (
 	ErrBadValue      = NewRejection("bad_value", "invalid value")
 	ErrConflict      = NewRejection("conflict", "conflicting assignments")
 	ErrBarrier       = NewRejection("bad_barrier", "BARRIER=1 must come alone with exactly one file descriptor")
-	ErrNoCredentials = NewRejection("no_credentials", "datagram carries no sender credentials (the sender must attach SCM_CREDENTIALS or the socket must have SO_PASSCRED set before it was queued)")
+	ErrNoCredentials = NewRejection("no_credentials", "datagram carries no sender pid: either it was queued before the socket had SO_PASSCRED and the sender attached no SCM_CREDENTIALS, or the sender's pid is not visible in notifyd's pid namespace (run notifyd in the workers' pid namespace or a parent of it; in Kubernetes, shareProcessNamespace: true)")
 )
 
 // ReasonOf returns the rejection reason of err, or "error" when err is not a

@@ -272,6 +272,9 @@ func (p *parser) message() (Message, error) {
 		m.Barrier = true
 		return m, nil
 	}
+	if p.seen[keyDrain] && p.assignments > 1 {
+		return Message{}, fmt.Errorf("%w: X_NOTIFYD_DRAIN must come alone; it is about the instance, not a worker", ErrConflict)
+	}
 	if lifecycles > 1 {
 		return Message{}, fmt.Errorf("%w: at most one of READY=1, RELOADING=1 and STOPPING=1 per message", ErrConflict)
 	}

@@ -9,6 +9,8 @@ import (
 
 func strptr(s string) *string { return &s }
 
+func boolptr(b bool) *bool { return &b }
+
 // sameMessage reports whether a and b say the same thing, comparing the
 // Status text rather than the pointer.
 func sameMessage(a, b Message) bool {
@@ -18,7 +20,10 @@ func sameMessage(a, b Message) bool {
 	if a.Status != nil && *a.Status != *b.Status {
 		return false
 	}
-	a.Status, b.Status = nil, nil
+	if (a.Drain == nil) != (b.Drain == nil) || a.Drain != nil && *a.Drain != *b.Drain {
+		return false
+	}
+	a.Status, b.Status, a.Drain, b.Drain = nil, nil, nil, nil
 	return a == b
 }
 
@@ -160,6 +165,11 @@ func TestParse(t *testing.T) {
 		{name: "BARRIER=1 with trailing newline and NUL", in: "BARRIER=1\n\x00", want: Message{Barrier: true}},
 		{name: "BARRIER=1 twice", in: "BARRIER=1\nBARRIER=1", err: ErrBarrier},
 		{name: "BARRIER=1 with an unknown key", in: "BARRIER=1\nX_FOO=bar", err: ErrBarrier},
+		{name: "drain alone", in: "X_NOTIFYD_DRAIN=1", want: Message{Drain: boolptr(true)}},
+		{name: "undrain alone", in: "X_NOTIFYD_DRAIN=0", want: Message{Drain: boolptr(false)}},
+		{name: "drain with a worker key", in: "X_NOTIFYD_DRAIN=1\nREADY=1\nPID=5", err: ErrConflict},
+		{name: "drain with an unknown key", in: "X_NOTIFYD_DRAIN=1 X_FOO=1", err: ErrConflict},
+		{name: "drain with a bad value", in: "X_NOTIFYD_DRAIN=yes", err: ErrBadValue},
 		{name: "BARRIER=1 with READY=1", in: "BARRIER=1\nREADY=1", err: ErrBarrier},
 		{name: "BARRIER=1 with PID", in: "BARRIER=1 PID=5", err: ErrBarrier},
 		{name: "BARRIER=1 with STATUS", in: "STATUS=x\nBARRIER=1", err: ErrBarrier},

@@ -89,6 +89,8 @@ func (s *Server) apply(d *Datagram) (string, error) {
 		}
 		return "barrier", nil
 	}
+	// The kernel translates the sender's pid into notifyd's pid namespace,
+	// and gives 0 where it has no number there.
 	if d.Cred == nil || d.Cred.PID == 0 {
 		return "", ErrNoCredentials
 	}

@@ -72,6 +72,28 @@ func isProcess(pid int) (bool, error) {
 	return tgid == pid, err
 }
 
+// innermostPID returns pid's number in its own pid namespace, the last field
+// of the NSpid line of /proc/<pid>/status, and whether that namespace is a
+// nested one (then the two numbers differ in meaning, if not in value).
+func innermostPID(pid int) (int, bool, error) {
+	var buf [4096]byte
+	b, err := readSmall("/proc/"+strconv.Itoa(pid)+"/status", buf[:])
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+		return 0, false, errExited
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	_, rest, ok := bytes.Cut(b, []byte("\nNSpid:"))
+	line, _, _ := bytes.Cut(rest, []byte("\n"))
+	fields := bytes.Fields(line)
+	if !ok || len(fields) == 0 {
+		return pid, false, nil // a kernel without NSpid: no nesting to see
+	}
+	inner, err := strconv.Atoi(string(fields[len(fields)-1]))
+	return inner, len(fields) > 1, err
+}
+
 // statusField reads the first number of one line of /proc/<pid>/status.
 func statusField(pid int, key string) (int, error) {
 	var buf [4096]byte

@@ -68,7 +68,7 @@ func (r *Registry) adopt(pid int, path string) (string, error) {
 	if saved.startTime != 0 && saved.startTime != info.startTime {
 		return "pid now belongs to another process", nil
 	}
-	e, err := r.add(pid, info.startTime, 0)
+	e, err := r.add(pid, info.startTime, -1)
 	if errors.Is(err, errExited) {
 		return "process has exited", nil
 	}

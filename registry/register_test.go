@@ -377,7 +377,11 @@ func TestOnChange(t *testing.T) {
 		}, want: nil},
 		{name: "a killed", do: func(t *testing.T) {
 			a.killAndReap(t)
-			eventually(t, "the exit of a to be seen", func() bool { return r.Summary() == Summary{} })
+			// The summary is stored before OnChange runs: wait for the call.
+			eventually(t, "the exit of a to be reported", func() bool {
+				all := rec.summaries()
+				return len(all) > 0 && all[len(all)-1] == Summary{}
+			})
 		}, want: []Summary{{Ready: 0, Workers: 0}}},
 	}
 	seen := 0

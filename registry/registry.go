@@ -152,16 +152,38 @@ func (r *Registry) HandleMessage(m protocol.Message, sender protocol.Credentials
 		if sender.UID != 0 && sender.UID != os.Getuid() {
 			return fmt.Errorf("%w: only root and notifyd's own uid may drain, the sender is uid %d", ErrNotPermitted, sender.UID)
 		}
-		if err := r.SetDraining(*m.Drain); err != nil {
+		// A mark that cannot be saved is logged and counted as a state file
+		// error; the drain itself has taken effect, so the message did too.
+		r.SetDraining(*m.Drain)
+		return nil
+	}
+	pid, err := r.subject(m, sender)
+	if errors.Is(err, errForeignPID) && m.Lifecycle == protocol.Stopping {
+		return nil // the pidfd already saw that worker go, if it was ours
+	}
+	if err != nil {
+		return err
+	}
+	// A pid that is not registered yet is pinned by a pidfd before /proc is
+	// read, so that the one read describes the process the pidfd watches.
+	pinned := -1
+	if r.watcher != nil && m.Lifecycle != protocol.Stopping && changesWorker(m) && !r.registered(pid) {
+		senderFD := 0
+		if pid == sender.PID {
+			senderFD = sender.PIDFD
+		}
+		pinned, err = r.watchPid(pid, senderFD)
+		if errors.Is(err, errExited) {
+			return fmt.Errorf("%w: pid %d has exited or never existed", ErrNoProcess, pid)
+		}
+		if err != nil {
 			return err
 		}
-		if m.PID == 0 && !changesWorker(m) {
-			return nil // a drain from the notify client is about no worker
-		}
-	}
-	pid := m.PID
-	if pid == 0 {
-		pid = sender.PID
+		defer func() {
+			if pinned >= 0 {
+				r.watcher.unwatch(pinned)
+			}
+		}()
 	}
 	info, err := r.checkSender(pid, sender)
 	if errors.Is(err, errExited) {
@@ -196,11 +218,9 @@ func (r *Registry) HandleMessage(m protocol.Message, sender protocol.Credentials
 		if !changesWorker(m) {
 			return nil
 		}
-		senderFD := 0
-		if pid == sender.PID {
-			senderFD = sender.PIDFD
-		}
-		if e, err = r.add(pid, info.startTime, senderFD); errors.Is(err, errExited) {
+		e, err = r.add(pid, info.startTime, pinned)
+		pinned = -1 // add owns it now
+		if errors.Is(err, errExited) {
 			return fmt.Errorf("%w: pid %d exited while registering", ErrNoProcess, pid)
 		} else if err != nil {
 			return err
@@ -208,6 +228,30 @@ func (r *Registry) HandleMessage(m protocol.Message, sender protocol.Credentials
 	}
 	r.apply(e, m, time.Now())
 	return nil
+}
+
+// errForeignPID means a PID= names a pid of the sender's own, nested pid
+// namespace, which notifyd cannot translate.
+var errForeignPID = fmt.Errorf("%w: PID= is a pid of the sender's own pid namespace, which notifyd cannot see; send from the worker itself without PID=, or run notifyd in the workers' pid namespace", ErrNoProcess)
+
+// subject returns the pid m is about, in notifyd's pid namespace. The
+// kernel translates the sender's own pid, but not a number in the message
+// text: from a sender in a nested pid namespace, PID= is taken only when it
+// is the sender itself.
+func (r *Registry) subject(m protocol.Message, sender protocol.Credentials) (int, error) {
+	if m.PID == 0 || m.PID == sender.PID {
+		return sender.PID, nil
+	}
+	inner, nested, err := innermostPID(sender.PID)
+	switch {
+	case errors.Is(err, errExited), err == nil && !nested:
+		return m.PID, nil
+	case err != nil:
+		return 0, err
+	case m.PID == inner:
+		return sender.PID, nil
+	}
+	return 0, errForeignPID
 }
 
 // checkSender reads pid's process and checks that sender may speak for it.
@@ -233,19 +277,25 @@ func changesWorker(m protocol.Message) bool {
 		m.WatchdogUSec != 0 || m.Failed
 }
 
-// add starts watching pid and registers it. senderFD, when not 0, is the
-// sender's own pidfd from the kernel, for a message about the sender: it is
-// dup'ed rather than opening a new pidfd by number. Once a pidfd pins the
-// process, /proc is read again: a start time that changed means the process
-// that was checked has gone and another took its pid.
-func (r *Registry) add(pid int, startTime uint64, senderFD int) (*entry, error) {
+// add registers pid. pinned, when not -1, is a pidfd opened for pid before
+// its /proc was read; add owns it from the call on. Without one, add opens
+// a pidfd now and reads /proc again: a start time that changed means the
+// process that was checked has gone and another took its pid.
+func (r *Registry) add(pid int, startTime uint64, pinned int) (*entry, error) {
 	e := &entry{Worker: Worker{PID: pid, StartTime: startTime, State: Starting}, pidfd: -1}
 	if r.watcher != nil {
-		fd, err := r.watchPid(pid, senderFD)
-		if err != nil {
-			return nil, err
+		fd := pinned
+		if fd < 0 {
+			var err error
+			if fd, err = r.watcher.watch(pid); err != nil {
+				return nil, err
+			}
+			if info, err := readProc(pid); err != nil || info.startTime != startTime {
+				r.watcher.unwatch(fd)
+				return nil, errExited
+			}
 		}
-		if info, err := readProc(pid); err != nil || info.startTime != startTime || exitedPidfd(fd) {
+		if exitedPidfd(fd) {
 			r.watcher.unwatch(fd)
 			return nil, errExited
 		}
@@ -257,6 +307,14 @@ func (r *Registry) add(pid int, startTime uint64, senderFD int) (*entry, error) 
 	return e, nil
 }
 
+func (r *Registry) registered(pid int) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.workers[pid] != nil
+}
+
+// watchPid opens a pidfd for pid, or dups senderFD, the sender's own pidfd
+// from SCM_PIDFD, when there is one.
 func (r *Registry) watchPid(pid, senderFD int) (int, error) {
 	if senderFD <= 0 {
 		return r.watcher.watch(pid)
@@ -399,13 +457,19 @@ func (r *Registry) checkHeartbeat(e *entry) {
 	r.settle(e, true)
 }
 
-// drop removes e from the registry and its state file from disk.
+// drop removes e from the registry and its state file from disk. The
+// answer changes first; the clean-up after it is I/O.
 func (r *Registry) drop(e *entry, reason string) {
 	if r.workers[e.PID] != e {
 		return
 	}
 	before := e.counts()
 	delete(r.workers, e.PID)
+	if reason != "stopped" {
+		r.exits.Add(1)
+	}
+	e.State = Starting
+	r.settle(e, before)
 	if e.pidfd >= 0 {
 		r.watcher.unwatch(e.pidfd)
 	}
@@ -415,12 +479,7 @@ func (r *Registry) drop(e *entry, reason string) {
 	if e.saved {
 		r.removeFile(e)
 	}
-	if reason != "stopped" {
-		r.exits.Add(1)
-	}
 	r.log.Info("worker left", "pid", e.PID, "reason", reason)
-	e.State = Starting
-	r.settle(e, before)
 }
 
 func (r *Registry) writeFile(e *entry) {

@@ -44,7 +44,8 @@ func runCheck(args []string, stdout io.Writer) error {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxCheckBody))
-	text := strings.TrimSpace(string(body))
+	// One line, whatever the body: a verbose answer has one per check.
+	text := strings.Join(strings.Fields(strings.ReplaceAll(strings.TrimSpace(string(body)), "\n", " | ")), " ")
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("unhealthy: %s: %s", resp.Status, text)
 	}

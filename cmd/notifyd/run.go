@@ -30,6 +30,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	signal.Ignore(syscall.SIGHUP)
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// Caught from the start, so that a drain signal never meets the default
+	// action, which would end the process.
+	drains := make(chan os.Signal, 1)
+	signal.Notify(drains, syscall.SIGUSR1, syscall.SIGUSR2)
+	defer signal.Stop(drains)
 
 	inherited, err := takeInherited()
 	if err != nil {
@@ -76,7 +81,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		srv.Serve,
 		func(ctx context.Context) error { return httpapi.Serve(ctx, ln, handler, httpLog) },
 		notifier.Run,
-		drainSignals(reg, log),
+		drainSignals(reg, drains),
 	}
 
 	started := []any{"socket", conn.Addr(), "bind", ln.Addr().String()}
@@ -100,16 +105,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 }
 
 // drainSignals drains the instance on SIGUSR1 and undrains it on SIGUSR2.
-func drainSignals(reg *registry.Registry, log *slog.Logger) func(context.Context) error {
+func drainSignals(reg *registry.Registry, signals <-chan os.Signal) func(context.Context) error {
 	return func(ctx context.Context) error {
-		ch := make(chan os.Signal, 1)
-		signal.Notify(ch, syscall.SIGUSR1, syscall.SIGUSR2)
-		defer signal.Stop(ch)
 		for {
 			select {
 			case <-ctx.Done():
 				return nil
-			case sig := <-ch:
+			case sig := <-signals:
 				// A drain mark that cannot be saved is logged by the registry;
 				// the drain itself has taken effect.
 				reg.SetDraining(sig == syscall.SIGUSR1)

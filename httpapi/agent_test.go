@@ -1,0 +1,121 @@
+package httpapi_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/notifyd/notifyd/httpapi"
+	"github.com/notifyd/notifyd/registry"
+)
+
+func TestAgentReply(t *testing.T) {
+	tests := []struct {
+		name               string
+		summary            registry.Summary
+		required, expected int
+		want               string
+	}{
+		{"draining with enough ready", registry.Summary{Ready: 4, Workers: 4, Draining: true}, 2, 4, "drain\n"},
+		{"draining wins over too few ready", registry.Summary{Ready: 0, Workers: 0, Draining: true}, 2, 4, "drain\n"},
+		{"none ready", registry.Summary{Ready: 0, Workers: 0}, 2, 4, "ready down #0/2 workers ready\n"},
+		{"one below required", registry.Summary{Ready: 1, Workers: 3}, 2, 4, "ready down #1/2 workers ready\n"},
+		{"exactly required", registry.Summary{Ready: 2, Workers: 2}, 2, 4, "ready up 50%\n"},
+		{"weight three of four", registry.Summary{Ready: 3, Workers: 3}, 2, 4, "ready up 75%\n"},
+		{"weight rounds down", registry.Summary{Ready: 2, Workers: 2}, 1, 3, "ready up 66%\n"},
+		{"all expected ready", registry.Summary{Ready: 4, Workers: 4}, 2, 4, "ready up 100%\n"},
+		{"capped at 100 above expect", registry.Summary{Ready: 9, Workers: 9}, 2, 4, "ready up 100%\n"},
+		{"expect 0", registry.Summary{Ready: 3, Workers: 3}, 1, 0, "ready up 100%\n"},
+		{"expect 0 and require 0", registry.Summary{}, 0, 0, "ready up 100%\n"},
+		{"require 0 with none ready", registry.Summary{}, 0, 4, "ready up 0%\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := httpapi.AgentReply(tt.summary, tt.required, tt.expected); got != tt.want {
+				t.Fatalf("AgentReply(%+v, %d, %d) = %q, want %q", tt.summary, tt.required, tt.expected, got, tt.want)
+			}
+		})
+	}
+}
+
+// agentLine connects to addr and reads everything the server sends until it
+// closes the connection.
+func agentLine(t *testing.T, addr string) string {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("dial agent: %v", err)
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(waitLimit))
+	r := bufio.NewReader(conn)
+	line, err := r.ReadString('\n')
+	if err != nil {
+		t.Fatalf("read agent line: %q, %v", line, err)
+	}
+	rest, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatalf("agent connection after the line: %v (the server must close it)", err)
+	}
+	if len(rest) != 0 {
+		t.Fatalf("agent sent %q after its line %q, want nothing", rest, line)
+	}
+	return line
+}
+
+func TestServeAgentOverTCP(t *testing.T) {
+	reg := newRegistry(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- httpapi.ServeAgent(ctx, ln, reg, 2, 4, slog.New(slog.DiscardHandler))
+	}()
+
+	if got, want := agentLine(t, addr), "ready down #0/2 workers ready\n"; got != want {
+		t.Fatalf("agent with no workers = %q, want %q", got, want)
+	}
+	readyWorkers(t, reg, 3)
+	if got, want := agentLine(t, addr), "ready up 75%\n"; got != want {
+		t.Fatalf("agent with 3 of 4 ready = %q, want %q", got, want)
+	}
+	// A client that connects and never reads does not hold up the next one.
+	idle, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	if err := reg.SetDraining(true); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := agentLine(t, addr), "drain\n"; got != want {
+		t.Fatalf("agent while draining = %q, want %q", got, want)
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("ServeAgent after cancel = %v, want nil", err)
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("ServeAgent did not return after its context was cancelled")
+	}
+	if c, err := net.Dial("tcp", addr); err == nil {
+		c.Close()
+		t.Fatalf("dial %s after ServeAgent returned: connected, want refused", addr)
+	} else if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("dial %s after ServeAgent returned: %v, want connection refused", addr, err)
+	}
+}
