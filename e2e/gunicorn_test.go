@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -26,12 +27,24 @@ type server struct {
 // sync workers, and NOTIFYD_SOCKET pointing at socket.
 func startGunicorn(t *testing.T, socket string, args ...string) *server {
 	t.Helper()
+	return startGunicornAt(t, socket, fmt.Sprintf("127.0.0.1:%d", freePort(t)), args...)
+}
+
+// startGunicornAt is startGunicorn with the application on addr, a loopback
+// host:port.
+func startGunicornAt(t *testing.T, socket, addr string, args ...string) *server {
+	t.Helper()
 	gunicorn := need(t, "gunicorn")
-	s := &server{port: freePort(t), log: &syncBuffer{}, done: make(chan struct{})}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &server{log: &syncBuffer{}, done: make(chan struct{})}
+	s.port, _ = strconv.Atoi(port)
 	full := append([]string{
 		"--config", filepath.Join(repoRoot, "contrib/gunicorn/gunicorn.conf.py"),
 		"--chdir", filepath.Join(repoRoot, "contrib/gunicorn"),
-		"--bind", fmt.Sprintf("127.0.0.1:%d", s.port),
+		"--bind", addr,
 		"--workers", "2",
 	}, args...)
 	full = append(full, "app:app")

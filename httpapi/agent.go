@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/notifyd/notifyd/backlog"
 	"github.com/notifyd/notifyd/registry"
 )
 
@@ -27,22 +28,82 @@ const agentWriteTimeout = time.Second
 // leads every reply that is not a drain, because once a server has been told
 // "drain" only a reply containing "ready" takes it out of DRAIN.
 func AgentReply(s registry.Summary, required, expected int) string {
+	return agentReply(s, required, capacityWeight(s, expected))
+}
+
+func capacityWeight(s registry.Summary, expected int) int {
+	if expected <= 0 {
+		return 100
+	}
+	return min(100, s.Ready*100/expected)
+}
+
+func agentReply(s registry.Summary, required, weight int) string {
 	if s.Draining {
 		return "drain\n"
 	}
 	if s.Ready < required {
 		return "ready down #" + strconv.Itoa(s.Ready) + "/" + strconv.Itoa(required) + " workers ready\n"
 	}
-	weight := 100
-	if expected > 0 {
-		weight = min(100, s.Ready*100/expected)
-	}
 	return "ready up " + strconv.Itoa(weight) + "%\n"
 }
 
-// ServeAgent answers HAProxy agent checks on ln until ctx is cancelled: each
-// connection gets one AgentReply line and is closed.
+// QueueWeight scales a capacity weight (percent) down as the fullest of the
+// application's listen queues fills:
+//
+//	weight = capacity × (1 − queued/limit), and never below min(capacity, floor)
+//
+// A full queue brings the weight down to the floor, so HAProxy sends a
+// drowning instance fewer new connections but never takes it out: that is
+// the health check's call, and the health check never looks at the queue.
+// An address with no listener, or a limit of 0, counts as an empty queue.
+func QueueWeight(capacity int, queues []backlog.Queue, floor int) int {
+	fill := 0.0
+	for _, q := range queues {
+		if q.Listening && q.Limit > 0 {
+			fill = max(fill, min(1, float64(q.Queued)/float64(q.Limit)))
+		}
+	}
+	return max(int(float64(capacity)*(1-fill)), min(capacity, floor))
+}
+
+// Agent answers HAProxy agent checks.
+type Agent struct {
+	Source             Source
+	Required, Expected int
+	// Queues, when set, scales the weight with QueueWeight
+	// (--agent-weight=queue); Floor is its floor in percent.
+	Queues *backlog.Reader
+	Floor  int
+	Log    *slog.Logger
+}
+
+// queueMaxAge bounds how old a listen-queue reading the agent may use.
+const queueMaxAge = 100 * time.Millisecond
+
+// Reply is the agent line for the registry's state now.
+func (a *Agent) Reply() string {
+	s := a.Source.Summary()
+	weight := capacityWeight(s, a.Expected)
+	if a.Queues != nil && !s.Draining && s.Ready >= a.Required {
+		if queues, err := a.Queues.Cached(queueMaxAge); err == nil {
+			weight = QueueWeight(weight, queues, a.Floor)
+		} else {
+			a.Log.Debug("listen queues not read; weight by capacity alone", "error", err)
+		}
+	}
+	return agentReply(s, a.Required, weight)
+}
+
+// ServeAgent answers HAProxy agent checks on ln with capacity weights until
+// ctx is cancelled.
 func ServeAgent(ctx context.Context, ln net.Listener, src Source, required, expected int, log *slog.Logger) error {
+	return (&Agent{Source: src, Required: required, Expected: expected, Log: log}).Serve(ctx, ln)
+}
+
+// Serve answers agent checks on ln until ctx is cancelled: each connection
+// gets one Reply line and is closed.
+func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	var backoff time.Duration
@@ -55,7 +116,7 @@ func ServeAgent(ctx context.Context, ln net.Listener, src Source, required, expe
 			// Out of descriptors, or the like: wait and try again, as
 			// net/http does, rather than end notifyd over one connection.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			log.Warn("agent accept failed; retrying", "error", err, "in", backoff)
+			a.Log.Warn("agent accept failed; retrying", "error", err, "in", backoff)
 			select {
 			case <-ctx.Done():
 				return nil
@@ -65,8 +126,8 @@ func ServeAgent(ctx context.Context, ln net.Listener, src Source, required, expe
 		}
 		backoff = 0
 		conn.SetWriteDeadline(time.Now().Add(agentWriteTimeout))
-		if _, err := conn.Write([]byte(AgentReply(src.Summary(), required, expected))); err != nil {
-			log.Debug("agent reply not written", "peer", conn.RemoteAddr().String(), "error", err)
+		if _, err := conn.Write([]byte(a.Reply())); err != nil {
+			a.Log.Debug("agent reply not written", "peer", conn.RemoteAddr().String(), "error", err)
 		}
 		conn.Close()
 	}

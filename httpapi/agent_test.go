@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/notifyd/notifyd/backlog"
 	"github.com/notifyd/notifyd/httpapi"
 	"github.com/notifyd/notifyd/registry"
 )
@@ -117,5 +118,38 @@ func TestServeAgentOverTCP(t *testing.T) {
 		t.Fatalf("dial %s after ServeAgent returned: connected, want refused", addr)
 	} else if !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("dial %s after ServeAgent returned: %v, want connection refused", addr, err)
+	}
+}
+
+func TestQueueWeight(t *testing.T) {
+	listening := func(queued, limit uint32) backlog.Queue {
+		return backlog.Queue{Addr: "127.0.0.1:8000", Listening: true, Queued: queued, Limit: limit}
+	}
+	tests := []struct {
+		name     string
+		capacity int
+		queues   []backlog.Queue
+		floor    int
+		want     int
+	}{
+		{"no queues", 100, nil, 10, 100},
+		{"empty queue", 100, []backlog.Queue{listening(0, 128)}, 10, 100},
+		{"quarter full", 100, []backlog.Queue{listening(32, 128)}, 10, 75},
+		{"capacity scaled too", 50, []backlog.Queue{listening(64, 128)}, 10, 25},
+		{"full queue stops at the floor", 100, []backlog.Queue{listening(128, 128)}, 10, 10},
+		{"over full, the kernel's one extra", 100, []backlog.Queue{listening(129, 128)}, 10, 10},
+		{"nearly full stops at the floor", 100, []backlog.Queue{listening(120, 128)}, 10, 10},
+		{"the fullest queue counts", 100, []backlog.Queue{listening(0, 128), listening(64, 128)}, 10, 50},
+		{"not listening is empty", 100, []backlog.Queue{{Addr: "127.0.0.1:1"}}, 10, 100},
+		{"limit 0 is empty", 100, []backlog.Queue{listening(5, 0)}, 10, 100},
+		{"capacity below the floor stands", 5, []backlog.Queue{listening(128, 128)}, 10, 5},
+		{"floor 0", 100, []backlog.Queue{listening(128, 128)}, 0, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := httpapi.QueueWeight(tt.capacity, tt.queues, tt.floor); got != tt.want {
+				t.Fatalf("QueueWeight(%d, %+v, %d) = %d, want %d", tt.capacity, tt.queues, tt.floor, got, tt.want)
+			}
+		})
 	}
 }

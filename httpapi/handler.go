@@ -3,6 +3,7 @@ package httpapi
 import (
 	"net/http"
 
+	"github.com/notifyd/notifyd/backlog"
 	"github.com/notifyd/notifyd/registry"
 )
 
@@ -14,15 +15,21 @@ type Config struct {
 	// MessageCounts returns the datagrams received by result, for
 	// notifyd_messages_total; nil leaves that metric out.
 	MessageCounts func() map[string]uint64
+	// Queues reads the application's listen queues for /status, /metrics
+	// and ?verbose; nil when none are watched. The plain health answer never
+	// reads them.
+	Queues *backlog.Reader
 }
 
 // NewHandler routes GET /status and GET /metrics to their handlers, and
 // every other method and path to the health check.
 func NewHandler(cfg Config) http.Handler {
 	health := NewHealth(cfg.Registry, cfg.Required, cfg.Expected)
+	health.queues = cfg.Queues
 	named := map[string]http.Handler{
-		"/status":  statusHandler{reg: cfg.Registry, required: cfg.Required, expected: cfg.Expected},
-		"/metrics": metricsHandler(collector{reg: cfg.Registry, required: cfg.Required, expected: cfg.Expected, messages: cfg.MessageCounts}),
+		"/status": statusHandler{reg: cfg.Registry, required: cfg.Required, expected: cfg.Expected, queues: cfg.Queues},
+		"/metrics": metricsHandler(collector{reg: cfg.Registry, required: cfg.Required, expected: cfg.Expected,
+			messages: cfg.MessageCounts, queues: cfg.Queues}),
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h, ok := named[r.URL.Path]

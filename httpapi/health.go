@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strconv"
 
+	"github.com/notifyd/notifyd/backlog"
 	"github.com/notifyd/notifyd/registry"
 )
 
@@ -22,6 +23,7 @@ var (
 type Health struct {
 	src                Source
 	required, expected int
+	queues             *backlog.Reader // informational lines in ?verbose; nil for none
 }
 
 // NewHealth returns the health handler: 200 when src has at least required
@@ -85,8 +87,34 @@ func (h *Health) verbose(b []byte, s registry.Summary) []byte {
 	if s.Draining {
 		b = append(b, "[-]drain failed: draining; notify --undrain or SIGUSR2 ends it\n"...)
 	}
+	b = h.queueLines(b)
 	if healthy(s, h.required) {
 		return append(b, "healthz check passed\n"...)
 	}
 	return append(b, "healthz check failed\n"...)
+}
+
+// queueLines reports the application's listen queues. They are information
+// only: a full queue means busy workers, and failing the health check for
+// that would start the very cascade notifyd exists to prevent.
+func (h *Health) queueLines(b []byte) []byte {
+	if h.queues == nil {
+		return b
+	}
+	queues, err := h.queues.Cached(queueMaxAge)
+	if err != nil {
+		return append(b, "[+]listen-queue ok: not read: "+err.Error()+"\n"...)
+	}
+	for _, q := range queues {
+		b = append(b, "[+]listen-queue "+q.Addr+" ok: "...)
+		if !q.Listening {
+			b = append(b, "no listener\n"...)
+			continue
+		}
+		b = strconv.AppendUint(b, uint64(q.Queued), 10)
+		b = append(b, '/')
+		b = strconv.AppendUint(b, uint64(q.Limit), 10)
+		b = append(b, " queued\n"...)
+	}
+	return b
 }

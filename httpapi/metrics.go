@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/notifyd/notifyd/backlog"
 	"github.com/notifyd/notifyd/registry"
 )
 
@@ -16,6 +17,7 @@ type collector struct {
 	reg                *registry.Registry
 	required, expected int
 	messages           func() map[string]uint64
+	queues             *backlog.Reader
 }
 
 var (
@@ -27,13 +29,16 @@ var (
 	descMessages  = prometheus.NewDesc("notifyd_messages_total", "Datagrams received, by result: accepted, barrier, or the reason of a rejection.", []string{"result"}, nil)
 	descExits     = prometheus.NewDesc("notifyd_worker_exits_total", "Registered workers found to have exited without STOPPING=1.", nil, nil)
 	descFileError = prometheus.NewDesc("notifyd_state_file_errors_total", "State file writes and removals that failed.", nil, nil)
+	descQueueLen  = prometheus.NewDesc("notifyd_listen_queue_length", "Connections waiting in the application's listen queue for a worker to accept them.", []string{"addr"}, nil)
+	descQueueMax  = prometheus.NewDesc("notifyd_listen_queue_limit", "The listen queue's limit, the backlog as the kernel capped it.", []string{"addr"}, nil)
+	descListening = prometheus.NewDesc("notifyd_listen_queue_listening", "1 when something listens on the address, else 0.", []string{"addr"}, nil)
 )
 
 // states are the values of notifyd_workers' state label, all always present.
 var states = []registry.State{registry.Starting, registry.Ready, registry.Reloading, registry.Hung, registry.Failed}
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descWorkers, descRequired, descExpected, descHealthy, descDraining, descMessages, descExits, descFileError} {
+	for _, d := range []*prometheus.Desc{descWorkers, descRequired, descExpected, descHealthy, descDraining, descMessages, descExits, descFileError, descQueueLen, descQueueMax, descListening} {
 		ch <- d
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/notifyd/notifyd/backlog"
 	"github.com/notifyd/notifyd/registry"
 )
 
@@ -16,6 +17,9 @@ type Status struct {
 	Healthy  bool           `json:"healthy"`
 	Draining bool           `json:"draining"`
 	Workers  []WorkerStatus `json:"workers"`
+	// ListenQueues are the application's listen queues (--listen-queue),
+	// read from the kernel at most 100 ms ago; [] when none are watched.
+	ListenQueues []backlog.Queue `json:"listen_queues"`
 }
 
 // WorkerStatus is one worker in Status. Times are RFC 3339, or null when the
@@ -35,18 +39,25 @@ type WorkerStatus struct {
 type statusHandler struct {
 	reg                *registry.Registry
 	required, expected int
+	queues             *backlog.Reader
 }
 
 func (h statusHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s := h.reg.Summary()
 	workers := h.reg.Workers()
 	doc := Status{
-		Ready:    s.Ready,
-		Required: h.required,
-		Expected: h.expected,
-		Healthy:  healthy(s, h.required),
-		Draining: s.Draining,
-		Workers:  make([]WorkerStatus, 0, len(workers)),
+		Ready:        s.Ready,
+		Required:     h.required,
+		Expected:     h.expected,
+		Healthy:      healthy(s, h.required),
+		Draining:     s.Draining,
+		Workers:      make([]WorkerStatus, 0, len(workers)),
+		ListenQueues: []backlog.Queue{},
+	}
+	if h.queues != nil {
+		if queues, err := h.queues.Cached(queueMaxAge); err == nil {
+			doc.ListenQueues = queues
+		}
 	}
 	for _, wk := range workers {
 		doc.Workers = append(doc.Workers, WorkerStatus{

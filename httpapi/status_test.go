@@ -14,7 +14,7 @@ import (
 )
 
 var (
-	statusKeys = []string{"draining", "expected", "healthy", "ready", "required", "workers"}
+	statusKeys = []string{"draining", "expected", "healthy", "listen_queues", "ready", "required", "workers"}
 	workerKeys = []string{"last_watchdog", "pid", "ready_at", "start_time", "state", "status"}
 )
 

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/notifyd/notifyd/backlog"
 	"github.com/notifyd/notifyd/protocol"
 	"github.com/notifyd/notifyd/registry"
 )
@@ -34,6 +35,36 @@ type config struct {
 	systemdReady string
 	expect       int
 	agentBind    string // "" is off
+	listenQueues []backlog.Addr
+	agentWeight  string
+	agentFloor   int
+}
+
+// The --agent-weight modes.
+const (
+	weightByCapacity = "capacity" // ready * 100 / expect
+	weightByQueue    = "queue"    // and scaled down as the listen queues fill
+)
+
+// listFlag is a repeatable flag. Its environment twin is a comma-separated
+// list; flags on the command line replace it rather than add to it.
+type listFlag struct {
+	vals    []string
+	fromEnv bool
+}
+
+func (l *listFlag) String() string { return strings.Join(l.vals, ",") }
+
+func (l *listFlag) Set(v string) error {
+	if l.fromEnv {
+		l.vals, l.fromEnv = nil, false
+	}
+	for part := range strings.SplitSeq(v, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			l.vals = append(l.vals, part)
+		}
+	}
+	return nil
 }
 
 // errHelp is returned for --help, after the usage has been printed.
@@ -59,6 +90,10 @@ func parseConfig(args []string, stdout io.Writer) (config, error) {
 	def("require", "1", "workers that must be ready for the health check to answer 200")
 	def("expect", "", "workers the server is configured to run, the capacity agent weights follow (default --require)")
 	def("agent-bind", "", "address of the HAProxy agent-check, such as 127.0.0.1:8002 (default off)")
+	def("agent-weight", weightByCapacity, "agent weight: capacity, or queue to scale it down as the application's listen queues fill")
+	def("agent-weight-floor", "10", "with --agent-weight queue: the lowest weight in percent a full queue brings")
+	queues := &listFlag{}
+	fs.Var(queues, "listen-queue", "an address the application listens on, to report its accept queue: 127.0.0.1:8000, [::1]:8000 or unix:/run/app.sock (repeatable)")
 	def("dir", protocol.RuntimeDirectory(), "directory of the state files")
 	def("filename", ".gunicorn.worker.{}", "state file name; {} stands for the pid")
 	def("log-level", "info", "debug, info, warn or error")
@@ -76,6 +111,7 @@ func parseConfig(args []string, stdout io.Writer) (config, error) {
 			fromEnv[f.Name] = true
 		}
 	})
+	queues.fromEnv = fromEnv["listen-queue"]
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			printUsage(fs, stdout)
@@ -150,6 +186,29 @@ func parseConfig(args []string, stdout io.Writer) (config, error) {
 			return c, bad("agent-bind", "must be host:port, such as 127.0.0.1:8002")
 		}
 	}
+	for _, q := range queues.vals {
+		addr, err := backlog.ParseAddr(q)
+		if err != nil {
+			where := "--listen-queue"
+			if fromEnv["listen-queue"] && !fromFlag["listen-queue"] {
+				where = envName("listen-queue")
+			}
+			return c, &usageError{fmt.Sprintf("%s %q: %v", where, q, err)}
+		}
+		c.listenQueues = append(c.listenQueues, addr)
+	}
+	switch c.agentWeight = *v["agent-weight"]; c.agentWeight {
+	case weightByCapacity:
+	case weightByQueue:
+		if len(c.listenQueues) == 0 {
+			return c, bad("agent-weight", "needs at least one --listen-queue to weigh by")
+		}
+	default:
+		return c, bad("agent-weight", "must be capacity or queue")
+	}
+	if c.agentFloor, err = strconv.Atoi(*v["agent-weight-floor"]); err != nil || c.agentFloor < 0 || c.agentFloor > 100 {
+		return c, bad("agent-weight-floor", "must be a whole percentage from 0 to 100")
+	}
 	switch c.systemdReady = *v["systemd-ready"]; c.systemdReady {
 	case readyWhenListening, readyWhenWorkers:
 	default:
@@ -190,6 +249,6 @@ over its variable.
 
 `)
 	fs.VisitAll(func(f *flag.Flag) {
-		fmt.Fprintf(w, "  --%-15s %s (default %q)\n", f.Name, f.Usage, f.DefValue)
+		fmt.Fprintf(w, "  --%-18s %s (default %q)\n", f.Name, f.Usage, f.DefValue)
 	})
 }

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/notifyd/notifyd/backlog"
 	"github.com/notifyd/notifyd/httpapi"
 	"github.com/notifyd/notifyd/protocol"
 	"github.com/notifyd/notifyd/registry"
@@ -72,8 +73,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	notifier.summary = reg.Summary
 
 	srv := protocol.NewServer(conn, reg, log.With("component", "protocol"))
+	var queues *backlog.Reader
+	if len(cfg.listenQueues) > 0 {
+		queues = backlog.NewReader(cfg.listenQueues)
+	}
 	handler := httpapi.NewHandler(httpapi.Config{
-		Registry: reg, Required: cfg.require, Expected: cfg.expect, MessageCounts: srv.Counts,
+		Registry: reg, Required: cfg.require, Expected: cfg.expect, MessageCounts: srv.Counts, Queues: queues,
 	})
 	httpLog := log.With("component", "http")
 	parts := []func(context.Context) error{
@@ -92,9 +97,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		defer agent.Close()
 		started = append(started, "agent", agent.Addr().String())
-		parts = append(parts, func(ctx context.Context) error {
-			return httpapi.ServeAgent(ctx, agent, reg, cfg.require, cfg.expect, httpLog)
-		})
+		a := &httpapi.Agent{Source: reg, Required: cfg.require, Expected: cfg.expect, Log: httpLog}
+		if cfg.agentWeight == weightByQueue {
+			a.Queues, a.Floor = queues, cfg.agentFloor
+		}
+		parts = append(parts, func(ctx context.Context) error { return a.Serve(ctx, agent) })
 	}
 	log.Info("notifyd started", append(started, "require", cfg.require, "expect", cfg.expect,
 		"dir", cfg.dir, "ready", reg.Summary().Ready, "draining", reg.Draining())...)
