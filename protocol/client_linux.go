@@ -23,8 +23,9 @@ var ErrNoAck = errors.New("no acknowledgement")
 // receiver's queue (net.unix.max_dgram_qlen is often only 10) instead of
 // failing, bounded by the timeout it is given.
 type Client struct {
-	fd   int
-	addr string
+	fd      int
+	addr    string
+	timeout time.Duration // the SO_SNDTIMEO in force, to set it only on change
 }
 
 // Dial connects to the socket at addr ("@name" for an abstract socket). Its
@@ -72,9 +73,12 @@ func (c *Client) Send(payload []byte, timeout time.Duration, fds ...int) error {
 	if len(fds) > 0 {
 		oob = append(oob, unix.UnixRights(fds...)...)
 	}
-	tv := unix.NsecToTimeval(max(timeout, time.Millisecond).Nanoseconds())
-	if err := unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
-		return fmt.Errorf("set send timeout: %w", err)
+	if timeout = max(timeout, time.Millisecond); timeout != c.timeout {
+		tv := unix.NsecToTimeval(timeout.Nanoseconds())
+		if err := unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
+			return fmt.Errorf("set send timeout: %w", err)
+		}
+		c.timeout = timeout
 	}
 	for {
 		_, err := unix.SendmsgN(c.fd, payload, oob, nil, 0)

@@ -347,7 +347,7 @@ func (r *Registry) apply(e *entry, m protocol.Message, now time.Time) {
 	switch m.Lifecycle {
 	case protocol.Ready:
 		if e.State != Ready {
-			r.log.Info("worker ready", "pid", e.PID)
+			r.log.Debug("worker ready", "pid", e.PID)
 		}
 		e.State, e.ReadyAt, e.beat = Ready, now, now
 	case protocol.Reloading:
@@ -479,7 +479,7 @@ func (r *Registry) drop(e *entry, reason string) {
 	if e.saved {
 		r.removeFile(e)
 	}
-	r.log.Info("worker left", "pid", e.PID, "reason", reason)
+	r.log.Debug("worker left", "pid", e.PID, "reason", reason)
 }
 
 func (r *Registry) writeFile(e *entry) {
