@@ -457,19 +457,15 @@ func (r *Registry) checkHeartbeat(e *entry) {
 	r.settle(e, true)
 }
 
-// drop removes e from the registry and its state file from disk. The
-// answer changes first; the clean-up after it is I/O.
+// drop removes e from the registry and its state file from disk. The file
+// goes before the count is published, so that whoever sees the lower count
+// finds the files in step with it.
 func (r *Registry) drop(e *entry, reason string) {
 	if r.workers[e.PID] != e {
 		return
 	}
 	before := e.counts()
 	delete(r.workers, e.PID)
-	if reason != "stopped" {
-		r.exits.Add(1)
-	}
-	e.State = Starting
-	r.settle(e, before)
 	if e.pidfd >= 0 {
 		r.watcher.unwatch(e.pidfd)
 	}
@@ -479,6 +475,11 @@ func (r *Registry) drop(e *entry, reason string) {
 	if e.saved {
 		r.removeFile(e)
 	}
+	if reason != "stopped" {
+		r.exits.Add(1)
+	}
+	e.State = Starting
+	r.settle(e, before)
 	r.log.Debug("worker left", "pid", e.PID, "reason", reason)
 }
 
