@@ -3,11 +3,9 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 )
@@ -108,29 +106,6 @@ func TestListenQueueOfBusyGunicorn(t *testing.T) {
 	}
 }
 
-// agentLine reads one agent-check reply.
-func agentLine(t *testing.T, addr string) string {
-	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	b, err := io.ReadAll(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
-
-var agentAddr = func(d *daemon) string {
-	m := strings.SplitAfter(d.log.String(), " agent=")
-	if len(m) < 2 {
-		return ""
-	}
-	return strings.Fields(m[1])[0]
-}
-
 func TestAgentWeightFollowsListenQueue(t *testing.T) {
 	dir := shortDir(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
@@ -138,18 +113,18 @@ func TestAgentWeightFollowsListenQueue(t *testing.T) {
 		"--listen-queue", addr, "--agent-weight", "queue", "--agent-weight-floor", "10")
 	s := startGunicornAt(t, d.socket, addr, "--backlog", "8", "--timeout", "30")
 	waitSettled(t, d, s)
-	agent := agentAddr(d)
-	if got := agentLine(t, agent); got != "ready up 100%\n" {
+	agent := d.agentAddr(t)
+	if got := agentReply(t, agent); got != "ready up 100%\n" {
 		t.Fatalf("idle agent reply %q, want \"ready up 100%%\\n\"", got)
 	}
 
 	// A full queue brings the weight down to the floor, and no lower.
 	release := saturate(t, "tcp", addr, 10)
 	waitFor(t, "the agent weight to reach the floor", func() bool {
-		return agentLine(t, agent) == "ready up 10%\n"
+		return agentReply(t, agent) == "ready up 10%\n"
 	})
 	release()
 	waitFor(t, "the agent weight to come back", func() bool {
-		return agentLine(t, agent) == "ready up 100%\n"
+		return agentReply(t, agent) == "ready up 100%\n"
 	})
 }

@@ -1,5 +1,5 @@
-// Command liveness measures how notifyd follows the lives of its workers, and
-// what that costs:
+// Package main is the liveness benchmark. It measures how notifyd follows
+// the lives of its workers, and what that costs:
 //
 //  1. death detection latency: how long after a SIGKILL a worker leaves the
 //     health count, with pidfd exit detection and with the kill(0) sweep
