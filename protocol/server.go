@@ -18,6 +18,13 @@ type Handler interface {
 	HandleMessage(m Message, sender Credentials) error
 }
 
+// Syncer is a Handler whose changes reach beyond memory, such as the
+// registry's state files. A BARRIER=1 is acknowledged only after Sync has
+// returned, so the acknowledgement covers those too.
+type Syncer interface {
+	Sync()
+}
+
 // Server reads datagrams from a Conn and hands the valid ones to a Handler.
 type Server struct {
 	conn    *Conn
@@ -86,6 +93,9 @@ func (s *Server) apply(d *Datagram) (string, error) {
 		// Close of the descriptor is the acknowledgement.
 		if len(d.FDs) != 1 {
 			return "", fmt.Errorf("%w: it came with %d", ErrBarrier, len(d.FDs))
+		}
+		if s, ok := s.handler.(Syncer); ok {
+			s.Sync()
 		}
 		return "barrier", nil
 	}

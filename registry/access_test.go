@@ -92,7 +92,7 @@ func TestAccess(t *testing.T) {
 				if ws := r.Workers(); len(ws) != 0 {
 					t.Fatalf("Workers() = %+v after a refused message, want none", ws)
 				}
-				if got := dirNames(t, cfg.Dir); len(got) != 0 {
+				if got := savedNames(t, r); len(got) != 0 {
 					t.Fatalf("state directory holds %q after a refused message, want nothing", got)
 				}
 				return
@@ -104,7 +104,7 @@ func TestAccess(t *testing.T) {
 			if w := oneWorker(t, r); w.PID != target.pid() {
 				t.Fatalf("registered pid %d, want %d", w.PID, target.pid())
 			}
-			if got := dirNames(t, cfg.Dir); !slices.Equal(got, []string{stateName(target.pid())}) {
+			if got := savedNames(t, r); !slices.Equal(got, []string{stateName(target.pid())}) {
 				t.Fatalf("state directory holds %q, want only %q", got, stateName(target.pid()))
 			}
 		})

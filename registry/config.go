@@ -96,4 +96,8 @@ type Config struct {
 	// OnChange, if set, is called with every new Summary, under the
 	// registry's lock: it must return quickly and not call the registry.
 	OnChange func(Summary)
+
+	// retryInterval overrides how often failed state file changes are
+	// tried again; tests set it.
+	retryInterval time.Duration
 }

@@ -211,7 +211,7 @@ func TestCloseIsIdempotent(t *testing.T) {
 				}
 			}
 			// Close keeps the state files for the next start.
-			if got := dirNames(t, cfg.Dir); len(got) != 1 || got[0] != stateName(c.pid()) {
+			if got := savedNames(t, r); len(got) != 1 || got[0] != stateName(c.pid()) {
 				t.Fatalf("state directory holds %q after Close, want only %q", got, stateName(c.pid()))
 			}
 		})

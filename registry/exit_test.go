@@ -50,7 +50,7 @@ func TestExitSeenByPidfd(t *testing.T) {
 			if got := pids(r.Workers()); !slices.Equal(got, []int{survivor.pid()}) {
 				t.Fatalf("registered pids %v, want [%d]", got, survivor.pid())
 			}
-			if got := dirNames(t, cfg.Dir); !slices.Equal(got, []string{stateName(survivor.pid())}) {
+			if got := savedNames(t, r); !slices.Equal(got, []string{stateName(survivor.pid())}) {
 				t.Fatalf("state directory holds %q, want only %q", got, stateName(survivor.pid()))
 			}
 			if got := r.Exits(); got != 1 {
@@ -89,7 +89,7 @@ func TestExitSeenBySweep(t *testing.T) {
 			if got := pids(r.Workers()); !slices.Equal(got, []int{survivor.pid()}) {
 				t.Fatalf("registered pids %v, want [%d]", got, survivor.pid())
 			}
-			if got := dirNames(t, cfg.Dir); !slices.Equal(got, []string{stateName(survivor.pid())}) {
+			if got := savedNames(t, r); !slices.Equal(got, []string{stateName(survivor.pid())}) {
 				t.Fatalf("state directory holds %q, want only %q", got, stateName(survivor.pid()))
 			}
 			if got := r.Exits(); got != 1 {
@@ -115,7 +115,7 @@ func TestZombieIsNotRegistered(t *testing.T) {
 				t.Fatalf("READY=1 for a zombie: %v, want ErrNoProcess", err)
 			}
 			wantSummary(t, r, Summary{})
-			if got := dirNames(t, cfg.Dir); len(got) != 0 {
+			if got := savedNames(t, r); len(got) != 0 {
 				t.Fatalf("state directory holds %q, want nothing", got)
 			}
 			// Still a zombie when the registry said no: nothing reaped it.
@@ -151,7 +151,7 @@ func TestThreadIsNotRegistered(t *testing.T) {
 			if ws := r.Workers(); len(ws) != 0 {
 				t.Fatalf("Workers() = %+v, want none", ws)
 			}
-			if got := dirNames(t, cfg.Dir); len(got) != 0 {
+			if got := savedNames(t, r); len(got) != 0 {
 				t.Fatalf("state directory holds %q, want nothing", got)
 			}
 			if got := rec.summaries(); !slices.Equal(got, []Summary{{}}) {
@@ -260,7 +260,7 @@ func TestPidReuse(t *testing.T) {
 				t.Fatalf("Exits() = %d, want 1 (the replaced worker)", got)
 			}
 			if !tt.wantFile {
-				if got := dirNames(t, cfg.Dir); len(got) != 0 {
+				if got := savedNames(t, r); len(got) != 0 {
 					t.Fatalf("state directory holds %q, want nothing", got)
 				}
 				return

@@ -60,7 +60,7 @@ func TestHeartbeatDeadline(t *testing.T) {
 			if got := readFile(t, path); got != file {
 				t.Fatalf("a hung worker's state file changed to %q, want it kept as %q", got, file)
 			}
-			if got := dirNames(t, cfg.Dir); !slices.Equal(got, []string{stateName(pid)}) {
+			if got := savedNames(t, r); !slices.Equal(got, []string{stateName(pid)}) {
 				t.Fatalf("state directory holds %q, want only %q", got, stateName(pid))
 			}
 
@@ -103,7 +103,7 @@ func TestHungWorkerLeavesOnStopping(t *testing.T) {
 
 	send(t, r, stopping(c.pid()), rootCreds())
 	wantSummary(t, r, Summary{})
-	if got := dirNames(t, cfg.Dir); len(got) != 0 {
+	if got := savedNames(t, r); len(got) != 0 {
 		t.Fatalf("state directory holds %q, want nothing", got)
 	}
 }

@@ -187,6 +187,7 @@ func send(tb testing.TB, r *Registry, m protocol.Message, creds protocol.Credent
 	if err := r.HandleMessage(m, creds); err != nil {
 		tb.Fatalf("HandleMessage(%+v, %+v): %v", m, creds, err)
 	}
+	r.Sync() // as the socket does before it acknowledges a barrier
 }
 
 func ready(pid int) protocol.Message { return protocol.Message{Lifecycle: protocol.Ready, PID: pid} }
@@ -319,3 +320,11 @@ func (rec *recorder) summaries() []Summary {
 func itoa(n int) string { return strconv.Itoa(n) }
 
 func utoa(n uint64) string { return strconv.FormatUint(n, 10) }
+
+// savedNames waits for r's state files to catch up with it, then lists its
+// state directory, sorted.
+func savedNames(tb testing.TB, r *Registry) []string {
+	tb.Helper()
+	r.Sync()
+	return dirNames(tb, r.cfg.Dir)
+}

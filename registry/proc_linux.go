@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -70,6 +71,33 @@ func realUID(pid int) (int, error) { return statusField(pid, "Uid") }
 func isProcess(pid int) (bool, error) {
 	tgid, err := statusField(pid, "Tgid")
 	return tgid == pid, err
+}
+
+// ownPidNamespace names notifyd's pid namespace, as the link
+// /proc/self/ns/pid reads ("pid:[4026531836]"); empty where it cannot be read.
+var ownPidNamespace = func() string {
+	ns, _ := os.Readlink("/proc/self/ns/pid")
+	return ns
+}()
+
+// inOwnPidNamespace reports whether pid lives in notifyd's pid namespace,
+// where a PID= number means what it says. It costs one readlink, against the
+// open, read and close of the much larger /proc/<pid>/status; ok is false
+// when the link cannot be read (another user's process, for a notifyd that
+// is not root), and the caller must read NSpid instead.
+func inOwnPidNamespace(pid int) (same, ok bool, err error) {
+	if ownPidNamespace == "" {
+		return false, false, nil
+	}
+	var buf [64]byte
+	n, err := unix.Readlink("/proc/"+strconv.Itoa(pid)+"/ns/pid", buf[:])
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH) {
+		return false, true, errExited
+	}
+	if err != nil {
+		return false, false, nil
+	}
+	return string(buf[:n]) == ownPidNamespace, true, nil
 }
 
 // innermostPID returns pid's number in its own pid namespace, the last field

@@ -299,7 +299,7 @@ func TestRecover(t *testing.T) {
 				}
 			}
 			wantNames := slices.Sorted(maps.Keys(want.files))
-			if got := dirNames(t, cfg.Dir); !slices.Equal(got, wantNames) {
+			if got := savedNames(t, r); !slices.Equal(got, wantNames) {
 				t.Fatalf("state directory holds %q, want %q", got, wantNames)
 			}
 			for name, content := range want.files {
@@ -362,7 +362,8 @@ func TestRecoveredWorkerIsWatched(t *testing.T) {
 
 			c.killAndReap(t)
 			eventually(t, "the adopted worker's exit to be seen", func() bool { return r.Summary() == Summary{} })
-			if got := dirNames(t, cfg.Dir); len(got) != 0 {
+			r.Sync()
+			if got := savedNames(t, r); len(got) != 0 {
 				t.Fatalf("state directory holds %q, want nothing", got)
 			}
 			if got := r.Exits(); got != 1 {

@@ -62,7 +62,7 @@ func TestReadyWritesStateFile(t *testing.T) {
 			if w.ReadyAt.Before(before) || w.ReadyAt.After(after) {
 				t.Fatalf("ReadyAt = %v, want between %v and %v", w.ReadyAt, before, after)
 			}
-			if got := dirNames(t, cfg.Dir); !slices.Equal(got, []string{stateName(pid)}) {
+			if got := savedNames(t, r); !slices.Equal(got, []string{stateName(pid)}) {
 				t.Fatalf("state directory holds %q, want only %q", got, stateName(pid))
 			}
 			path := statePath(cfg.Dir, pid)
@@ -124,12 +124,12 @@ func TestLifecycle(t *testing.T) {
 				t.Fatalf("worker = %+v, want pid %d, state %v, status %q", w, pid, step.wantState, step.wantStatus)
 			}
 			if !step.wantFile {
-				if got := dirNames(t, cfg.Dir); len(got) != 0 {
+				if got := savedNames(t, r); len(got) != 0 {
 					t.Fatalf("state directory holds %q, want nothing", got)
 				}
 				return
 			}
-			if got := dirNames(t, cfg.Dir); !slices.Equal(got, []string{stateName(pid)}) {
+			if got := savedNames(t, r); !slices.Equal(got, []string{stateName(pid)}) {
 				t.Fatalf("state directory holds %q, want only %q", got, stateName(pid))
 			}
 			if got, want := readFile(t, path), wantState(w); got != want {
@@ -143,7 +143,7 @@ func TestLifecycle(t *testing.T) {
 		if ws := r.Workers(); len(ws) != 0 {
 			t.Fatalf("Workers() = %+v after STOPPING=1, want none", ws)
 		}
-		if got := dirNames(t, cfg.Dir); len(got) != 0 {
+		if got := savedNames(t, r); len(got) != 0 {
 			t.Fatalf("state directory holds %q after STOPPING=1, want nothing", got)
 		}
 		if got := r.Exits(); got != 0 {
@@ -164,7 +164,7 @@ func TestMessageWithoutPIDIsAboutSender(t *testing.T) {
 	if w := oneWorker(t, r); w.PID != c.pid() {
 		t.Fatalf("registered pid %d, want the sender's pid %d (not %d)", w.PID, c.pid(), other.pid())
 	}
-	if got := dirNames(t, cfg.Dir); !slices.Equal(got, []string{stateName(c.pid())}) {
+	if got := savedNames(t, r); !slices.Equal(got, []string{stateName(c.pid())}) {
 		t.Fatalf("state directory holds %q, want only %q", got, stateName(c.pid()))
 	}
 }
@@ -195,7 +195,7 @@ func TestMessageWithoutKnownKeysRegistersNothing(t *testing.T) {
 			if ws := r.Workers(); len(ws) != 0 {
 				t.Fatalf("Workers() = %+v, want none", ws)
 			}
-			if got := dirNames(t, cfg.Dir); len(got) != 0 {
+			if got := savedNames(t, r); len(got) != 0 {
 				t.Fatalf("state directory holds %q, want nothing", got)
 			}
 			if got := rec.summaries(); !slices.Equal(got, []Summary{{}}) {
@@ -255,7 +255,7 @@ func TestRejectionChangesNothing(t *testing.T) {
 			if got := r.Workers(); !slices.Equal(got, keptWorkers) {
 				t.Fatalf("Workers() = %+v, want %+v", got, keptWorkers)
 			}
-			if got := dirNames(t, cfg.Dir); !slices.Equal(got, []string{stateName(kept.pid())}) {
+			if got := savedNames(t, r); !slices.Equal(got, []string{stateName(kept.pid())}) {
 				t.Fatalf("state directory holds %q, want only %q", got, stateName(kept.pid()))
 			}
 			if got := readFile(t, statePath(cfg.Dir, kept.pid())); got != keptFile {
@@ -309,11 +309,12 @@ func TestStoppingForExitedPid(t *testing.T) {
 			if err := r.HandleMessage(stopping(tt.pid(c)), rootCreds()); err != nil {
 				t.Fatalf("STOPPING=1 for an exited pid: %v, want nil", err)
 			}
+			r.Sync()
 			wantSummary(t, r, Summary{Ready: 1, Workers: 1})
 			if got := pids(r.Workers()); !slices.Equal(got, []int{other.pid()}) {
 				t.Fatalf("registered pids %v, want [%d]", got, other.pid())
 			}
-			if got := dirNames(t, cfg.Dir); !slices.Equal(got, []string{stateName(other.pid())}) {
+			if got := savedNames(t, r); !slices.Equal(got, []string{stateName(other.pid())}) {
 				t.Fatalf("state directory holds %q, want only %q", got, stateName(other.pid()))
 			}
 			if got := r.Exits(); got != 0 {
@@ -332,7 +333,7 @@ func TestStoppingForUnregisteredLivePid(t *testing.T) {
 	if ws := r.Workers(); len(ws) != 0 {
 		t.Fatalf("Workers() = %+v, want none", ws)
 	}
-	if got := dirNames(t, cfg.Dir); len(got) != 0 {
+	if got := savedNames(t, r); len(got) != 0 {
 		t.Fatalf("state directory holds %q, want nothing", got)
 	}
 }

@@ -27,6 +27,7 @@ type Registry struct {
 	cfg     Config
 	log     *slog.Logger
 	files   stateFiles
+	mirror  *mirror
 	watcher *pidfdWatcher // nil when exits are found by sweeping
 
 	mu       sync.Mutex
@@ -46,7 +47,7 @@ type entry struct {
 	pidfd int       // -1 when sweeping
 	beat  time.Time // last sign of life the heartbeat deadline counts from
 	timer *time.Timer
-	saved bool // a state file exists for this worker
+	saved bool // the worker should have a state file, and the mirror was told
 }
 
 // counts reports whether the worker counts towards the health answer.
@@ -70,6 +71,7 @@ func New(cfg Config) (*Registry, error) {
 		return nil, err
 	}
 	r := &Registry{cfg: cfg, log: cfg.Logger, files: files, workers: make(map[int]*entry)}
+	r.mirror = newMirror(files, r.log, &r.fileErrors, cfg.retryInterval)
 	switch cfg.Detection {
 	case Auto, Pidfd:
 		if pidfdSupported() {
@@ -91,6 +93,7 @@ func New(cfg Config) (*Registry, error) {
 		r.log.Info("draining, as before the restart", "undrain", "notify --undrain, or SIGUSR2")
 	}
 	r.publish()
+	r.mirror.sync() // recovery's own rewrites and removals are done on return
 	return r, nil
 }
 
@@ -137,6 +140,7 @@ func (r *Registry) Workers() []Worker {
 func (r *Registry) Exits() uint64 { return r.exits.Load() }
 
 // StateFileErrors returns how many state file writes and removals failed.
+// A file that keeps failing is retried every second and counted each time.
 func (r *Registry) StateFileErrors() uint64 { return r.fileErrors.Load() }
 
 // HandleMessage applies one message from sender. It returns a
@@ -241,6 +245,9 @@ var errForeignPID = fmt.Errorf("%w: PID= is a pid of the sender's own pid namesp
 func (r *Registry) subject(m protocol.Message, sender protocol.Credentials) (int, error) {
 	if m.PID == 0 || m.PID == sender.PID {
 		return sender.PID, nil
+	}
+	if same, ok, err := inOwnPidNamespace(sender.PID); ok && (same || errors.Is(err, errExited)) {
+		return m.PID, nil
 	}
 	inner, nested, err := innermostPID(sender.PID)
 	switch {
@@ -457,9 +464,8 @@ func (r *Registry) checkHeartbeat(e *entry) {
 	r.settle(e, true)
 }
 
-// drop removes e from the registry and its state file from disk. The file
-// goes before the count is published, so that whoever sees the lower count
-// finds the files in step with it.
+// drop removes e from the registry, and has the mirror remove its state
+// file.
 func (r *Registry) drop(e *entry, reason string) {
 	if r.workers[e.PID] != e {
 		return
@@ -484,22 +490,19 @@ func (r *Registry) drop(e *entry, reason string) {
 }
 
 func (r *Registry) writeFile(e *entry) {
-	if err := r.files.write(&e.Worker); err != nil {
-		r.fileErrors.Add(1)
-		r.log.Error("state file not written; the registry keeps the worker in memory", "pid", e.PID, "error", err)
-		return
-	}
+	r.mirror.save(e.Worker)
 	e.saved = true
 }
 
 func (r *Registry) removeFile(e *entry) {
-	if err := r.files.remove(e.PID); err != nil {
-		r.fileErrors.Add(1)
-		r.log.Error("state file not removed", "pid", e.PID, "error", err)
-		return
-	}
+	r.mirror.remove(e.PID)
 	e.saved = false
 }
+
+// Sync returns once the state files have been brought in step with every
+// change made before the call, or the attempt has failed and been counted.
+// The notify socket calls it before it acknowledges a BARRIER=1.
+func (r *Registry) Sync() { r.mirror.sync() }
 
 // exited is called by the pidfd watcher. The pidfd may have been closed and
 // its number reused since the event was queued, so it checks that the
@@ -571,6 +574,7 @@ func (r *Registry) Close() error {
 		if r.watcher != nil {
 			r.watcher.close()
 		}
+		r.mirror.close()
 	})
 	return nil
 }

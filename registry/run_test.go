@@ -100,7 +100,7 @@ func TestRunAgainAfterCancel(t *testing.T) {
 			if got := pids(r.Workers()); !slices.Equal(got, []int{survivor.pid()}) {
 				t.Fatalf("registered pids %v, want [%d]", got, survivor.pid())
 			}
-			if got := dirNames(t, cfg.Dir); !slices.Equal(got, []string{stateName(survivor.pid())}) {
+			if got := savedNames(t, r); !slices.Equal(got, []string{stateName(survivor.pid())}) {
 				t.Fatalf("state directory holds %q, want only %q", got, stateName(survivor.pid()))
 			}
 			if got := r.Exits(); got != 1 {

@@ -140,9 +140,11 @@ func writeAll(fd int, b []byte) error {
 	return nil
 }
 
+// remove deletes pid's state file. A directory in its place was never one of
+// notifyd's files, and is left alone without complaint.
 func (s stateFiles) remove(pid int) error {
 	err := unix.Unlink(s.path(pid))
-	if err != nil && !errors.Is(err, unix.ENOENT) {
+	if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EISDIR) {
 		return fmt.Errorf("remove state file %s: %w", s.path(pid), err)
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/notifyd/notifyd/protocol"
 )
@@ -74,6 +75,7 @@ func TestStateFileUnwritable(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := testConfig(t)
+			cfg.retryInterval = time.Hour // each change is tried once, when it is made
 			r := startRegistry(t, cfg)
 			c := startSleep(t)
 			pid := c.pid()
@@ -111,7 +113,7 @@ func TestStateFileUnwritable(t *testing.T) {
 			if tt.wantLeft != nil {
 				want = tt.wantLeft(pid)
 			}
-			if got := dirNames(t, cfg.Dir); !slices.Equal(got, want) {
+			if got := savedNames(t, r); !slices.Equal(got, want) {
 				t.Fatalf("state directory holds %q, want %q", got, want)
 			}
 		})
@@ -188,5 +190,45 @@ func TestStateFileMode(t *testing.T) {
 				t.Fatalf("state file mode = %v under umask %#o, want %v", fi.Mode(), umask, fs.FileMode(0o644))
 			}
 		})
+	}
+}
+
+// TestStateFilesCatchUp checks that a state file that could not be written
+// is written once the directory is back, with nothing sent in between.
+func TestStateFilesCatchUp(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.retryInterval = 10 * time.Millisecond
+	r := startRegistry(t, cfg)
+	c := startSleep(t)
+	pid := c.pid()
+	if err := os.RemoveAll(cfg.Dir); err != nil {
+		t.Fatal(err)
+	}
+
+	send(t, r, protocol.Message{PID: pid, Lifecycle: protocol.Ready, Status: text("up")}, rootCreds())
+	wantSummary(t, r, Summary{Ready: 1, Workers: 1})
+	if r.StateFileErrors() == 0 {
+		t.Fatal("StateFileErrors() = 0 with the state directory gone")
+	}
+	if err := os.Mkdir(cfg.Dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the state file to be written", func() bool { return exists(statePath(cfg.Dir, pid)) })
+	st, err := readState(statePath(cfg.Dir, pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.pid != pid || st.status != "up" || st.startTime == 0 {
+		t.Fatalf("state file says %+v, want pid %d, its start time and STATUS=up", st, pid)
+	}
+
+	failures := r.StateFileErrors()
+	send(t, r, protocol.Message{PID: pid, Status: text("still up")}, rootCreds())
+	send(t, r, stopping(pid), rootCreds())
+	if got := r.StateFileErrors(); got != failures {
+		t.Fatalf("StateFileErrors() went from %d to %d after the directory came back", failures, got)
+	}
+	if got := savedNames(t, r); len(got) != 0 {
+		t.Fatalf("state directory holds %q after STOPPING=1, want nothing", got)
 	}
 }

@@ -48,7 +48,7 @@ func TestSenderPidfd(t *testing.T) {
 
 	sender.kill(t)
 	eventually(t, "the sender's exit to be seen", func() bool { return r.Summary() == Summary{} })
-	if got := dirNames(t, cfg.Dir); len(got) != 0 {
+	if got := savedNames(t, r); len(got) != 0 {
 		t.Fatalf("state directory holds %q, want nothing", got)
 	}
 	if got := r.Exits(); got != 1 {
@@ -124,7 +124,7 @@ func TestSenderPidfdOfReplacedSender(t *testing.T) {
 			if ws := r.Workers(); len(ws) != 0 {
 				t.Fatalf("Workers() = %+v, want none", ws)
 			}
-			if got := dirNames(t, cfg.Dir); len(got) != 0 {
+			if got := savedNames(t, r); len(got) != 0 {
 				t.Fatalf("state directory holds %q, want nothing", got)
 			}
 			if got := rec.summaries(); !slices.Equal(got, []Summary{{}}) {

@@ -137,9 +137,13 @@ func (det *detector) trial(ctx context.Context, l *lab) error {
 			return fmt.Errorf("killed pid %d still counted after %s and %d health requests", s.pid, end.Sub(t0).Round(time.Millisecond), n)
 		}
 	}
-	// notifyd removes the file before it publishes the lower count.
+	// The state file follows the count: once a barrier is acknowledged,
+	// notifyd has removed it.
+	if err := notify(d, "", nil); err != nil {
+		return err
+	}
 	if _, err := os.Stat(d.stateFile(s.pid)); !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("state file of killed pid %d still there after the count dropped (stat: %v)", s.pid, err)
+		return fmt.Errorf("state file of killed pid %d still there after the count dropped and a barrier (stat: %v)", s.pid, err)
 	}
 	return nil
 }

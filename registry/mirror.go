@@ -1,0 +1,164 @@
+package registry
+
+import (
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// defaultRetryInterval is how long the mirror waits before it tries again to write
+// or remove the state files that failed (a full or read-only directory). It
+// wakes up only while something is failing.
+const defaultRetryInterval = time.Second
+
+// mirror keeps the state directory in step with the registry, one goroutine
+// behind it. The registry records what each worker's file should say and
+// goes on; the mirror writes and removes the files. That keeps file system
+// latency off the datagram path, lets two cores share the work, and folds
+// several changes to one worker into one write.
+//
+// A file that cannot be written or removed is retried every second,
+// so the directory catches up by itself once it has room again. Each failed
+// attempt is counted in errors.
+type mirror struct {
+	files  stateFiles
+	log    *slog.Logger
+	errors *atomic.Uint64
+	every  time.Duration // between retries
+
+	mu      sync.Mutex
+	settled sync.Cond       // signalled when done moves
+	pending map[int]*Worker // by pid; nil means remove the file
+	queued  uint64          // changes recorded so far
+	done    uint64          // changes tried so far
+	closed  bool
+
+	kick chan struct{} // one token: pending has something
+	stop chan struct{}
+	exit chan struct{} // closed when run has returned
+}
+
+func newMirror(files stateFiles, log *slog.Logger, errors *atomic.Uint64, every time.Duration) *mirror {
+	if every <= 0 {
+		every = defaultRetryInterval
+	}
+	m := &mirror{
+		every:   every,
+		files:   files,
+		log:     log,
+		errors:  errors,
+		pending: make(map[int]*Worker),
+		kick:    make(chan struct{}, 1),
+		stop:    make(chan struct{}),
+		exit:    make(chan struct{}),
+	}
+	m.settled.L = &m.mu
+	go m.run()
+	return m
+}
+
+// save records that w's state file should say what w says now.
+func (m *mirror) save(w Worker) { m.put(w.PID, &w) }
+
+// remove records that pid should have no state file.
+func (m *mirror) remove(pid int) { m.put(pid, nil) }
+
+func (m *mirror) put(pid int, w *Worker) {
+	m.mu.Lock()
+	m.pending[pid] = w
+	m.queued++
+	m.mu.Unlock()
+	select {
+	case m.kick <- struct{}{}:
+	default:
+	}
+}
+
+// sync returns once every change recorded before the call has been tried:
+// written or removed, or counted and logged as failed.
+func (m *mirror) sync() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for want := m.queued; m.done < want && !m.closed; {
+		m.settled.Wait()
+	}
+}
+
+func (m *mirror) run() {
+	defer close(m.exit)
+	var (
+		retry   map[int]*Worker // failed, and not changed since
+		timer   = time.NewTimer(m.every)
+		failing bool
+	)
+	timer.Stop()
+	for {
+		select {
+		case <-m.kick:
+		case <-timer.C:
+		case <-m.stop:
+			m.flush(retry, &failing)
+			m.mu.Lock()
+			m.closed = true
+			m.settled.Broadcast()
+			m.mu.Unlock()
+			return
+		}
+		retry = m.flush(retry, &failing)
+		if len(retry) > 0 {
+			timer.Reset(m.every)
+		}
+	}
+}
+
+// flush takes every pending change, and every earlier failure that no newer
+// change replaces, and applies them to the directory. It returns the ones
+// that failed.
+func (m *mirror) flush(retry map[int]*Worker, failing *bool) map[int]*Worker {
+	m.mu.Lock()
+	batch, upto := m.pending, m.queued
+	m.pending = make(map[int]*Worker, len(batch))
+	m.mu.Unlock()
+	for pid, w := range retry {
+		if _, newer := batch[pid]; !newer {
+			batch[pid] = w
+		}
+	}
+	var failed map[int]*Worker
+	for pid, w := range batch {
+		var err error
+		if w == nil {
+			err = m.files.remove(pid)
+		} else {
+			err = m.files.write(w)
+		}
+		if err == nil {
+			continue
+		}
+		m.errors.Add(1)
+		if failed == nil {
+			failed = make(map[int]*Worker)
+		}
+		failed[pid] = w
+		if !*failing {
+			m.log.Error("state files not in step with the registry; it keeps every worker in memory and retries", "every", m.every, "pid", pid, "error", err)
+		}
+		*failing = true
+	}
+	if *failing && len(failed) == 0 {
+		*failing = false
+		m.log.Info("state files in step with the registry again")
+	}
+	m.mu.Lock()
+	m.done = upto
+	m.settled.Broadcast()
+	m.mu.Unlock()
+	return failed
+}
+
+// close tries every change recorded so far once more, then stops the mirror.
+func (m *mirror) close() {
+	close(m.stop)
+	<-m.exit
+}
