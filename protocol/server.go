@@ -10,8 +10,8 @@ import (
 	"time"
 )
 
-// Handler applies one accepted message. Serve calls it from a single
-// goroutine, in arrival order; a BARRIER=1 is acknowledged only after every
+// Handler applies one accepted message. Serve makes one call at a time, in
+// each socket's arrival order; a BARRIER=1 is acknowledged only after every
 // call before it has returned. A non-nil error rejects the message: it must
 // then have changed nothing.
 type Handler interface {
@@ -26,20 +26,29 @@ type Syncer interface {
 }
 
 // Server reads datagrams from a Conn and hands the valid ones to a Handler.
+// Replace swaps in a new socket, such as one re-created after its file was
+// removed; the one before it is still read, for senders that connected to it
+// earlier, until the next Replace.
 type Server struct {
-	conn    *Conn
 	handler Handler
 	log     *slog.Logger
 	limiter logLimiter
+	apply1  sync.Mutex // held while one datagram is applied
+	readers sync.WaitGroup
+	failed  chan error // a read error of the current socket
 
-	mu     sync.Mutex
-	counts map[string]uint64 // by result: "accepted", "barrier" or a rejection reason
+	mu      sync.Mutex
+	conn    *Conn // the socket at the path
+	retired *Conn // the one before it, or nil
+	stopped bool
+	counts  map[string]uint64 // by result: "accepted", "barrier" or a rejection reason
 }
 
 // NewServer returns a Server that reads conn and applies messages to h.
 func NewServer(conn *Conn, h Handler, log *slog.Logger) *Server {
 	return &Server{
 		conn:    conn,
+		failed:  make(chan error, 1),
 		handler: h,
 		log:     log,
 		limiter: logLimiter{burst: 5, every: time.Second},
@@ -48,26 +57,90 @@ func NewServer(conn *Conn, h Handler, log *slog.Logger) *Server {
 }
 
 // Serve reads and applies datagrams until ctx is cancelled, then closes the
-// socket and removes its file. It returns nil after a cancellation and the read error otherwise.
+// sockets and removes the socket file. It returns nil after a cancellation
+// and the read error of the current socket otherwise.
 func (s *Server) Serve(ctx context.Context) error {
-	stop := context.AfterFunc(ctx, func() { s.conn.Close() })
-	defer stop()
+	s.mu.Lock()
+	s.start(s.conn)
+	s.mu.Unlock()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-s.failed:
+	}
+	s.mu.Lock()
+	s.stopped = true
+	s.conn.Close()
+	if s.retired != nil {
+		s.retired.Close()
+	}
+	s.mu.Unlock()
+	s.readers.Wait()
+	return err
+}
+
+// Replace makes c the socket at the path. The one it replaces is kept and
+// read until the next Replace; the one before that is closed. Replace closes
+// c at once if Serve has already returned.
+func (s *Server) Replace(c *Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		c.Close()
+		return
+	}
+	if s.retired != nil {
+		s.retired.Close()
+	}
+	s.retired, s.conn = s.conn, c
+	s.start(c)
+}
+
+// start reads c in a goroutine of its own. The caller holds s.mu.
+func (s *Server) start(c *Conn) {
+	s.readers.Add(1)
+	go func() {
+		defer s.readers.Done()
+		s.read(c)
+	}()
+}
+
+// read applies c's datagrams until c is closed or fails.
+func (s *Server) read(c *Conn) {
 	for {
-		d, err := s.conn.Read()
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			return fmt.Errorf("read notify socket: %w", err)
+		d, err := c.Read()
+		if err == nil {
+			s.handle(d)
+			continue
 		}
-		s.handle(d)
+		s.mu.Lock()
+		current := c == s.conn && !s.stopped
+		s.mu.Unlock()
+		closed := errors.Is(err, net.ErrClosed)
+		switch {
+		case current:
+			if !closed {
+				err = fmt.Errorf("read notify socket: %w", err)
+			} else {
+				err = nil // closed under Serve: stop as if cancelled
+			}
+			select {
+			case s.failed <- err:
+			default:
+			}
+		case !closed:
+			s.log.Warn("stopped reading the notify socket that was replaced", "error", err)
+		}
+		return
 	}
 }
 
 // handle applies one datagram and closes its descriptors whatever happens.
 func (s *Server) handle(d Datagram) {
 	defer d.Close()
+	s.apply1.Lock()
 	result, err := s.apply(&d)
+	s.apply1.Unlock()
 	if err != nil {
 		result = ReasonOf(err)
 		s.reject(d, err)

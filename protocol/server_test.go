@@ -591,3 +591,41 @@ func TestFileConnRefusesNonUnix(t *testing.T) {
 		})
 	}
 }
+
+// TestServerReplace swaps in new sockets at the path, as notifyd does when
+// the socket file is removed: a sender connected to the replaced socket is
+// still served until the next Replace closes that socket, and the new one
+// serves senders that dial the path afresh.
+func TestServerReplace(t *testing.T) {
+	rec := &recorder{}
+	srv, path := serve(t, rec)
+	early := dial(t, path)
+
+	replace := func() {
+		t.Helper()
+		if err := os.Remove(path); err != nil {
+			t.Fatal(err)
+		}
+		srv.Replace(listen(t, ListenConfig{Path: path, Mode: 0o660, GID: -1}))
+	}
+	replace()
+	late := dial(t, path)
+	send(t, early, "STATUS=early")
+	barrier(t, early)
+	send(t, late, "STATUS=late")
+	barrier(t, late)
+	rec.check(t, []record{
+		{Message{Status: strptr("early")}, self()},
+		{Message{Status: strptr("late")}, self()},
+	})
+
+	replace() // closes the first socket
+	if err := early.Send([]byte("STATUS=too late"), waitLimit); err == nil {
+		t.Fatal("a send to the socket replaced twice succeeded; it should have been closed")
+	}
+	send(t, late, "STATUS=late again")
+	barrier(t, late)
+	if got := len(rec.records()); got != 3 {
+		t.Fatalf("%d messages delivered, want 3", got)
+	}
+}

@@ -109,13 +109,16 @@ func Listen(cfg ListenConfig) (*Conn, error) {
 	if abstract {
 		name = "\x00" + cfg.Path[1:]
 	}
-	// Bind with a umask that leaves the file at most 0600, then widen it to
-	// Mode once the group is right: the socket is never more open than asked.
-	// The umask is the process's, so Listen belongs to start-up, before other
-	// goroutines create files.
-	old := unix.Umask(0o177)
+	// Bind a file of at most 0600, then widen it to Mode once the group is
+	// right: the socket is never more open than asked. The mode of the
+	// socket's own inode, set before bind, is what bind gives the file (less
+	// the umask), so the process-wide umask is left alone and Listen is safe
+	// while other goroutines create files.
+	if err := unix.Fchmod(fd, 0o600); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("set mode of socket before bind: %w", err)
+	}
 	err = unix.Bind(fd, &unix.SockaddrUnix{Name: name})
-	unix.Umask(old)
 	if errors.Is(err, unix.EADDRINUSE) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("socket %s: %w; stop it or choose another --socket", cfg.Path, ErrInUse)
@@ -295,15 +298,25 @@ func (c *Conn) Close() error {
 }
 
 func (c *Conn) unlink() {
-	if c.path == "" {
-		return
-	}
-	var st unix.Stat_t
-	if unix.Lstat(c.path, &st) == nil && st.Ino == c.ino && st.Mode&unix.S_IFMT == unix.S_IFSOCK {
+	if c.Present() {
 		os.Remove(c.path)
 	}
-	c.path = ""
 }
+
+// Present reports whether the socket file this Conn created is still at its
+// path. It is false once the file has been removed or replaced, and for a
+// socket without a file of its own (abstract, or passed by systemd).
+func (c *Conn) Present() bool {
+	if c.path == "" {
+		return false
+	}
+	var st unix.Stat_t
+	return unix.Lstat(c.path, &st) == nil && st.Ino == c.ino && st.Mode&unix.S_IFMT == unix.S_IFSOCK
+}
+
+// Path is the file system path of the socket file this Conn created, or ""
+// for an abstract socket or one passed by systemd.
+func (c *Conn) Path() string { return c.path }
 
 // Addr is the socket's address as the user gave it.
 func (c *Conn) Addr() string {

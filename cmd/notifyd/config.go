@@ -218,6 +218,12 @@ func parseConfig(args []string, stdout io.Writer) (config, error) {
 }
 
 // envName is a flag's environment twin: --socket-mode is NOTIFYD_SOCKET_MODE.
+// listenConfig describes the notify socket notifyd creates, at start and
+// again whenever its file is removed.
+func (c config) listenConfig() protocol.ListenConfig {
+	return protocol.ListenConfig{Path: c.socket, Mode: c.socketMode, GID: c.socketGID}
+}
+
 func envName(flagName string) string {
 	return "NOTIFYD_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }

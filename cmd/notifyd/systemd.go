@@ -105,7 +105,7 @@ func listen(cfg config, inherited inheritedSockets, log *slog.Logger) (*protocol
 		inherited.notify.Close()
 		log.Info("using the notify socket passed by systemd", "socket", conn.Addr())
 	} else {
-		conn, err = protocol.Listen(protocol.ListenConfig{Path: cfg.socket, Mode: cfg.socketMode, GID: cfg.socketGID})
+		conn, err = protocol.Listen(cfg.listenConfig())
 	}
 	if err != nil {
 		return nil, nil, err
