@@ -147,6 +147,46 @@ func sampleTasks(pid int) (taskSample, error) {
 	return s, nil
 }
 
+// memory is a process's resident set: now and at its peak.
+type memory struct {
+	rssKiB, peakKiB uint64
+}
+
+// readMemory reads VmRSS and VmHWM from /proc/<pid>/status.
+func readMemory(pid int) (memory, error) {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return memory{}, fmt.Errorf("read memory of %d: %w", pid, err)
+	}
+	var m memory
+	found := 0
+	sc := bufio.NewScanner(bytes.NewReader(status))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		var dst *uint64
+		switch {
+		case !ok:
+			continue
+		case k == "VmRSS":
+			dst = &m.rssKiB
+		case k == "VmHWM":
+			dst = &m.peakKiB
+		default:
+			continue
+		}
+		n, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		if err != nil {
+			return memory{}, fmt.Errorf("memory of %d: %s: %w", pid, k, err)
+		}
+		*dst = n
+		found++
+	}
+	if found != 2 {
+		return memory{}, fmt.Errorf("memory of %d: no VmRSS and VmHWM lines", pid)
+	}
+	return m, nil
+}
+
 // contextSwitches adds the voluntary_ctxt_switches and
 // nonvoluntary_ctxt_switches lines of a /proc status file.
 func contextSwitches(status []byte) (uint64, error) {

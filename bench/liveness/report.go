@@ -140,13 +140,15 @@ func (r *report) writeLoad(p printer) goal {
 	p("The load is an in-process Go HTTP client with %d concurrent keep-alive connections, each sending its next ", loadConns)
 	p("request as soon as the answer is in, and checking its status and body; rounds of %s alternate between X and Y, ", fmtSeconds(loadRound))
 	p("%d each, after a %s warm-up of each.\n\n", loadRounds, fmtSeconds(loadWarmUp))
-	p("| instance | registered workers | median requests/s | rounds (requests/s) | connections opened |\n")
-	p("| --- | ---: | ---: | --- | ---: |\n")
+	p("| instance | registered workers | median requests/s | rounds (requests/s) | connections opened | RSS after the rounds | peak RSS |\n")
+	p("| --- | ---: | ---: | --- | ---: | ---: | ---: |\n")
 	for _, t := range r.load {
-		p("| %s | %d | %.0f | %s | %d |\n", t.label, t.workers, medianFloat(t.rates), fmtRates(t.rates), t.dials.Load())
+		p("| %s | %d | %.0f | %s | %d | %s | %s |\n", t.label, t.workers, medianFloat(t.rates), fmtRates(t.rates), t.dials.Load(), fmtMiB(t.mem.rssKiB), fmtMiB(t.mem.peakKiB))
 	}
 	ratio := medianFloat(x.rates) / medianFloat(y.rates)
-	p("\nRatio of medians, X / Y: %.3f.\n", ratio)
+	p("\nRatio of medians, X / Y: %.3f. ", ratio)
+	p("Memory is `VmRSS` and `VmHWM` of `/proc/<pid>/status`, read after the last round; ")
+	p("X holds %.1f KiB more per registered worker than Y.\n", float64(int64(x.mem.rssKiB)-int64(y.mem.rssKiB))/float64(x.workers-y.workers))
 	return goal{
 		what:   fmt.Sprintf("health throughput with %d workers / with 1 >= %.2f", x.workers, goalLoadRatio),
 		result: fmt.Sprintf("%.3f (%.0f / %.0f requests/s)", ratio, medianFloat(x.rates), medianFloat(y.rates)),
@@ -263,3 +265,6 @@ func fmtRates(rs []float64) string {
 	}
 	return strings.Join(parts, ", ")
 }
+
+// fmtMiB writes a size given in KiB as MiB.
+func fmtMiB(kib uint64) string { return fmt.Sprintf("%.1f MiB", float64(kib)/1024) }

@@ -32,6 +32,7 @@ type loadTarget struct {
 	clients []*http.Client
 	dials   atomic.Int64
 	rates   []float64 // requests per second, one per round
+	mem     memory    // after the last round
 }
 
 func newLoadTarget(label string, d *daemon, workers int) *loadTarget {
@@ -166,6 +167,9 @@ func measureThroughput(ctx context.Context, l *lab, workers int) ([]*loadTarget,
 	}
 	for _, t := range targets {
 		t.close()
+		if t.mem, err = readMemory(t.d.pid()); err != nil {
+			return nil, err
+		}
 		if err := t.d.stop(); err != nil {
 			return nil, err
 		}
