@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/notifyd/notifyd/bench/internal/benchkit"
 	"golang.org/x/sys/unix"
 )
 
@@ -39,7 +40,7 @@ type detector struct {
 }
 
 func measureDeath(ctx context.Context, l *lab, trials int) ([]*detector, error) {
-	l.progress("death detection: %d trials per mode", trials)
+	l.Progress("death detection: %d trials per mode", trials)
 	pidfd, err := l.startDaemon(ctx, "death-pidfd", "--exit-detection", "pidfd", "--reap-interval", "1h")
 	if err != nil {
 		return nil, err
@@ -51,10 +52,10 @@ func measureDeath(ctx context.Context, l *lab, trials int) ([]*detector, error) 
 	// notifyd says at start when it sweeps: the modes must be what they claim.
 	const sweepLine = "exit detection by sweep"
 	if pidfd.logContains(sweepLine) {
-		return nil, fmt.Errorf("notifyd %s logged %q although started with --exit-detection pidfd", pidfd.name, sweepLine)
+		return nil, fmt.Errorf("%s logged %q although started with --exit-detection pidfd", pidfd.Name, sweepLine)
 	}
 	if !sweep.logContains(sweepLine) {
-		return nil, fmt.Errorf("notifyd %s did not log %q", sweep.name, sweepLine)
+		return nil, fmt.Errorf("%s did not log %q", sweep.Name, sweepLine)
 	}
 	dets := []*detector{{label: "pidfd", d: pidfd}, {label: "sweep", d: sweep}, {label: "kernel only"}}
 	for i := range trials {
@@ -68,11 +69,11 @@ func measureDeath(ctx context.Context, l *lab, trials int) ([]*detector, error) 
 			}
 		}
 		if (i+1)%10 == 0 || i+1 == trials {
-			l.progress("death detection: %d/%d trials", i+1, trials)
+			l.Progress("death detection: %d/%d trials", i+1, trials)
 		}
 	}
 	for _, d := range []*daemon{pidfd, sweep} {
-		if err := d.stop(); err != nil {
+		if err := d.Stop(); err != nil {
 			return nil, err
 		}
 	}
@@ -97,19 +98,19 @@ func (det *detector) trial(ctx context.Context, l *lab) error {
 	}
 	h, err := dialHealth(d.addr)
 	if err != nil {
-		return d.explain(err)
+		return d.Explain(err)
 	}
 	defer h.Close()
 	jitter := rand.N(sweepInterval)
 	h.setDeadline(time.Now().Add(jitter + pollLimit + httpTimeout))
 	a, err := h.get()
 	if err != nil {
-		return d.explain(err)
+		return d.Explain(err)
 	}
 	if !a.is(1) {
 		return fmt.Errorf("before the kill: %w", a.mismatch(1))
 	}
-	if err := pause(ctx, jitter); err != nil {
+	if err := benchkit.Pause(ctx, jitter); err != nil {
 		return err
 	}
 
@@ -122,7 +123,7 @@ func (det *detector) trial(ctx context.Context, l *lab) error {
 		a, err := h.get()
 		end := time.Now()
 		if err != nil {
-			return d.explain(err)
+			return d.Explain(err)
 		}
 		det.requests = append(det.requests, end.Sub(start))
 		if a.is(0) {
@@ -165,7 +166,7 @@ func (det *detector) exitTrial(ctx context.Context, l *lab) error {
 		return fmt.Errorf("pidfd_open %d: %w", s.pid, err)
 	}
 	defer unix.Close(fd)
-	if err := pause(ctx, rand.N(sweepInterval)); err != nil {
+	if err := benchkit.Pause(ctx, rand.N(sweepInterval)); err != nil {
 		return err
 	}
 	t0 := time.Now()

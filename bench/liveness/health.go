@@ -99,16 +99,16 @@ func (a answer) mismatch(n int) error {
 func checkHealth(d *daemon, n int) error {
 	h, err := dialHealth(d.addr)
 	if err != nil {
-		return d.explain(err)
+		return d.Explain(err)
 	}
 	defer h.Close()
 	h.setDeadline(time.Now().Add(httpTimeout))
 	a, err := h.get()
 	if err != nil {
-		return d.explain(fmt.Errorf("notifyd %s: %w", d.name, err))
+		return d.Explain(fmt.Errorf("%s: %w", d.Name, err))
 	}
 	if !a.is(n) {
-		return fmt.Errorf("notifyd %s: %w", d.name, a.mismatch(n))
+		return fmt.Errorf("%s: %w", d.Name, a.mismatch(n))
 	}
 	return nil
 }

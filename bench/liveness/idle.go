@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/notifyd/notifyd/bench/internal/benchkit"
 )
 
 // idleSettle is the quiet time between the last registration and the start
@@ -36,7 +38,7 @@ type idleMode struct {
 }
 
 func measureIdle(ctx context.Context, l *lab, window time.Duration) (*idleResult, error) {
-	l.progress("idle CPU: starting %d sleepers", fixedWorkers)
+	l.Progress("idle CPU: starting %d sleepers", fixedWorkers)
 	ss, err := l.spawn(ctx, fixedWorkers, sleeperLife+window)
 	if err != nil {
 		return nil, err
@@ -58,24 +60,24 @@ func measureIdle(ctx context.Context, l *lab, window time.Duration) (*idleResult
 			return nil, err
 		}
 	}
-	if err := pause(ctx, idleSettle); err != nil {
+	if err := benchkit.Pause(ctx, idleSettle); err != nil {
 		return nil, err
 	}
 
-	l.progress("idle CPU: watching both instances for %s", window)
+	l.Progress("idle CPU: watching both instances for %s", window)
 	before := make([]taskSample, len(ds))
 	for i, d := range ds {
 		if before[i], err = sampleTasks(d.pid()); err != nil {
-			return nil, d.explain(err)
+			return nil, d.Explain(err)
 		}
 	}
-	if err := pause(ctx, window); err != nil {
+	if err := benchkit.Pause(ctx, window); err != nil {
 		return nil, err
 	}
 	for i, d := range ds {
 		after, err := sampleTasks(d.pid())
 		if err != nil {
-			return nil, d.explain(err)
+			return nil, d.Explain(err)
 		}
 		m := &res.modes[i]
 		m.cpu = after.cpu - before[i].cpu
@@ -87,7 +89,7 @@ func measureIdle(ctx context.Context, l *lab, window time.Duration) (*idleResult
 		if err := checkHealth(d, fixedWorkers); err != nil {
 			return nil, fmt.Errorf("after the window: %w", err)
 		}
-		if err := d.stop(); err != nil {
+		if err := d.Stop(); err != nil {
 			return nil, err
 		}
 	}

@@ -2,39 +2,33 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/notifyd/notifyd/bench/internal/benchkit"
 	"github.com/notifyd/notifyd/protocol"
 )
 
-// lab owns everything the benchmark starts: a temporary directory, the
-// notifyd binary built into it, notifyd instances and sleeping children.
-// Close stops and reaps all of them and removes the directory. It is used
-// from one goroutine only.
+// lab is the benchmark's benchkit.Lab, with the sleeping children that
+// stand in for workers: its Close kills and reaps those too. It is used from
+// one goroutine only.
 type lab struct {
-	dir      string
-	bin      string
+	*benchkit.Lab
 	sleepBin string
 	env      []string // this environment without NOTIFYD_* settings
-	out      io.Writer
-	daemons  []*daemon
 	sleepers map[*sleeper]struct{}
 }
 
 // Time limits of single operations, generous enough for a loaded machine;
 // they only keep a broken run from hanging.
 const (
-	buildTimeout   = 5 * time.Minute
 	startTimeout   = 15 * time.Second
 	stopTimeout    = 10 * time.Second
 	sendTimeout    = 5 * time.Second
@@ -47,66 +41,26 @@ func newLab(progress io.Writer) (*lab, error) {
 	if err != nil {
 		return nil, fmt.Errorf("find sleep: %w", err)
 	}
-	// Short, so socket paths stay under the 108-byte sun_path limit.
-	dir, err := os.MkdirTemp("", "ndb")
+	kit, err := benchkit.NewLab(benchName, progress, stopTimeout)
 	if err != nil {
-		return nil, fmt.Errorf("create temporary directory: %w", err)
-	}
-	var env []string
-	for _, kv := range os.Environ() {
-		// notifyd reads a NOTIFYD_* variable for every flag not given, and
-		// RUNTIME_DIRECTORY for defaults: none of the caller's may leak in.
-		if !strings.HasPrefix(kv, "NOTIFYD_") && !strings.HasPrefix(kv, "RUNTIME_DIRECTORY=") {
-			env = append(env, kv)
-		}
+		return nil, err
 	}
 	return &lab{
-		dir:      dir,
-		bin:      filepath.Join(dir, "notifyd"),
+		Lab:      kit,
 		sleepBin: sleepBin,
-		env:      env,
-		out:      progress,
+		// notifyd reads a NOTIFYD_* variable for every flag not given, and
+		// RUNTIME_DIRECTORY for defaults: none of the caller's may leak in.
+		env:      benchkit.Environ("NOTIFYD_", "RUNTIME_DIRECTORY="),
 		sleepers: make(map[*sleeper]struct{}),
 	}, nil
 }
 
-func (l *lab) progress(format string, args ...any) {
-	fmt.Fprintf(l.out, "liveness: "+format+"\n", args...)
-}
-
-// build compiles notifyd from the repository at root, without -race.
-func (l *lab) build(ctx context.Context, root string) error {
-	ctx, cancel := context.WithTimeout(ctx, buildTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", l.bin, "./cmd/notifyd")
-	cmd.Dir = root
-	cmd.Stdout, cmd.Stderr = l.out, l.out
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("go build ./cmd/notifyd: %w", err)
-	}
-	return nil
-}
-
-// Close stops every notifyd still running, kills and reaps every sleeper
-// still alive and removes the temporary directory.
+// Close stops every notifyd still running, removes the temporary directory,
+// and kills and reaps every sleeper still alive.
 func (l *lab) Close() error {
-	var errs []error
-	for _, d := range l.daemons {
-		if d.stopped {
-			continue
-		}
-		d.cmd.Process.Signal(syscall.SIGTERM)
-	}
-	for _, d := range l.daemons {
-		if !d.stopped {
-			d.waitOrKill()
-		}
-	}
+	err := l.Lab.Close()
 	l.reap(l.live()...)
-	if err := os.RemoveAll(l.dir); err != nil {
-		errs = append(errs, fmt.Errorf("remove %s: %w", l.dir, err))
-	}
-	return errors.Join(errs...)
+	return err
 }
 
 // sleeper is a `sleep` child standing in for a worker.
@@ -170,156 +124,59 @@ func pids(ss []*sleeper) []int {
 
 // daemon is one running notifyd.
 type daemon struct {
-	name    string
-	flags   []string // the flags that set it apart from the others
-	cmd     *exec.Cmd
-	dir     string // its state directory, which also holds its socket
-	socket  string
-	logPath string
-	addr    string // HTTP host:port
-	done    chan struct{}
-	err     error // exit status, once done is closed
-	stopped bool
+	*benchkit.Proc
+	flags  []string // the flags that set it apart from the others
+	dir    string   // its state directory, which also holds its socket
+	socket string
+	addr   string // HTTP host:port
 }
-
-var startedLine = regexp.MustCompile(`msg="notifyd started".* bind=(\S+)`)
 
 // startDaemon runs notifyd with its state and socket in a directory of its
 // own, an HTTP port picked by the kernel, and flags. It returns once notifyd
 // has logged that it started, which it does after its socket and port are
 // ready.
 func (l *lab) startDaemon(ctx context.Context, name string, flags ...string) (*daemon, error) {
-	d := &daemon{
-		name:    name,
-		flags:   flags,
-		dir:     filepath.Join(l.dir, name),
-		logPath: filepath.Join(l.dir, name+".log"),
-		done:    make(chan struct{}),
-	}
+	d := &daemon{flags: flags, dir: filepath.Join(l.Dir, name)}
 	d.socket = filepath.Join(d.dir, "notify.sock")
 	if err := os.Mkdir(d.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state directory of %s: %w", name, err)
-	}
-	logFile, err := os.Create(d.logPath)
-	if err != nil {
-		return nil, fmt.Errorf("create log of %s: %w", name, err)
 	}
 	args := append([]string{
 		"--socket", d.socket, "--dir", d.dir, "--bind", "127.0.0.1:0",
 		"--require", "1", "--log-level", "info",
 	}, flags...)
-	d.cmd = exec.Command(l.bin, args...)
-	d.cmd.Env = l.env
-	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	err = d.cmd.Start()
-	logFile.Close()
+	cmd := exec.Command(l.Notifyd, args...)
+	cmd.Env = l.env
+	d.Proc = &benchkit.Proc{Name: "notifyd " + name, Cmd: cmd, Log: filepath.Join(l.Dir, name+".log")}
+	if err := l.Start(d.Proc); err != nil {
+		return nil, err
+	}
+	m, err := d.AwaitLog(ctx, benchkit.NotifydStarted, startTimeout)
 	if err != nil {
-		return nil, fmt.Errorf("start notifyd %s: %w", name, err)
+		return nil, err
 	}
-	l.daemons = append(l.daemons, d)
-	go func() { d.err = d.cmd.Wait(); close(d.done) }()
-
-	deadline := time.Now().Add(startTimeout)
-	for {
-		b, err := os.ReadFile(d.logPath)
-		if err != nil {
-			return nil, fmt.Errorf("read log of %s: %w", name, err)
-		}
-		if m := startedLine.FindSubmatch(b); m != nil {
-			d.addr = string(m[1])
-			return d, nil
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("notifyd %s did not log %q within %s:\n%s", name, "notifyd started", startTimeout, d.logTail())
-		}
-		select {
-		case <-d.done:
-			return nil, fmt.Errorf("notifyd %s exited at start (%v):\n%s", name, d.err, d.logTail())
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
+	d.addr = m[1]
+	return d, nil
 }
 
-func (d *daemon) pid() int { return d.cmd.Process.Pid }
+func (d *daemon) pid() int { return d.Cmd.Process.Pid }
 
 // stateFile is the path of the state file notifyd writes for pid.
 func (d *daemon) stateFile(pid int) string {
 	return filepath.Join(d.dir, ".gunicorn.worker."+strconv.Itoa(pid))
 }
 
-// logTail is the end of notifyd's log, for error messages.
-func (d *daemon) logTail() string {
-	b, err := os.ReadFile(d.logPath)
-	if err != nil {
-		return "(no log: " + err.Error() + ")"
-	}
-	const keep = 2000
-	if len(b) > keep {
-		b = b[len(b)-keep:]
-	}
-	return string(b)
-}
-
 // logContains reports whether notifyd has logged s.
 func (d *daemon) logContains(s string) bool {
-	b, _ := os.ReadFile(d.logPath)
+	b, _ := os.ReadFile(d.Log)
 	return strings.Contains(string(b), s)
-}
-
-// explain adds to err what became of notifyd, when it has exited.
-func (d *daemon) explain(err error) error {
-	select {
-	case <-d.done:
-		return fmt.Errorf("%w (notifyd %s has exited: %v)\n%s", err, d.name, d.err, d.logTail())
-	default:
-		return err
-	}
-}
-
-// stop ends notifyd with SIGTERM, as a service manager would, and reports an
-// exit that was not clean.
-func (d *daemon) stop() error {
-	if d.stopped {
-		return nil
-	}
-	select {
-	case <-d.done:
-		d.stopped = true
-		return fmt.Errorf("notifyd %s had already exited (%v):\n%s", d.name, d.err, d.logTail())
-	default:
-	}
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	if !d.waitOrKill() {
-		return fmt.Errorf("notifyd %s did not exit within %s of SIGTERM and was killed", d.name, stopTimeout)
-	}
-	if d.err != nil {
-		return fmt.Errorf("notifyd %s exited with %v after SIGTERM:\n%s", d.name, d.err, d.logTail())
-	}
-	return nil
-}
-
-// waitOrKill waits for notifyd to exit after a signal, killing it when it
-// takes too long. It reports whether it exited by itself.
-func (d *daemon) waitOrKill() bool {
-	d.stopped = true
-	select {
-	case <-d.done:
-		return true
-	case <-time.After(stopTimeout):
-		d.cmd.Process.Kill()
-		<-d.done
-		return false
-	}
 }
 
 // dial connects a notify client to notifyd's socket.
 func (d *daemon) dial() (*protocol.Client, error) {
 	c, err := protocol.Dial(d.socket)
 	if err != nil {
-		return nil, d.explain(err)
+		return nil, d.Explain(err)
 	}
 	return c, nil
 }
@@ -339,11 +196,11 @@ func messages(format string, pids []int) [][]byte {
 func sendAll(d *daemon, c *protocol.Client, msgs [][]byte) error {
 	for _, m := range msgs {
 		if err := c.Send(m, sendTimeout); err != nil {
-			return d.explain(err)
+			return d.Explain(err)
 		}
 	}
 	if err := c.Barrier(barrierTimeout); err != nil {
-		return d.explain(err)
+		return d.Explain(err)
 	}
 	return nil
 }
@@ -357,16 +214,4 @@ func notify(d *daemon, format string, pids []int) error {
 	}
 	defer c.Close()
 	return sendAll(d, c, messages(format, pids))
-}
-
-// pause sleeps for d unless ctx ends first.
-func pause(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

@@ -35,26 +35,20 @@
 package main
 
 import (
+	"cmp"
 	"context"
-	"errors"
 	"flag"
-	"fmt"
 	"io"
-	"os"
-	"os/signal"
-	"strings"
-	"syscall"
 	"time"
+
+	"github.com/notifyd/notifyd/bench/internal/benchkit"
 )
 
+// benchName is what the benchmark calls itself in messages and commands.
+const benchName = "liveness"
+
 func main() {
-	err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr)
-	switch {
-	case err == nil, errors.Is(err, flag.ErrHelp):
-	default:
-		fmt.Fprintln(os.Stderr, "liveness:", err)
-		os.Exit(1)
-	}
+	benchkit.Main(benchName, run)
 }
 
 // options are the command line settings.
@@ -74,44 +68,36 @@ const (
 )
 
 func parseOptions(args []string, stderr io.Writer) (options, error) {
-	fs := flag.NewFlagSet("liveness", flag.ContinueOnError)
+	fs := flag.NewFlagSet(benchName, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var o options
 	fs.IntVar(&o.trials, "trials", 100, "death detection trials per exit detection mode")
 	fs.DurationVar(&o.idle, "idle", 60*time.Second, "idle CPU measurement window")
 	fs.IntVar(&o.workers, "workers", 10000, "workers registered in the throughput measurement's busy instance")
-	if err := fs.Parse(args); err != nil {
+	if err := benchkit.ParseFlags(fs, args); err != nil {
 		return o, err
 	}
-	switch {
-	case fs.NArg() > 0:
-		return o, fmt.Errorf("unexpected argument %q: liveness takes only flags", fs.Arg(0))
-	case o.trials < 1 || o.trials > maxTrials:
-		return o, fmt.Errorf("-trials %d: must be between 1 and %d", o.trials, maxTrials)
-	case o.idle < minIdle || o.idle > maxIdle:
-		return o, fmt.Errorf("-idle %s: must be between %s and %s", o.idle, minIdle, maxIdle)
-	case o.workers < 1 || o.workers > maxWorkers:
-		return o, fmt.Errorf("-workers %d: must be between 1 and %d", o.workers, maxWorkers)
-	}
-	return o, nil
+	return o, cmp.Or(
+		benchkit.CheckRange("trials", o.trials, 1, maxTrials),
+		benchkit.CheckRange("idle", o.idle, minIdle, maxIdle),
+		benchkit.CheckRange("workers", o.workers, 1, maxWorkers),
+	)
 }
 
 // run measures everything and writes the report to stdout. It returns the
-// first failed check; the lab's Close stops whatever was started.
+// first failed check, or "interrupted" once ctx ends; the lab's Close stops
+// whatever was started.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
 	opts, err := parseOptions(args, stderr)
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-
 	rep := &report{command: commandLine(args), opts: opts}
-	root, err := moduleRoot(ctx)
+	root, err := benchkit.ModuleRoot(ctx, benchName)
 	if err != nil {
 		return err
 	}
-	if rep.machine, err = describeMachine(ctx); err != nil {
+	if rep.machine, err = benchkit.DescribeMachine(ctx); err != nil {
 		return err
 	}
 	lim, err := readLimits()
@@ -133,10 +119,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		}
 	}()
 	if rep.capacityNote != "" {
-		l.progress("%s", rep.capacityNote)
+		l.Progress("%s", rep.capacityNote)
 	}
-	l.progress("building notifyd")
-	if err := l.build(ctx, root); err != nil {
+	if err := l.BuildNotifyd(ctx, root); err != nil {
 		return err
 	}
 
@@ -151,10 +136,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	}
 	for _, s := range steps {
 		if err := s.do(); err != nil {
-			if ctx.Err() != nil {
-				return fmt.Errorf("%s: interrupted", s.name)
-			}
-			return fmt.Errorf("%s: %w", s.name, err)
+			return benchkit.StepError(ctx, s.name, err)
 		}
 	}
 	rep.write(stdout)
@@ -163,12 +145,5 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 
 // commandLine is the command as a reader would type it again.
 func commandLine(args []string) string {
-	parts := []string{"go", "run", "./bench/liveness"}
-	for _, a := range args {
-		if a == "" || strings.ContainsAny(a, " \t\"'$\\") {
-			a = fmt.Sprintf("%q", a)
-		}
-		parts = append(parts, a)
-	}
-	return strings.Join(parts, " ")
+	return benchkit.ShellWords(append([]string{"go", "run", "./bench/" + benchName}, args...))
 }

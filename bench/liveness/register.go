@@ -33,7 +33,7 @@ func measureRegistration(ctx context.Context, l *lab) (*registrationResult, erro
 	if len(plainBody) != 70 {
 		return nil, fmt.Errorf("plain body is %d bytes, not 70", len(plainBody))
 	}
-	l.progress("registration rate: starting %d sleepers", fixedWorkers)
+	l.Progress("registration rate: starting %d sleepers", fixedWorkers)
 	ss, err := l.spawn(ctx, fixedWorkers, sleeperLife)
 	if err != nil {
 		return nil, err
@@ -43,7 +43,7 @@ func measureRegistration(ctx context.Context, l *lab) (*registrationResult, erro
 	if err != nil {
 		return nil, err
 	}
-	plainDir := filepath.Join(l.dir, "plain")
+	plainDir := filepath.Join(l.Dir, "plain")
 	if err := os.Mkdir(plainDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create plain loop directory: %w", err)
 	}
@@ -113,9 +113,9 @@ func measureRegistration(ctx context.Context, l *lab) (*registrationResult, erro
 				return nil, fmt.Errorf("remove %s: %w", p, err)
 			}
 		}
-		l.progress("registration rate: round %d/%d: notifyd %.0f files/s, plain %.0f files/s", r+1, regRounds, res.notifyd[r], res.plain[r])
+		l.Progress("registration rate: round %d/%d: notifyd %.0f files/s, plain %.0f files/s", r+1, regRounds, res.notifyd[r], res.plain[r])
 	}
-	if err := d.stop(); err != nil {
+	if err := d.Stop(); err != nil {
 		return nil, err
 	}
 	return res, nil

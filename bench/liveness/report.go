@@ -3,11 +3,11 @@ package main
 import (
 	"fmt"
 	"io"
-	"math"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/notifyd/notifyd/bench/internal/benchkit"
 )
 
 // Goals the report checks the numbers against.
@@ -23,7 +23,7 @@ const (
 type report struct {
 	command      string
 	opts         options
-	machine      machine
+	machine      benchkit.Machine
 	limits       limits
 	workers      int
 	capacityNote string
@@ -31,19 +31,6 @@ type report struct {
 	idle         *idleResult
 	load         []*loadTarget
 	reg          *registrationResult
-}
-
-// goal is one goal, the number it is judged by, and whether it was met.
-type goal struct {
-	what, result string
-	met          bool
-}
-
-func (g goal) verdict() string {
-	if g.met {
-		return "met"
-	}
-	return "**not met**"
 }
 
 func (r *report) write(w io.Writer) {
@@ -56,22 +43,17 @@ func (r *report) write(w io.Writer) {
 	if r.capacityNote != "" {
 		p("\n**Note:** %s.\n", r.capacityNote)
 	}
-	goals := []goal{r.writeDeath(p), r.writeIdle(p), r.writeLoad(p), r.writeReg(p)}
-
-	p("\n## Goals\n\n")
-	p("| goal | result | verdict |\n| --- | --- | --- |\n")
-	for _, g := range goals {
-		p("| %s | %s | %s |\n", g.what, g.result, g.verdict())
-	}
+	goals := []benchkit.Goal{r.writeDeath(p), r.writeIdle(p), r.writeLoad(p), r.writeReg(p)}
+	benchkit.WriteGoals(w, goals)
 }
 
 type printer func(format string, args ...any)
 
-func (r *report) writeDeath(p printer) goal {
+func (r *report) writeDeath(p printer) benchkit.Goal {
 	pidfd, sweep, kernel := r.death[0], r.death[1], r.death[2]
 	p("\n## 1. Death detection latency\n\n")
 	p("Two instances run at once. Each trial starts `sleep 1000`, registers it (`READY=1` and `PID=`, then a barrier), ")
-	p("confirms that the health answer is \"1 workers ready\", waits a random 0 to %s so that the kill lands anywhere ", fmtSeconds(sweepInterval))
+	p("confirms that the health answer is \"1 workers ready\", waits a random 0 to %s so that the kill lands anywhere ", benchkit.FormatSeconds(sweepInterval))
 	p("in the sweep's cycle, then sends SIGKILL and polls the health endpoint over one keep-alive connection until it ")
 	p("answers \"0 workers ready\". Latency is the time from just before the kill to that answer. The child is reaped ")
 	p("after each measurement, so the worker is a zombie when notifyd drops it.\n\n")
@@ -86,77 +68,77 @@ func (r *report) writeDeath(p printer) goal {
 			flags = "`" + strings.Join(det.d.flags, " ") + "`"
 		}
 		p("| %s | %s | %d | %s | %s | %s | %s |\n", det.label, flags, len(l),
-			fmtDur(medianDur(l)), fmtDur(rankDur(l, 0.90)), fmtDur(rankDur(l, 0.99)), fmtDur(slices.Max(l)))
+			benchkit.FormatDuration(medianDur(l)), benchkit.FormatDuration(rankDur(l, 0.90)), benchkit.FormatDuration(rankDur(l, 0.99)), benchkit.FormatDuration(slices.Max(l)))
 	}
 	ratio := float64(medianDur(sweep.latencies)) / float64(medianDur(pidfd.latencies))
-	p("\nRatio of medians, sweep / pidfd: %s. ", fmtRatio(ratio))
+	p("\nRatio of medians, sweep / pidfd: %s. ", benchkit.FormatRatio(ratio))
 	p("Of the pidfd median, %s is the kernel's own time to turn the killed process into a zombie (the reference median).\n\n",
-		fmtDur(medianDur(kernel.latencies)))
+		benchkit.FormatDuration(medianDur(kernel.latencies)))
 	p("Resolution: one health request in the poll loop takes a median of %s against the pidfd instance and %s ",
-		fmtDur(medianDur(pidfd.requests)), fmtDur(medianDur(sweep.requests)))
+		benchkit.FormatDuration(medianDur(pidfd.requests)), benchkit.FormatDuration(medianDur(sweep.requests)))
 	p("against the sweep instance (medians of %s and %s requests per trial), so a latency is known to about one request.\n",
-		fmtCount(medianInt(pidfd.polls)), fmtCount(medianInt(sweep.polls)))
+		benchkit.FormatCount(benchkit.Median(pidfd.polls)), benchkit.FormatCount(benchkit.Median(sweep.polls)))
 	p99 := rankDur(pidfd.latencies, 0.99)
-	return goal{
-		what:   fmt.Sprintf("pidfd death detection p99 < %s (sweep median %s)", fmtDur(goalDeathP99), fmtDur(medianDur(sweep.latencies))),
-		result: fmt.Sprintf("p99 %s (kernel-only reference p99 %s)", fmtDur(p99), fmtDur(rankDur(kernel.latencies, 0.99))),
-		met:    p99 < goalDeathP99,
+	return benchkit.Goal{
+		What:   fmt.Sprintf("pidfd death detection p99 < %s (sweep median %s)", benchkit.FormatDuration(goalDeathP99), benchkit.FormatDuration(medianDur(sweep.latencies))),
+		Result: fmt.Sprintf("p99 %s (kernel-only reference p99 %s)", benchkit.FormatDuration(p99), benchkit.FormatDuration(rankDur(kernel.latencies, 0.99))),
+		Met:    p99 < goalDeathP99,
 	}
 }
 
-func (r *report) writeIdle(p printer) goal {
+func (r *report) writeIdle(p printer) benchkit.Goal {
 	res := r.idle
 	p("\n## 2. Idle CPU\n\n")
-	p("Two instances hold the same %d registered `sleep` children, with no traffic, through the same %s window, ", res.workers, fmtSeconds(res.window))
-	p("which starts %s after the last registration. CPU time is the first field of `/proc/<pid>/task/*/schedstat` ", fmtSeconds(idleSettle))
+	p("Two instances hold the same %d registered `sleep` children, with no traffic, through the same %s window, ", res.workers, benchkit.FormatSeconds(res.window))
+	p("which starts %s after the last registration. CPU time is the first field of `/proc/<pid>/task/*/schedstat` ", benchkit.FormatSeconds(idleSettle))
 	p("summed over notifyd's threads; wake-ups are `voluntary_ctxt_switches` plus `nonvoluntary_ctxt_switches` ")
 	p("from `/proc/<pid>/task/*/status`.\n\n")
 	p("| exit detection | flags | workers | window | CPU time | context switches | threads (start, end) |\n")
 	p("| --- | --- | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, m := range res.modes {
-		p("| %s | `%s` | %d | %s | %.3f ms | %d | %d, %d |\n", m.label, strings.Join(m.flags, " "), res.workers, fmtSeconds(res.window),
-			ms(m.cpu), m.switches, m.threadsBefore, m.threadsAfter)
+		p("| %s | `%s` | %d | %s | %.3f ms | %d | %d, %d |\n", m.label, strings.Join(m.flags, " "), res.workers, benchkit.FormatSeconds(res.window),
+			benchkit.Millis(m.cpu), m.switches, m.threadsBefore, m.threadsAfter)
 	}
 	pidfd, sweep := res.modes[0], res.modes[1]
 	if pidfd.cpu > 0 {
-		p("\nRatio of CPU time, sweep / pidfd: %s.\n", fmtRatio(float64(sweep.cpu)/float64(pidfd.cpu)))
+		p("\nRatio of CPU time, sweep / pidfd: %s.\n", benchkit.FormatRatio(float64(sweep.cpu)/float64(pidfd.cpu)))
 	}
 	limit := time.Duration(float64(goalIdleCPU) * res.window.Seconds() / goalIdleWindow.Seconds())
-	what := fmt.Sprintf("pidfd idle CPU < %.0f ms per %s with %d workers", ms(goalIdleCPU), fmtSeconds(goalIdleWindow), res.workers)
+	what := fmt.Sprintf("pidfd idle CPU < %.0f ms per %s with %d workers", benchkit.Millis(goalIdleCPU), benchkit.FormatSeconds(goalIdleWindow), res.workers)
 	if res.window != goalIdleWindow {
-		what += fmt.Sprintf(" (%.2f ms for this %s window)", ms(limit), fmtSeconds(res.window))
+		what += fmt.Sprintf(" (%.2f ms for this %s window)", benchkit.Millis(limit), benchkit.FormatSeconds(res.window))
 	}
-	return goal{
-		what:   what,
-		result: fmt.Sprintf("%.3f ms, %d context switches (sweep: %.1f ms, %d)", ms(pidfd.cpu), pidfd.switches, ms(sweep.cpu), sweep.switches),
-		met:    pidfd.cpu < limit,
+	return benchkit.Goal{
+		What:   what,
+		Result: fmt.Sprintf("%.3f ms, %d context switches (sweep: %.1f ms, %d)", benchkit.Millis(pidfd.cpu), pidfd.switches, benchkit.Millis(sweep.cpu), sweep.switches),
+		Met:    pidfd.cpu < limit,
 	}
 }
 
-func (r *report) writeLoad(p printer) goal {
+func (r *report) writeLoad(p printer) benchkit.Goal {
 	x, y := r.load[0], r.load[1]
 	p("\n## 3. Health throughput with many workers\n\n")
 	p("Instance X holds %d registered `sleep` children, instance Y holds 1; both run with `%s`. ", x.workers, strings.Join(x.d.flags, " "))
 	p("The load is an in-process Go HTTP client with %d concurrent keep-alive connections, each sending its next ", loadConns)
-	p("request as soon as the answer is in, and checking its status and body; rounds of %s alternate between X and Y, ", fmtSeconds(loadRound))
-	p("%d each, after a %s warm-up of each.\n\n", loadRounds, fmtSeconds(loadWarmUp))
+	p("request as soon as the answer is in, and checking its status and body; rounds of %s alternate between X and Y, ", benchkit.FormatSeconds(loadRound))
+	p("%d each, after a %s warm-up of each.\n\n", loadRounds, benchkit.FormatSeconds(loadWarmUp))
 	p("| instance | registered workers | median requests/s | rounds (requests/s) | connections opened | RSS after the rounds | peak RSS |\n")
 	p("| --- | ---: | ---: | --- | ---: | ---: | ---: |\n")
 	for _, t := range r.load {
-		p("| %s | %d | %.0f | %s | %d | %s | %s |\n", t.label, t.workers, medianFloat(t.rates), fmtRates(t.rates), t.dials.Load(), fmtMiB(t.mem.rssKiB), fmtMiB(t.mem.peakKiB))
+		p("| %s | %d | %.0f | %s | %d | %s | %s |\n", t.label, t.workers, benchkit.Median(t.rates), benchkit.FormatRates(t.rates), t.dials.Load(), fmtMiB(t.mem.rssKiB), fmtMiB(t.mem.peakKiB))
 	}
-	ratio := medianFloat(x.rates) / medianFloat(y.rates)
+	ratio := benchkit.Median(x.rates) / benchkit.Median(y.rates)
 	p("\nRatio of medians, X / Y: %.3f. ", ratio)
 	p("Memory is `VmRSS` and `VmHWM` of `/proc/<pid>/status`, read after the last round; ")
 	p("X holds %.1f KiB more per registered worker than Y.\n", float64(int64(x.mem.rssKiB)-int64(y.mem.rssKiB))/float64(x.workers-y.workers))
-	return goal{
-		what:   fmt.Sprintf("health throughput with %d workers / with 1 >= %.2f", x.workers, goalLoadRatio),
-		result: fmt.Sprintf("%.3f (%.0f / %.0f requests/s)", ratio, medianFloat(x.rates), medianFloat(y.rates)),
-		met:    ratio >= goalLoadRatio,
+	return benchkit.Goal{
+		What:   fmt.Sprintf("health throughput with %d workers / with 1 >= %.2f", x.workers, goalLoadRatio),
+		Result: fmt.Sprintf("%.3f (%.0f / %.0f requests/s)", ratio, benchkit.Median(x.rates), benchkit.Median(y.rates)),
+		Met:    ratio >= goalLoadRatio,
 	}
 }
 
-func (r *report) writeReg(p printer) goal {
+func (r *report) writeReg(p printer) benchkit.Goal {
 	res := r.reg
 	p("\n## 4. Registration rate\n\n")
 	p("%d live `sleep` children. A notifyd round sends `READY=1` and `PID=` for each of them on one client socket, ", res.workers)
@@ -168,102 +150,24 @@ func (r *report) writeReg(p printer) goal {
 	p("(the file system of `$TMPDIR`, else `/tmp`).\n\n")
 	p("| writer | median files/s | rounds (files/s) |\n")
 	p("| --- | ---: | --- |\n")
-	p("| notifyd (`READY=1` to state file) | %.0f | %s |\n", medianFloat(res.notifyd), fmtRates(res.notifyd))
-	p("| plain loop | %.0f | %s |\n", medianFloat(res.plain), fmtRates(res.plain))
-	ratio := medianFloat(res.notifyd) / medianFloat(res.plain)
+	p("| notifyd (`READY=1` to state file) | %.0f | %s |\n", benchkit.Median(res.notifyd), benchkit.FormatRates(res.notifyd))
+	p("| plain loop | %.0f | %s |\n", benchkit.Median(res.plain), benchkit.FormatRates(res.plain))
+	ratio := benchkit.Median(res.notifyd) / benchkit.Median(res.plain)
 	p("\nRatio of medians, notifyd / plain: %.3f.\n", ratio)
-	return goal{
-		what:   fmt.Sprintf("registration rate, notifyd / plain loop >= %.1f", goalRegRatio),
-		result: fmt.Sprintf("%.3f (%.0f / %.0f files/s)", ratio, medianFloat(res.notifyd), medianFloat(res.plain)),
-		met:    ratio >= goalRegRatio,
+	return benchkit.Goal{
+		What:   fmt.Sprintf("registration rate, notifyd / plain loop >= %.1f", goalRegRatio),
+		Result: fmt.Sprintf("%.3f (%.0f / %.0f files/s)", ratio, benchkit.Median(res.notifyd), benchkit.Median(res.plain)),
+		Met:    ratio >= goalRegRatio,
 	}
 }
 
-// medianDur is the median, the mean of the middle two for an even count.
-func medianDur(xs []time.Duration) time.Duration {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	n := len(s)
-	if n == 0 {
-		return 0
-	}
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return (s[n/2-1] + s[n/2]) / 2
-}
+// medianDur is the median of durations.
+func medianDur(xs []time.Duration) time.Duration { return time.Duration(benchkit.Median(xs)) }
 
-// rankDur is the nearest-rank q quantile: the smallest value that at least
-// q of the values do not exceed.
+// rankDur is the nearest-rank q quantile of durations, 0 for none.
 func rankDur(xs []time.Duration, q float64) time.Duration {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s) == 0 {
-		return 0
-	}
-	i := int(math.Ceil(q*float64(len(s)))) - 1
-	return s[max(0, min(i, len(s)-1))]
-}
-
-func medianFloat(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	n := len(s)
-	if n == 0 {
-		return 0
-	}
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return (s[n/2-1] + s[n/2]) / 2
-}
-
-func medianInt(xs []int) float64 {
-	f := make([]float64, len(xs))
-	for i, x := range xs {
-		f[i] = float64(x)
-	}
-	return medianFloat(f)
-}
-
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-func fmtDur(d time.Duration) string {
-	switch {
-	case d < time.Millisecond:
-		return fmt.Sprintf("%.1f µs", float64(d)/float64(time.Microsecond))
-	case d < time.Second:
-		return fmt.Sprintf("%.2f ms", ms(d))
-	default:
-		return fmt.Sprintf("%.3f s", d.Seconds())
-	}
-}
-
-// fmtSeconds writes a duration in seconds: "60 s", "0.5 s".
-func fmtSeconds(d time.Duration) string {
-	return strconv.FormatFloat(d.Seconds(), 'f', -1, 64) + " s"
-}
-
-func fmtRatio(r float64) string {
-	if r >= 100 {
-		return fmt.Sprintf("%.0f×", r)
-	}
-	return fmt.Sprintf("%.2f×", r)
-}
-
-func fmtCount(x float64) string {
-	if x == math.Trunc(x) {
-		return fmt.Sprintf("%.0f", x)
-	}
-	return fmt.Sprintf("%.1f", x)
-}
-
-func fmtRates(rs []float64) string {
-	parts := make([]string, len(rs))
-	for i, r := range rs {
-		parts[i] = fmt.Sprintf("%.0f", r)
-	}
-	return strings.Join(parts, ", ")
+	d, _ := benchkit.NearestRank(slices.Sorted(slices.Values(xs)), q)
+	return d
 }
 
 // fmtMiB writes a size given in KiB as MiB.

@@ -90,7 +90,7 @@ func (t *loadTarget) round(dur time.Duration) (float64, error) {
 	elapsed := time.Since(start)
 	select {
 	case err := <-errs:
-		return 0, t.d.explain(fmt.Errorf("notifyd %s: %w", t.d.name, err))
+		return 0, t.d.Explain(fmt.Errorf("%s: %w", t.d.Name, err))
 	default:
 	}
 	return float64(total.Load()) / elapsed.Seconds(), nil
@@ -119,7 +119,7 @@ func (t *loadTarget) hammer(c *http.Client, deadline time.Time) (int64, error) {
 }
 
 func measureThroughput(ctx context.Context, l *lab, workers int) ([]*loadTarget, error) {
-	l.progress("health throughput: starting %d sleepers", workers)
+	l.Progress("health throughput: starting %d sleepers", workers)
 	ss, err := l.spawn(ctx, workers, sleeperLife)
 	if err != nil {
 		return nil, err
@@ -134,7 +134,7 @@ func measureThroughput(ctx context.Context, l *lab, workers int) ([]*loadTarget,
 	if err != nil {
 		return nil, err
 	}
-	l.progress("health throughput: registering %d workers", workers)
+	l.Progress("health throughput: registering %d workers", workers)
 	if err := notify(many, "READY=1\nPID=%d", pids(ss)); err != nil {
 		return nil, err
 	}
@@ -163,14 +163,14 @@ func measureThroughput(ctx context.Context, l *lab, workers int) ([]*loadTarget,
 			}
 			t.rates = append(t.rates, rate)
 		}
-		l.progress("health throughput: round %d/%d: X %.0f/s, Y %.0f/s", r+1, loadRounds, targets[0].rates[r], targets[1].rates[r])
+		l.Progress("health throughput: round %d/%d: X %.0f/s, Y %.0f/s", r+1, loadRounds, targets[0].rates[r], targets[1].rates[r])
 	}
 	for _, t := range targets {
 		t.close()
 		if t.mem, err = readMemory(t.d.pid()); err != nil {
 			return nil, err
 		}
-		if err := t.d.stop(); err != nil {
+		if err := t.d.Stop(); err != nil {
 			return nil, err
 		}
 	}

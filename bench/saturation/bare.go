@@ -9,9 +9,7 @@ import (
 	"log"
 	"net"
 	"net/http"
-	"os/signal"
 	"strconv"
-	"syscall"
 	"time"
 )
 
@@ -33,8 +31,8 @@ const (
 // serveBare runs the bare server: net/http answering every request with 200,
 // a constant body and the headers notifyd's health answer has. It prints
 // "bare server listening at http://ADDR" once it listens, then serves until
-// SIGINT or SIGTERM.
-func serveBare(args []string, stdout, stderr io.Writer) error {
+// ctx ends, at SIGINT or SIGTERM.
+func serveBare(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet(bareCommand, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	bind := fs.String("bind", "127.0.0.1:0", "address to listen on")
@@ -45,8 +43,6 @@ func serveBare(args []string, stdout, stderr io.Writer) error {
 	if *body == "" || fs.NArg() > 0 {
 		return fmt.Errorf("%s: usage: %s -body TEXT [-bind ADDR]", bareCommand, bareCommand)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	ln, err := net.Listen("tcp", *bind)
 	if err != nil {
 		return fmt.Errorf("%s: listen on %s: %w", bareCommand, *bind, err)

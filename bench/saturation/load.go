@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/notifyd/notifyd/backlog"
+	"github.com/notifyd/notifyd/bench/internal/benchkit"
 )
 
 // sleeperTimeout bounds one /sleep request, queue time included. With the
@@ -50,7 +51,7 @@ func (ld *load) loop(ctx context.Context, c *http.Client, url string) {
 		if ctx.Err() == nil {
 			ld.failed.Add(1)
 			// Do not spin when the application refuses connections.
-			pause(ctx, 100*time.Millisecond)
+			benchkit.Pause(ctx, 100*time.Millisecond)
 		}
 	}
 }
@@ -154,7 +155,7 @@ func awaitQueue(ctx context.Context, r *backlog.Reader, limit time.Duration, wha
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%s: the application's listen queue holds %d connections after %s", what, q.Queued, limit)
 		}
-		if err := pause(ctx, 50*time.Millisecond); err != nil {
+		if err := benchkit.Pause(ctx, 50*time.Millisecond); err != nil {
 			return err
 		}
 	}

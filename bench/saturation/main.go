@@ -42,31 +42,27 @@
 package main
 
 import (
+	"cmp"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
-	"strings"
-	"syscall"
+	"runtime"
 	"time"
+
+	"github.com/notifyd/notifyd/bench/internal/benchkit"
 )
 
+// benchName is what the benchmark calls itself in messages and commands.
+const benchName = "saturation"
+
 func main() {
-	var err error
-	if len(os.Args) > 1 && os.Args[1] == bareCommand {
-		err = serveBare(os.Args[2:], os.Stdout, os.Stderr)
-	} else {
-		err = run(context.Background(), os.Args[1:], os.Stdout, os.Stderr)
-	}
-	switch {
-	case err == nil, errors.Is(err, flag.ErrHelp):
-	default:
-		fmt.Fprintln(os.Stderr, "saturation:", err)
-		os.Exit(1)
-	}
+	benchkit.Main(benchName, func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+		if len(args) > 0 && args[0] == bareCommand {
+			return serveBare(ctx, args[1:], stdout, stderr)
+		}
+		return run(ctx, args, stdout, stderr)
+	})
 }
 
 // options are the command line settings.
@@ -102,7 +98,7 @@ const (
 )
 
 func parseOptions(args []string, stderr io.Writer) (options, error) {
-	fs := flag.NewFlagSet("saturation", flag.ContinueOnError)
+	fs := flag.NewFlagSet(benchName, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var o options
 	fs.DurationVar(&o.duration, "duration", 30*time.Second, "how long to probe the health endpoints under saturation")
@@ -115,58 +111,66 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.round, "round", 3*time.Second, "length of one wrk round, whole seconds")
 	fs.DurationVar(&o.warmUp, "warmup", time.Second, "wrk warm-up per contender and connection mode, whole seconds; 0 for none")
 	fs.IntVar(&o.connections, "connections", 8, "wrk connections")
-	if err := fs.Parse(args); err != nil {
+	if err := benchkit.ParseFlags(fs, args); err != nil {
 		return o, err
 	}
-	return o, o.check(fs.Args())
+	return o, o.check()
 }
 
-// check returns what is wrong with o, or nil.
-func (o options) check(rest []string) error {
-	switch {
-	case len(rest) > 0:
-		return fmt.Errorf("unexpected argument %q: saturation takes only flags", rest[0])
-	case o.duration < minDuration || o.duration > maxDuration:
-		return fmt.Errorf("-duration %s: must be between %s and %s", o.duration, minDuration, maxDuration)
-	case o.interval < minInterval || o.interval > maxInterval:
-		return fmt.Errorf("-interval %s: must be between %s and %s", o.interval, minInterval, maxInterval)
-	case o.timeout < minTimeout || o.timeout > maxTimeout:
-		return fmt.Errorf("-timeout %s: must be between %s and %s", o.timeout, minTimeout, maxTimeout)
-	case o.sleepers <= appWorkers || o.sleepers > maxSleepers:
+// check returns the first thing wrong with o, or nil.
+func (o options) check() error {
+	return cmp.Or(
+		benchkit.CheckRange("duration", o.duration, minDuration, maxDuration),
+		benchkit.CheckRange("interval", o.interval, minInterval, maxInterval),
+		benchkit.CheckRange("timeout", o.timeout, minTimeout, maxTimeout),
+		o.checkSleepers(),
+		benchkit.CheckRange("sleep", o.sleep, minSleep, maxSleep),
+		benchkit.CheckRange("rounds", o.rounds, 1, maxRounds),
+		checkWholeSeconds("round", o.round, time.Second, maxRound),
+		checkWholeSeconds("warmup", o.warmUp, 0, maxWarmUp),
+		benchkit.CheckRange("connections", o.connections, 1, maxConnections),
+	)
+}
+
+// checkSleepers fails unless there are more clients than workers, so that
+// the listen queue fills.
+func (o options) checkSleepers() error {
+	if o.sleepers <= appWorkers || o.sleepers > maxSleepers {
 		return fmt.Errorf("-sleepers %d: must be between %d (more than the workers, so the queue fills) and %d", o.sleepers, appWorkers+1, maxSleepers)
-	case o.sleep < minSleep || o.sleep > maxSleep:
-		return fmt.Errorf("-sleep %s: must be between %s and %s", o.sleep, minSleep, maxSleep)
-	case o.rounds < 1 || o.rounds > maxRounds:
-		return fmt.Errorf("-rounds %d: must be between 1 and %d", o.rounds, maxRounds)
-	case o.round < time.Second || o.round > maxRound || o.round%time.Second != 0:
-		return fmt.Errorf("-round %s: must be whole seconds between 1s and %s (wrk takes whole seconds)", o.round, maxRound)
-	case o.warmUp < 0 || o.warmUp > maxWarmUp || o.warmUp%time.Second != 0:
-		return fmt.Errorf("-warmup %s: must be whole seconds between 0s and %s (wrk takes whole seconds)", o.warmUp, maxWarmUp)
-	case o.connections < 1 || o.connections > maxConnections:
-		return fmt.Errorf("-connections %d: must be between 1 and %d", o.connections, maxConnections)
+	}
+	return nil
+}
+
+// checkWholeSeconds is benchkit.CheckRange for a duration that wrk takes,
+// which must be whole seconds.
+func checkWholeSeconds(name string, d, lo, hi time.Duration) error {
+	if d < lo || d > hi || d%time.Second != 0 {
+		return fmt.Errorf("-%s %s: must be whole seconds between %s and %s (wrk takes whole seconds)", name, d, lo, hi)
 	}
 	return nil
 }
 
 // run measures everything and writes the report to stdout. It returns the
-// first failed check; the lab's Close stops whatever was started.
+// first failed check, or "interrupted" once ctx ends; the lab's Close stops
+// whatever was started.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
 	opts, err := parseOptions(args, stderr)
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-
 	tools, err := findTools(ctx)
 	if err != nil {
 		return err
 	}
-	root, err := moduleRoot(ctx)
+	root, err := benchkit.ModuleRoot(ctx, benchName, appDir, seedConfig)
 	if err != nil {
 		return err
 	}
-	rep := &report{command: commandLine(args), opts: opts, machine: describeMachine(), tools: tools}
+	machine, err := benchkit.DescribeMachine(ctx)
+	if err != nil {
+		return err
+	}
+	rep := &report{command: commandLine(args), opts: opts, machine: machine, gomaxprocs: runtime.GOMAXPROCS(0), tools: tools}
 
 	l, err := newLab(stderr, tools)
 	if err != nil {
@@ -177,58 +181,31 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 			err = cerr
 		}
 	}()
-	l.progress("building notifyd")
-	if err := l.build(ctx, root); err != nil {
+	if err := l.BuildNotifyd(ctx, root); err != nil {
 		return err
 	}
 	st, err := startStack(ctx, l, root)
 	if err != nil {
-		return interrupted(ctx, "start", err)
+		return benchkit.StepError(ctx, "start", err)
 	}
 	rep.seedServer = st.seedServer
 	if rep.latency, err = measureSaturation(ctx, l, st, opts); err != nil {
-		return interrupted(ctx, "health-check latency under saturation", err)
+		return benchkit.StepError(ctx, "health-check latency under saturation", err)
 	}
 	if opts.csv != "" {
 		if err := writeCSV(opts.csv, rep.latency.targets); err != nil {
 			return err
 		}
-		l.progress("wrote the samples to %s", opts.csv)
+		l.Progress("wrote the samples to %s", opts.csv)
 	}
 	if rep.throughput, err = measureThroughput(ctx, l, st, opts); err != nil {
-		return interrupted(ctx, "throughput", err)
+		return benchkit.StepError(ctx, "throughput", err)
 	}
 	rep.write(stdout)
 	return nil
 }
 
-// interrupted names the step that failed, and says so plainly when the cause
-// was a signal.
-func interrupted(ctx context.Context, step string, err error) error {
-	if ctx.Err() != nil {
-		return fmt.Errorf("%s: interrupted", step)
-	}
-	return fmt.Errorf("%s: %w", step, err)
-}
-
 // commandLine is the command as a reader would type it again.
 func commandLine(args []string) string {
-	return shellWords(append([]string{"go", "run", "./bench/saturation"}, args...))
-}
-
-// shellWords joins words as a shell reads them back: those with spaces or
-// special characters in single quotes.
-func shellWords(words []string) string {
-	parts := make([]string, len(words))
-	for i, w := range words {
-		switch {
-		case w == "" || strings.ContainsAny(w, " \t\"$\\|&;()<>*?`!#~"):
-			parts[i] = "'" + strings.ReplaceAll(w, "'", `'\''`) + "'"
-		case strings.Contains(w, "'"):
-			parts[i] = strings.ReplaceAll(w, "'", `\'`)
-		default:
-			parts[i] = w
-		}
-	}
-	return strings.Join(parts, " ")
+	return benchkit.ShellWords(append([]string{"go", "run", "./bench/" + benchName}, args...))
 }

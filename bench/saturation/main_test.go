@@ -2,28 +2,6 @@ package main
 
 import "testing"
 
-func TestShellWords(t *testing.T) {
-	cases := []struct {
-		name  string
-		words []string
-		want  string
-	}{
-		{"plain", []string{"wrk", "-t1", "-c8", "http://127.0.0.1:8001/"}, "wrk -t1 -c8 http://127.0.0.1:8001/"},
-		{"space", []string{"wrk", "-H", "Connection: close"}, "wrk -H 'Connection: close'"},
-		{"empty", []string{"go", "run", ".", "-csv", ""}, "go run . -csv ''"},
-		{"special", []string{"-run", "^$", "-bench", "Summary|Register"}, "-run '^$' -bench 'Summary|Register'"},
-		{"single quote alone", []string{"it's"}, `it\'s`},
-		{"single quote with space", []string{"it's here"}, `'it'\''s here'`},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			if got := shellWords(c.words); got != c.want {
-				t.Errorf("shellWords(%q) = %s, want %s", c.words, got, c.want)
-			}
-		})
-	}
-}
-
 func TestOptionBounds(t *testing.T) {
 	cases := []struct {
 		name string

@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/notifyd/notifyd/bench/internal/benchkit"
 )
 
 // target is one health endpoint under probe, and what the probes saw.
@@ -85,7 +87,7 @@ func (t *target) probe(ctx context.Context, start time.Time, offset, interval, d
 		mu sync.Mutex
 	)
 	for at := offset; at < duration; at += interval {
-		if pause(ctx, time.Until(start.Add(at))) != nil {
+		if benchkit.Pause(ctx, time.Until(start.Add(at))) != nil {
 			break
 		}
 		wg.Go(func() {
@@ -170,7 +172,7 @@ func writeCSV(path string, targets []*target) error {
 		w.Write([]string{
 			strconv.FormatFloat(r.s.at.Seconds(), 'f', 4, 64),
 			r.t.name,
-			strconv.FormatFloat(ms(r.s.latency), 'f', 3, 64),
+			strconv.FormatFloat(benchkit.Millis(r.s.latency), 'f', 3, 64),
 			r.s.outcome(),
 		})
 	}

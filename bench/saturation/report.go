@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/notifyd/notifyd/bench/internal/benchkit"
 )
 
 // Goals the report checks the numbers against.
@@ -21,24 +23,12 @@ const (
 type report struct {
 	command    string
 	opts       options
-	machine    machine
+	machine    benchkit.Machine
+	gomaxprocs int // this process's, which the Go servers under test get too
 	tools      tools
 	seedServer string
 	latency    *latencyResult
 	throughput *throughputResult
-}
-
-// goal is one goal, the number it is judged by, and whether it was met.
-type goal struct {
-	what, result string
-	met          bool
-}
-
-func (g goal) verdict() string {
-	if g.met {
-		return "met"
-	}
-	return "**not met**"
 }
 
 type printer func(format string, args ...any)
@@ -47,19 +37,14 @@ func (r *report) write(w io.Writer) {
 	p := func(format string, args ...any) { fmt.Fprintf(w, format, args...) }
 	p("# notifyd saturation benchmark\n\n")
 	p("Command: `%s`\n\n", r.command)
-	p("Machine: %s; GOMAXPROCS %d\n\n", r.machine, r.machine.gomaxprocs)
+	p("Machine: %s; GOMAXPROCS %d\n\n", r.machine, r.gomaxprocs)
 	p("Tools: %s, %s; the seed-style server reports itself as `%s`.\n", r.tools.gunicornVersion, r.tools.wrkVersion, r.seedServer)
-	goals := []goal{r.writeLatency(p)}
+	goals := []benchkit.Goal{r.writeLatency(p)}
 	goals = append(goals, r.writeThroughput(p)...)
-
-	p("\n## Goals\n\n")
-	p("| goal | result | verdict |\n| --- | --- | --- |\n")
-	for _, g := range goals {
-		p("| %s | %s | %s |\n", g.what, g.result, g.verdict())
-	}
+	benchkit.WriteGoals(w, goals)
 }
 
-func (r *report) writeLatency(p printer) goal {
+func (r *report) writeLatency(p printer) benchkit.Goal {
 	res, o := r.latency, r.opts
 	p("\n## 1. Health-check latency under saturation\n\n")
 	r.writeLatencySetup(p)
@@ -95,7 +80,7 @@ func (r *report) writeLatencySetup(p printer) {
 	p("with more clients than workers, every worker sleeps and the rest wait in the listen queue. Probing starts once ")
 	p("the queue holds %d connections. While probing, the queue (read through netlink `sock_diag` every %s) ", o.sleepers-appWorkers, fmtSetting(queueSampleInterval))
 	p("held a median of %s and at most %d connections (limit %d), and %d sleep requests were answered (%d failed).\n\n",
-		fmtCount(medianUint(res.queued)), slices.Max(res.queued), res.queueLimit, res.slept, res.sleepFails)
+		benchkit.FormatCount(benchkit.Median(res.queued)), slices.Max(res.queued), res.queueLimit, res.slept, res.sleepFails)
 	p("Each endpoint is probed every %s for %s, open loop: a request leaves on schedule whether or not the earlier ", fmtSetting(o.interval), fmtSetting(o.duration))
 	p("ones have been answered. Every request opens a new connection, as a load balancer's health check does, and has ")
 	p("%s for the whole exchange. The %d schedules are offset evenly within the interval. Latency runs from the ", fmtSetting(o.timeout), len(res.targets))
@@ -108,40 +93,40 @@ func (r *report) writeLatencySetup(p printer) {
 
 // latencyGoal judges notifyd's answers while the application's own route
 // fails.
-func latencyGoal(app, notifyd, bare *target) goal {
+func latencyGoal(app, notifyd, bare *target) benchkit.Goal {
 	a, n, b := summarize(app.samples), summarize(notifyd.samples), summarize(bare.samples)
-	return goal{
-		what: fmt.Sprintf("notifyd p99 < %s with zero errors while (a) times out", fmtDur(goalNotifydP99)),
-		result: fmt.Sprintf("notifyd: p99 %s, %d errors, %d timeouts of %d (reference p99 %s); (a): %d of %d timed out",
+	return benchkit.Goal{
+		What: fmt.Sprintf("notifyd p99 < %s with zero errors while (a) times out", benchkit.FormatDuration(goalNotifydP99)),
+		Result: fmt.Sprintf("notifyd: p99 %s, %d errors, %d timeouts of %d (reference p99 %s); (a): %d of %d timed out",
 			n.quantile(0.99), n.errors, n.timeouts, n.requests, b.quantile(0.99), a.timeouts, a.requests),
-		met: n.requests > 0 && n.failed() == 0 && n.quantileValue(0.99) < goalNotifydP99 && a.timeouts > 0,
+		Met: n.requests > 0 && n.failed() == 0 && n.quantileValue(0.99) < goalNotifydP99 && a.timeouts > 0,
 	}
 }
 
-func (r *report) writeThroughput(p printer) []goal {
+func (r *report) writeThroughput(p printer) []benchkit.Goal {
 	res, o := r.throughput, r.opts
 	p("\n## 2. Throughput against the physical limit\n\n")
 	r.writeThroughputSetup(p)
 	for m, mode := range connModes {
 		w := wrkRun{url: "URL", header: mode.header, duration: o.round, connections: o.connections}
-		p("%s (`%s`):\n\n", capitalize(mode.label), shellWords(append([]string{"wrk"}, w.args()...)))
+		p("%s (`%s`):\n\n", capitalize(mode.label), benchkit.ShellWords(append([]string{"wrk"}, w.args()...)))
 		p("| contender | median requests/s | rounds (requests/s) |\n| --- | ---: | --- |\n")
 		for _, c := range res.contenders {
-			p("| %s | %.0f | %s |\n", c.label, medianFloat(c.rates[m]), fmtRates(c.rates[m]))
+			p("| %s | %.0f | %s |\n", c.label, benchkit.Median(c.rates[m]), benchkit.FormatRates(c.rates[m]))
 		}
 		p("\n")
 	}
 	notifyd, bare, seed := res.contenders[0], res.contenders[1], res.contenders[2]
 	p("| ratio of medians | %s | %s |\n| --- | ---: | ---: |\n", connModes[0].label, connModes[1].label)
 	p("| notifyd / bare | %.3f | %.3f |\n", ratioOf(notifyd, bare, 0), ratioOf(notifyd, bare, 1))
-	p("| notifyd / seed-style | %s | %s |\n", fmtRatio(ratioOf(notifyd, seed, 0)), fmtRatio(ratioOf(notifyd, seed, 1)))
-	var goals []goal
+	p("| notifyd / seed-style | %s | %s |\n", benchkit.FormatRatio(ratioOf(notifyd, seed, 0)), benchkit.FormatRatio(ratioOf(notifyd, seed, 1)))
+	var goals []benchkit.Goal
 	for m, mode := range connModes {
 		ratio := ratioOf(notifyd, bare, m)
-		goals = append(goals, goal{
-			what:   fmt.Sprintf("throughput, notifyd / bare >= %.2f, %s", goalBareRatio, mode.label),
-			result: fmt.Sprintf("%.3f (%.0f / %.0f requests/s)", ratio, medianFloat(notifyd.rates[m]), medianFloat(bare.rates[m])),
-			met:    ratio >= goalBareRatio,
+		goals = append(goals, benchkit.Goal{
+			What:   fmt.Sprintf("throughput, notifyd / bare >= %.2f, %s", goalBareRatio, mode.label),
+			Result: fmt.Sprintf("%.3f (%.0f / %.0f requests/s)", ratio, benchkit.Median(notifyd.rates[m]), benchkit.Median(bare.rates[m])),
+			Met:    ratio >= goalBareRatio,
 		})
 	}
 	return goals
@@ -152,20 +137,20 @@ func (r *report) writeThroughputSetup(p printer) {
 	res, o := r.throughput, r.opts
 	warmUp := "without a warm-up"
 	if o.warmUp > 0 {
-		warmUp = "each mode after a " + fmtSeconds(o.warmUp) + " warm-up of every contender"
+		warmUp = "each mode after a " + benchkit.FormatSeconds(o.warmUp) + " warm-up of every contender"
 	}
-	p("wrk with 1 thread and %d connections, rounds of %s rotating through the contenders, %d per contender and ", o.connections, fmtSeconds(o.round), o.rounds)
+	p("wrk with 1 thread and %d connections, rounds of %s rotating through the contenders, %d per contender and ", o.connections, benchkit.FormatSeconds(o.round), o.rounds)
 	p("mode, %s. Contenders: notifyd's health endpoint; a bare `net/http` ", warmUp)
 	p("server, a process of its own (this program's hidden `%s` subcommand), answering every request 200 with ", bareCommand)
 	p("a constant %d-byte body and the headers of notifyd's answer, with notifyd's server timeouts; and the seed-style ", res.bodyLen)
-	p("server of section 1. notifyd and the bare server both run with GOMAXPROCS=%d and GOGC=%s (notifyd's default) ", r.machine.gomaxprocs, serverGOGC)
-	p("on the same %d CPUs, which wrk and the idle gunicorn share with them. The seed-style server answers HTTP/1.0 and ", r.machine.cpus)
+	p("server of section 1. notifyd and the bare server both run with GOMAXPROCS=%d and GOGC=%s (notifyd's default) ", r.gomaxprocs, serverGOGC)
+	p("on the same %d CPUs, which wrk and the idle gunicorn share with them. The seed-style server answers HTTP/1.0 and ", r.machine.CPUs)
 	p("closes every connection, so against it both modes open a connection per request. Any socket error or ")
 	p("answer other than 2xx fails the run.\n\n")
 }
 
 func ratioOf(a, b *contender, mode int) float64 {
-	return medianFloat(a.rates[mode]) / medianFloat(b.rates[mode])
+	return benchkit.Median(a.rates[mode]) / benchkit.Median(b.rates[mode])
 }
 
 // latencySummary is what the report says of one target's samples.
@@ -200,25 +185,15 @@ func summarize(ss []sample) latencySummary {
 
 func (s latencySummary) failed() int { return s.errors + s.timeouts }
 
-// at is the nearest-rank q quantile: the smallest sample that at least q of
-// the samples do not exceed.
-func (s latencySummary) at(q float64) (sample, bool) {
-	if len(s.ranked) == 0 {
-		return sample{}, false
-	}
-	i := int(math.Ceil(q*float64(len(s.ranked)))) - 1
-	return s.ranked[max(0, min(i, len(s.ranked)-1))], true
-}
-
 // quantile formats the q quantile: a latency, or what became of the failed
 // request it falls on.
 func (s latencySummary) quantile(q float64) string {
-	x, ok := s.at(q)
+	x, ok := benchkit.NearestRank(s.ranked, q)
 	switch {
 	case !ok:
 		return "none"
 	case x.ok():
-		return fmtDur(x.latency)
+		return benchkit.FormatDuration(x.latency)
 	case x.timeout:
 		return "timed out"
 	default:
@@ -229,80 +204,19 @@ func (s latencySummary) quantile(q float64) string {
 // quantileValue is the q quantile as a duration, infinite when it falls on a
 // failure.
 func (s latencySummary) quantileValue(q float64) time.Duration {
-	x, ok := s.at(q)
+	x, ok := benchkit.NearestRank(s.ranked, q)
 	if !ok || !x.ok() {
 		return time.Duration(math.MaxInt64)
 	}
 	return x.latency
 }
 
-func medianFloat(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	n := len(s)
-	if n == 0 {
-		return 0
-	}
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return (s[n/2-1] + s[n/2]) / 2
-}
-
-func medianUint(xs []uint32) float64 {
-	f := make([]float64, len(xs))
-	for i, x := range xs {
-		f[i] = float64(x)
-	}
-	return medianFloat(f)
-}
-
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-func fmtDur(d time.Duration) string {
-	switch {
-	case d < time.Millisecond:
-		return fmt.Sprintf("%.1f µs", float64(d)/float64(time.Microsecond))
-	case d < time.Second:
-		return fmt.Sprintf("%.2f ms", ms(d))
-	default:
-		return fmt.Sprintf("%.3f s", d.Seconds())
-	}
-}
-
 // fmtSetting writes a setting: "20 ms", "1 s", "30 s".
 func fmtSetting(d time.Duration) string {
 	if d < time.Second {
-		return strconv.FormatFloat(ms(d), 'f', -1, 64) + " ms"
+		return strconv.FormatFloat(benchkit.Millis(d), 'f', -1, 64) + " ms"
 	}
-	return fmtSeconds(d)
-}
-
-// fmtSeconds writes a duration in seconds: "30 s", "0.25 s".
-func fmtSeconds(d time.Duration) string {
-	return strconv.FormatFloat(d.Seconds(), 'f', -1, 64) + " s"
-}
-
-func fmtRatio(r float64) string {
-	if r >= 100 {
-		return fmt.Sprintf("%.0f×", r)
-	}
-	return fmt.Sprintf("%.2f×", r)
-}
-
-func fmtCount(x float64) string {
-	if x == math.Trunc(x) {
-		return fmt.Sprintf("%.0f", x)
-	}
-	return fmt.Sprintf("%.1f", x)
-}
-
-func fmtRates(rs []float64) string {
-	parts := make([]string, len(rs))
-	for i, r := range rs {
-		parts[i] = fmt.Sprintf("%.0f", r)
-	}
-	return strings.Join(parts, ", ")
+	return benchkit.FormatSeconds(d)
 }
 
 func capitalize(s string) string {

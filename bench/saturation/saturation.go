@@ -29,15 +29,15 @@ func measureSaturation(ctx context.Context, l *lab, st *stack, opts options) (*l
 	queue := backlog.NewReader([]backlog.Addr{addr})
 	waiting := opts.sleepers - appWorkers
 
-	l.progress("latency: %d clients loop on %s against %d workers", opts.sleepers, sleepPath(opts.sleep), appWorkers)
+	l.Progress("latency: %d clients loop on %s against %d workers", opts.sleepers, sleepPath(opts.sleep), appWorkers)
 	ld := startLoad(ctx, st.appAddr, opts.sleepers, opts.sleep)
 	defer ld.stop()
 	full := func(q backlog.Queue) bool { return q.Queued >= uint32(waiting) }
 	if err := awaitQueue(ctx, queue, startTimeout, fmt.Sprintf("saturation not reached: want %d waiting", waiting), full); err != nil {
-		return nil, st.gunicorn.explain(err)
+		return nil, st.gunicorn.Explain(err)
 	}
 
-	l.progress("latency: probing the health endpoints every %s for %s", opts.interval, opts.duration)
+	l.Progress("latency: probing the health endpoints every %s for %s", opts.interval, opts.duration)
 	targets, err := newTargets(st, opts.timeout)
 	if err != nil {
 		return nil, err
@@ -57,7 +57,7 @@ func measureSaturation(ctx context.Context, l *lab, st *stack, opts options) (*l
 		return nil, serr
 	}
 	for _, t := range res.targets {
-		l.progress("latency: %s: %d requests, %d answered 200", t.label, len(t.samples), countOK(t.samples))
+		l.Progress("latency: %s: %d requests, %d answered 200", t.label, len(t.samples), countOK(t.samples))
 	}
 	if err := awaitDrained(ctx, l, st, queue, opts); err != nil {
 		return nil, err
@@ -102,10 +102,10 @@ func probeAll(ctx context.Context, targets []*target, opts options) {
 // throughput measurement starts on an idle machine.
 func awaitDrained(ctx context.Context, l *lab, st *stack, queue *backlog.Reader, opts options) error {
 	limit := time.Duration(opts.sleepers/appWorkers+2)*opts.sleep + startTimeout
-	l.progress("latency: waiting for the workers to work off the queue (at most %s)", limit)
+	l.Progress("latency: waiting for the workers to work off the queue (at most %s)", limit)
 	empty := func(q backlog.Queue) bool { return q.Queued == 0 }
 	if err := awaitQueue(ctx, queue, limit, "the workers did not work off the queue", empty); err != nil {
-		return st.gunicorn.explain(err)
+		return st.gunicorn.Explain(err)
 	}
 	_, err := awaitAnswer(ctx, "(a) the application's "+appHealthPath, st.appURL, appHealthBody)
 	return err

@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/notifyd/notifyd/bench/internal/benchkit"
 )
 
 // Paths inside the repository.
@@ -36,7 +38,7 @@ const serverGOGC = "400"
 // stack is the application under test, its three health endpoints and the
 // bare server.
 type stack struct {
-	notifyd, gunicorn *proc
+	notifyd, gunicorn *benchkit.Proc
 	appAddr           string // host:port gunicorn listens on
 	appURL            string // (a): the application's own route
 	seedURL           string // (b): the seed-style server in the gunicorn master
@@ -47,7 +49,6 @@ type stack struct {
 }
 
 var (
-	notifydStarted  = regexp.MustCompile(`msg="notifyd started".* bind=(\S+)`)
 	gunicornListens = regexp.MustCompile(`Listening at: http://(\S+) \(`)
 	seedListens     = regexp.MustCompile(`worker healthcheck listening at http://(\S+)`)
 	bareListens     = regexp.MustCompile(`bare server listening at http://(\S+)`)
@@ -58,7 +59,7 @@ var (
 // workers counted.
 func startStack(ctx context.Context, l *lab, root string) (*stack, error) {
 	st := &stack{healthBody: strconv.Itoa(appWorkers) + " workers ready\n"}
-	l.progress("starting notifyd, and gunicorn with %d sync workers", appWorkers)
+	l.Progress("starting notifyd, and gunicorn with %d sync workers", appWorkers)
 	socket, err := st.startNotifyd(ctx, l)
 	if err != nil {
 		return nil, err
@@ -78,7 +79,7 @@ func startStack(ctx context.Context, l *lab, root string) (*stack, error) {
 	for _, c := range checks {
 		a, err := awaitAnswer(ctx, c.name, c.url, c.want)
 		if err != nil {
-			return nil, fmt.Errorf("%w\ngunicorn log:\n%s", err, st.gunicorn.logTail())
+			return nil, fmt.Errorf("%w\ngunicorn log:\n%s", err, st.gunicorn.LogTail())
 		}
 		if c.url == st.seedURL {
 			st.seedServer = a.server
@@ -95,19 +96,19 @@ func (l *lab) serverEnv() []string {
 
 // startNotifyd runs notifyd requiring every worker, and returns its socket.
 func (st *stack) startNotifyd(ctx context.Context, l *lab) (string, error) {
-	dir := filepath.Join(l.dir, "state")
+	dir := filepath.Join(l.Dir, "state")
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return "", fmt.Errorf("create notifyd's state directory: %w", err)
 	}
 	socket := filepath.Join(dir, "notify.sock")
-	cmd := exec.Command(l.bin, "--socket", socket, "--dir", dir, "--bind", "127.0.0.1:0",
+	cmd := exec.Command(l.Notifyd, "--socket", socket, "--dir", dir, "--bind", "127.0.0.1:0",
 		"--require", strconv.Itoa(appWorkers), "--log-level", "info")
 	cmd.Env = l.serverEnv()
 	p, err := l.start("notifyd", cmd, syscall.SIGTERM, false)
 	if err != nil {
 		return "", err
 	}
-	m, err := p.awaitLog(ctx, notifydStarted)
+	m, err := p.AwaitLog(ctx, benchkit.NotifydStarted, startTimeout)
 	if err != nil {
 		return "", err
 	}
@@ -118,7 +119,7 @@ func (st *stack) startNotifyd(ctx context.Context, l *lab) (string, error) {
 // startGunicorn runs the example application with bench/seed's config, which
 // installs the seed-style health check and notifyd's hook.
 func (st *stack) startGunicorn(ctx context.Context, l *lab, root, socket string) error {
-	seedDir := filepath.Join(l.dir, "seed")
+	seedDir := filepath.Join(l.Dir, "seed")
 	if err := os.Mkdir(seedDir, 0o700); err != nil {
 		return fmt.Errorf("create the seed-style pid file directory: %w", err)
 	}
@@ -139,12 +140,12 @@ func (st *stack) startGunicorn(ctx context.Context, l *lab, root, socket string)
 		return err
 	}
 	st.gunicorn = p
-	m, err := p.awaitLog(ctx, gunicornListens)
+	m, err := p.AwaitLog(ctx, gunicornListens, startTimeout)
 	if err != nil {
 		return err
 	}
 	st.appAddr, st.appURL = m[1], "http://"+m[1]+appHealthPath
-	if m, err = p.awaitLog(ctx, seedListens); err != nil {
+	if m, err = p.AwaitLog(ctx, seedListens, startTimeout); err != nil {
 		return err
 	}
 	st.seedURL = "http://" + m[1] + "/"
@@ -160,7 +161,7 @@ func (st *stack) startBare(ctx context.Context, l *lab) error {
 	if err != nil {
 		return err
 	}
-	m, err := p.awaitLog(ctx, bareListens)
+	m, err := p.AwaitLog(ctx, bareListens, startTimeout)
 	if err != nil {
 		return err
 	}
@@ -217,7 +218,7 @@ func awaitAnswer(ctx context.Context, name, url, want string) (answer, error) {
 			}
 			return a, fmt.Errorf("%s at %s did not answer 200 %q within %s; last answer: %s", name, url, want, startTimeout, last)
 		}
-		if err := pause(ctx, 50*time.Millisecond); err != nil {
+		if err := benchkit.Pause(ctx, 50*time.Millisecond); err != nil {
 			return a, err
 		}
 	}

@@ -73,7 +73,7 @@ func (res *throughputResult) round(ctx context.Context, l *lab, m, r int, opts o
 		c.rates[m] = append(c.rates[m], rate)
 		done = append(done, fmt.Sprintf("%s %.0f/s", c.label, rate))
 	}
-	l.progress("throughput: %s: round %d/%d: %s", mode.label, r+1, opts.rounds, strings.Join(done, ", "))
+	l.Progress("throughput: %s: round %d/%d: %s", mode.label, r+1, opts.rounds, strings.Join(done, ", "))
 	return nil
 }
 
@@ -82,7 +82,7 @@ func warmUp(ctx context.Context, l *lab, cs []*contender, mode connMode, opts op
 	if opts.warmUp == 0 {
 		return nil
 	}
-	l.progress("throughput: %s: warming up", mode.label)
+	l.Progress("throughput: %s: warming up", mode.label)
 	for _, c := range cs {
 		w := wrkRun{url: c.url, header: mode.header, duration: opts.warmUp, connections: opts.connections}
 		if _, err := w.run(ctx, l.tools.wrk); err != nil {

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/notifyd/notifyd/bench/internal/benchkit"
 )
 
 // wrkTimeout is wrk's own per-request timeout (--timeout), past which it
@@ -118,5 +120,5 @@ func (w wrkRun) run(ctx context.Context, wrk string) (float64, error) {
 			return r.rate, nil
 		}
 	}
-	return 0, fmt.Errorf("%s: %w\n%s", shellWords(append([]string{"wrk"}, w.args()...)), err, out)
+	return 0, fmt.Errorf("%s: %w\n%s", benchkit.ShellWords(append([]string{"wrk"}, w.args()...)), err, out)
 }

@@ -1,83 +1,16 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
-
-// moduleRoot is the directory of the go.mod that the go command sees from
-// here: the notifyd repository when the benchmark is run from inside it.
-func moduleRoot(ctx context.Context) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("find the module root with go env GOMOD: %w", err)
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		return "", errors.New("not inside a Go module: run go run ./bench/liveness from the notifyd repository root")
-	}
-	root := filepath.Dir(gomod)
-	if _, err := os.Stat(filepath.Join(root, "cmd", "notifyd")); err != nil {
-		return "", fmt.Errorf("module at %s has no cmd/notifyd: run from the notifyd repository", root)
-	}
-	return root, nil
-}
-
-// machine is the report's description of where it ran.
-type machine struct {
-	kernel    string
-	cpus      int
-	cpuModel  string
-	goVersion string
-	date      time.Time
-}
-
-func (m machine) String() string {
-	return fmt.Sprintf("Linux %s, %d CPUs (nproc), %s, %s, %s",
-		m.kernel, m.cpus, m.cpuModel, m.goVersion, m.date.Format("2006-01-02 15:04 MST"))
-}
-
-func describeMachine(ctx context.Context) (machine, error) {
-	m := machine{cpus: runtime.NumCPU(), cpuModel: "unknown CPU", date: time.Now().UTC()}
-	var u unix.Utsname
-	if err := unix.Uname(&u); err != nil {
-		return m, fmt.Errorf("uname: %w", err)
-	}
-	m.kernel = unix.ByteSliceToString(u.Release[:])
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		sc := bufio.NewScanner(bytes.NewReader(b))
-		for sc.Scan() {
-			k, v, ok := strings.Cut(sc.Text(), ":")
-			if ok && strings.TrimSpace(k) == "model name" {
-				m.cpuModel = strings.TrimSpace(v)
-				break
-			}
-		}
-	}
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "go", "version").Output()
-	if err != nil {
-		return m, fmt.Errorf("go version: %w", err)
-	}
-	m.goVersion = strings.TrimPrefix(strings.TrimSpace(string(out)), "go version ")
-	return m, nil
-}
 
 // limits are what bounds how many sleeping workers this machine can hold at
 // once.
@@ -149,11 +82,13 @@ func (l *limits) fit(requested int) (int, string, error) {
 		pidRoom = min(pidRoom, l.cgroupRoom-pidReserve)
 	}
 	fdRoom := int(min(l.nofileMax, 1<<30)) - fdReserve
-	workers := min(requested, pidRoom, fdRoom)
-	if workers < fixedWorkers {
+	// The idle and registration measurements hold fixedWorkers whatever
+	// was requested for the throughput one.
+	if min(pidRoom, fdRoom) < fixedWorkers {
 		return 0, "", fmt.Errorf("this machine cannot hold %d sleeping workers (room for %d processes and %d descriptors, keeping %d and %d spare): raise kernel.pid_max or RLIMIT_NOFILE",
 			fixedWorkers, pidRoom, fdRoom, pidReserve, fdReserve)
 	}
+	workers := min(requested, pidRoom, fdRoom)
 	need := uint64(max(workers, fixedWorkers) + fdReserve)
 	if l.nofile < need {
 		rl := unix.Rlimit{Cur: need, Max: l.nofileMax}
