@@ -129,8 +129,9 @@ func (r *report) writeLoad(p printer) benchkit.Goal {
 	}
 	ratio := benchkit.Median(x.rates) / benchkit.Median(y.rates)
 	p("\nRatio of medians, X / Y: %.3f. ", ratio)
-	p("Memory is `VmRSS` and `VmHWM` of `/proc/<pid>/status`, read after the last round; ")
-	p("X holds %.1f KiB more per registered worker than Y.\n", float64(int64(x.mem.rssKiB)-int64(y.mem.rssKiB))/float64(x.workers-y.workers))
+	p("Memory is `VmRSS` and `VmHWM` of `/proc/<pid>/status`, read after the last round: ")
+	p("the resident sets of X and Y differ by %s. ", fmtMiB(absDiff(x.mem.rssKiB, y.mem.rssKiB)))
+	p("Both are mostly the Go runtime and the garbage of the health load, which GOGC=400 lets grow to five times the live heap.\n")
 	return benchkit.Goal{
 		What:   fmt.Sprintf("health throughput with %d workers / with 1 >= %.2f", x.workers, goalLoadRatio),
 		Result: fmt.Sprintf("%.3f (%.0f / %.0f requests/s)", ratio, benchkit.Median(x.rates), benchkit.Median(y.rates)),
@@ -175,6 +176,8 @@ func rankDur(xs []time.Duration, q float64) time.Duration {
 	d, _ := benchkit.NearestRank(slices.Sorted(slices.Values(xs)), q)
 	return d
 }
+
+func absDiff(a, b uint64) uint64 { return max(a, b) - min(a, b) }
 
 // fmtMiB writes a size given in KiB as MiB.
 func fmtMiB(kib uint64) string { return fmt.Sprintf("%.1f MiB", float64(kib)/1024) }
