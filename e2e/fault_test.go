@@ -877,12 +877,14 @@ func (b *badClients) hold(slow bool) {
 // that send their headers one byte at a time on the health port, and checks
 // that health checks on new connections are all answered meanwhile, that
 // notifyd cuts the bad clients off by itself, and that it holds no
-// descriptor of theirs once they are gone.
+// descriptor of theirs once they are gone. notifyd is a plain build here,
+// so that the latencies it logs (and does not assert) are a production
+// binary's rather than the race detector's.
 func TestFaultIdleAndSlowHealthClients(t *testing.T) {
 	const idle, slow, checks, curls = 1000, 1000, 200, 20
 	curl := need(t, "curl")
 	raiseNoFile(t, idle+slow+1024)
-	d := startNotifyd(t, shortDir(t))
+	d := startPlainNotifyd(t, shortDir(t))
 	registerReady(t, d, sleeper(t))
 	pid := d.cmd.Process.Pid
 	base := fdCount(t, pid)
