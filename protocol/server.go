@@ -40,6 +40,7 @@ type Server struct {
 	mu      sync.Mutex
 	conn    *Conn // the socket at the path
 	retired *Conn // the one before it, or nil
+	serving bool  // Serve has started reading
 	stopped bool
 	counts  map[string]uint64 // by result: "accepted", "barrier" or a rejection reason
 }
@@ -61,7 +62,11 @@ func NewServer(conn *Conn, h Handler, log *slog.Logger) *Server {
 // and the read error of the current socket otherwise.
 func (s *Server) Serve(ctx context.Context) error {
 	s.mu.Lock()
+	s.serving = true
 	s.start(s.conn)
+	if s.retired != nil { // replaced before Serve began
+		s.start(s.retired)
+	}
 	s.mu.Unlock()
 	var err error
 	select {
@@ -81,7 +86,8 @@ func (s *Server) Serve(ctx context.Context) error {
 
 // Replace makes c the socket at the path. The one it replaces is kept and
 // read until the next Replace; the one before that is closed. Replace closes
-// c at once if Serve has already returned.
+// c at once if Serve has already returned; before Serve has begun, it only
+// records c for Serve to read.
 func (s *Server) Replace(c *Conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -93,7 +99,9 @@ func (s *Server) Replace(c *Conn) {
 		s.retired.Close()
 	}
 	s.retired, s.conn = s.conn, c
-	s.start(c)
+	if s.serving {
+		s.start(c)
+	}
 }
 
 // start reads c in a goroutine of its own. The caller holds s.mu.
