@@ -2,33 +2,23 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
-	"time"
+
+	"github.com/notifyd/notifyd/httpapi"
 )
 
 // bareCommand is the hidden subcommand that runs the bare server, so that it
 // is a process of its own, like notifyd.
 const bareCommand = "bare-server"
 
-// Server settings of the bare server: those of notifyd's health server
-// (httpapi.Serve), so that both answer under the same conditions.
-const (
-	bareReadHeaderTimeout = 5 * time.Second
-	bareReadTimeout       = 10 * time.Second
-	bareWriteTimeout      = 10 * time.Second
-	bareIdleTimeout       = 60 * time.Second
-	bareMaxHeaderBytes    = 16 << 10
-	bareShutdownTimeout   = 5 * time.Second
-)
-
-// serveBare runs the bare server: net/http answering every request with 200,
+// serveBare runs the bare server: net/http, as notifyd's httpapi.Serve sets
+// it up, answering every request with 200,
 // a constant body and the headers notifyd's health answer has. It prints
 // "bare server listening at http://ADDR" once it listens, then serves until
 // ctx ends, at SIGINT or SIGTERM.
@@ -48,31 +38,10 @@ func serveBare(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("%s: listen on %s: %w", bareCommand, *bind, err)
 	}
 	fmt.Fprintf(stdout, "bare server listening at http://%s\n", ln.Addr())
-	srv := &http.Server{
-		Handler:                      newConstant(*body),
-		ReadHeaderTimeout:            bareReadHeaderTimeout,
-		ReadTimeout:                  bareReadTimeout,
-		WriteTimeout:                 bareWriteTimeout,
-		IdleTimeout:                  bareIdleTimeout,
-		MaxHeaderBytes:               bareMaxHeaderBytes,
-		DisableGeneralOptionsHandler: true,
-		ErrorLog:                     log.New(io.Discard, "", 0),
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	select {
-	case err := <-done:
-		return fmt.Errorf("%s: serve: %w", bareCommand, err)
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), bareShutdownTimeout)
-	defer cancel()
-	err = srv.Shutdown(sctx)
-	if serr := <-done; !errors.Is(serr, http.ErrServerClosed) {
-		return fmt.Errorf("%s: serve: %w", bareCommand, serr)
-	}
-	if err != nil {
-		return fmt.Errorf("%s: shut down: %w", bareCommand, err)
+	// notifyd's own HTTP server, timeouts and all, with a handler that
+	// answers a constant: both answer under the same conditions.
+	if err := httpapi.Serve(ctx, ln, newConstant(*body), slog.New(slog.DiscardHandler)); err != nil {
+		return fmt.Errorf("%s: %w", bareCommand, err)
 	}
 	return nil
 }

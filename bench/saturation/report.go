@@ -142,7 +142,7 @@ func (r *report) writeThroughputSetup(p printer) {
 	p("wrk with 1 thread and %d connections, rounds of %s rotating through the contenders, %d per contender and ", o.connections, benchkit.FormatSeconds(o.round), o.rounds)
 	p("mode, %s. Contenders: notifyd's health endpoint; a bare `net/http` ", warmUp)
 	p("server, a process of its own (this program's hidden `%s` subcommand), answering every request 200 with ", bareCommand)
-	p("a constant %d-byte body and the headers of notifyd's answer, with notifyd's server timeouts; and the seed-style ", res.bodyLen)
+	p("a constant %d-byte body and the headers of notifyd's answer, through notifyd's own HTTP server setup (`httpapi.Serve`); and the seed-style ", res.bodyLen)
 	p("server of section 1. notifyd and the bare server both run with GOMAXPROCS=%d and GOGC=%s (notifyd's default) ", r.gomaxprocs, serverGOGC)
 	p("on the same %d CPUs, which wrk and the idle gunicorn share with them. The seed-style server answers HTTP/1.0 and ", r.machine.CPUs)
 	p("closes every connection, so against it both modes open a connection per request. Any socket error or ")
