@@ -16,8 +16,9 @@ import (
 var ErrDirGone = errors.New("the socket's directory was removed or renamed")
 
 // PathWatch learns from inotify when a file is removed from its directory,
-// renamed away or replaced, such as a socket file deleted by a cleanup job. It waits in
-// the runtime's poller, so it costs nothing while nothing happens.
+// renamed away or replaced, such as a socket file deleted by a cleanup job.
+// It waits in the runtime's poller, so it costs nothing while nothing
+// happens.
 type PathWatch struct {
 	f    *os.File
 	name string

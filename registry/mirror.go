@@ -7,9 +7,9 @@ import (
 	"time"
 )
 
-// defaultRetryInterval is how long the mirror waits before it tries again to write
-// or remove the state files that failed (a full or read-only directory). It
-// wakes up only while something is failing.
+// defaultRetryInterval is how long the mirror waits before it tries again to
+// write or remove the state files that failed (a full or read-only
+// directory). It wakes up only while something is failing.
 const defaultRetryInterval = time.Second
 
 // mirror keeps the state directory in step with the registry, one goroutine
@@ -37,6 +37,10 @@ type mirror struct {
 	kick chan struct{} // one token: pending has something
 	stop chan struct{}
 	exit chan struct{} // closed when run has returned
+
+	// Only run's goroutine touches these.
+	retry   map[int]*Worker // failed, and not changed since
+	failing bool            // the last attempt left something failed
 }
 
 func newMirror(files stateFiles, log *slog.Logger, errors *atomic.Uint64, every time.Duration) *mirror {
@@ -87,74 +91,72 @@ func (m *mirror) sync() {
 
 func (m *mirror) run() {
 	defer close(m.exit)
-	var (
-		retry   map[int]*Worker // failed, and not changed since
-		timer   = time.NewTimer(m.every)
-		failing bool
-	)
+	timer := time.NewTimer(m.every)
 	timer.Stop()
 	for {
 		select {
 		case <-m.kick:
 		case <-timer.C:
 		case <-m.stop:
-			m.flush(retry, &failing)
+			m.flush()
 			m.mu.Lock()
 			m.closed = true
 			m.settled.Broadcast()
 			m.mu.Unlock()
 			return
 		}
-		retry = m.flush(retry, &failing)
-		if len(retry) > 0 {
+		m.flush()
+		if len(m.retry) > 0 {
 			timer.Reset(m.every)
 		}
 	}
 }
 
 // flush takes every pending change, and every earlier failure that no newer
-// change replaces, and applies them to the directory. It returns the ones
-// that failed.
-func (m *mirror) flush(retry map[int]*Worker, failing *bool) map[int]*Worker {
+// change replaces, and applies them to the directory. The ones that fail
+// are kept for the next retry.
+func (m *mirror) flush() {
 	m.mu.Lock()
 	batch, upto := m.pending, m.queued
 	m.pending = make(map[int]*Worker, len(batch))
 	m.mu.Unlock()
-	for pid, w := range retry {
+	for pid, w := range m.retry {
 		if _, newer := batch[pid]; !newer {
 			batch[pid] = w
 		}
 	}
-	var failed map[int]*Worker
+	m.retry = nil
 	for pid, w := range batch {
-		var err error
-		if w == nil {
-			err = m.files.remove(pid)
-		} else {
-			err = m.files.write(w)
-		}
+		err := m.apply(pid, w)
 		if err == nil {
 			continue
 		}
 		m.errors.Add(1)
-		if failed == nil {
-			failed = make(map[int]*Worker)
+		if m.retry == nil {
+			m.retry = make(map[int]*Worker)
 		}
-		failed[pid] = w
-		if !*failing {
+		m.retry[pid] = w
+		if !m.failing {
 			m.log.Error("state files not in step with the registry; it keeps every worker in memory and retries", "every", m.every, "pid", pid, "error", err)
+			m.failing = true
 		}
-		*failing = true
 	}
-	if *failing && len(failed) == 0 {
-		*failing = false
+	if m.failing && len(m.retry) == 0 {
+		m.failing = false
 		m.log.Info("state files in step with the registry again")
 	}
 	m.mu.Lock()
 	m.done = upto
 	m.settled.Broadcast()
 	m.mu.Unlock()
-	return failed
+}
+
+// apply writes w as pid's state file, or removes the file when w is nil.
+func (m *mirror) apply(pid int, w *Worker) error {
+	if w == nil {
+		return m.files.remove(pid)
+	}
+	return m.files.write(w)
 }
 
 // close tries every change recorded so far once more, then stops the mirror.

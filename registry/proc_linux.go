@@ -81,23 +81,25 @@ var ownPidNamespace = func() string {
 }()
 
 // inOwnPidNamespace reports whether pid lives in notifyd's pid namespace,
-// where a PID= number means what it says. It costs one readlink, against the
-// open, read and close of the much larger /proc/<pid>/status; ok is false
-// when the link cannot be read (another user's process, for a notifyd that
-// is not root), and the caller must read NSpid instead.
-func inOwnPidNamespace(pid int) (same, ok bool, err error) {
+// where a PID= number means what it says. A process that has gone counts as
+// living there: with no sender left to translate for, PID= can only be taken
+// as written. It costs one readlink, against the open, read and close of the
+// much larger /proc/<pid>/status; known is false when the link cannot be
+// read (another user's process, for a notifyd that is not root), and the
+// caller must read NSpid instead.
+func inOwnPidNamespace(pid int) (same, known bool) {
 	if ownPidNamespace == "" {
-		return false, false, nil
+		return false, false
 	}
 	var buf [64]byte
 	n, err := unix.Readlink("/proc/"+strconv.Itoa(pid)+"/ns/pid", buf[:])
-	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH) {
-		return false, true, errExited
+	switch {
+	case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH):
+		return true, true
+	case err != nil:
+		return false, false
 	}
-	if err != nil {
-		return false, false, nil
-	}
-	return string(buf[:n]) == ownPidNamespace, true, nil
+	return string(buf[:n]) == ownPidNamespace, true
 }
 
 // innermostPID returns pid's number in its own pid namespace, the last field

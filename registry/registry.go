@@ -246,7 +246,7 @@ func (r *Registry) subject(m protocol.Message, sender protocol.Credentials) (int
 	if m.PID == 0 || m.PID == sender.PID {
 		return sender.PID, nil
 	}
-	if same, ok, err := inOwnPidNamespace(sender.PID); ok && (same || errors.Is(err, errExited)) {
+	if same, known := inOwnPidNamespace(sender.PID); known && same {
 		return m.PID, nil
 	}
 	inner, nested, err := innermostPID(sender.PID)
