@@ -3,37 +3,10 @@ package e2e
 import (
 	"fmt"
 	"net/http"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 )
-
-// startPlainNotifyd builds notifyd without the race detector and runs it
-// as startNotifyd does. The race detector's own memory grows with every
-// goroutine a program starts, one per HTTP connection in notifyd, by about
-// 1.5 MiB a minute under the soak's load while the Go runtime's stays flat,
-// so only a plain build's resident memory can show a leak of notifyd's.
-func startPlainNotifyd(t *testing.T, dir string, args ...string) *daemon {
-	t.Helper()
-	out := t.TempDir()
-	build := exec.Command("go", "build", "-o", out+"/", "./cmd/notifyd")
-	build.Dir = repoRoot
-	if b, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build notifyd without -race: %v\n%s", err, b)
-	}
-	// launch runs the harness's race-enabled binary behind a wrapper; this
-	// one puts the plain binary in its place.
-	plain := filepath.Join(out, "notifyd")
-	if strings.ContainsAny(plain, "'\\") {
-		t.Fatalf("temporary directory %q cannot be quoted for sh", plain)
-	}
-	d := launch(t, dir, nil, []string{"sh", "-c", "shift; exec '" + plain + "' \"$@\"", "sh"}, args...)
-	d.waitStarted(t)
-	return d
-}
 
 // TestFaultSoak runs worker churn and a steady health load against one
 // notifyd, built without the race detector, for as long as -soak says,

@@ -37,19 +37,6 @@ var (
 	soak = flag.Duration("soak", 10*time.Minute, "how long TestFaultSoak runs under -long")
 )
 
-// needRoot skips a test that only root can run, or fails it under CI=true,
-// as need does for a missing tool: CI runs the tests as root.
-func needRoot(t *testing.T, why string) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("the test must run as root to %s", why)
-	}
-	t.Skipf("not root: cannot %s", why)
-}
-
 // raiseNoFile makes sure this process may open n descriptors, raising its
 // soft RLIMIT_NOFILE up to the hard limit if needed. notifyd, a Go program,
 // raises its own.
