@@ -48,3 +48,16 @@ func BenchmarkRegister(b *testing.B) {
 		b.Fatalf("Summary() = %+v, want nothing registered", got)
 	}
 }
+
+// BenchmarkParseStat reads the start time out of a /proc/<pid>/stat line,
+// as every new registration does.
+func BenchmarkParseStat(b *testing.B) {
+	line := []byte("12345 (gunicorn: worker [app]) S 12300 12300 12300 0 -1 4194560 2514 0 0 0 3 1 0 0 20 0 1 0 8371634 30109696 5270 18446744073709551615 1 1 0 0 0 0 0 16781312 16386 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0\n")
+	b.ReportAllocs()
+	for b.Loop() {
+		info, err := parseStat(line)
+		if err != nil || info.startTime != 8371634 {
+			b.Fatalf("parseStat = %+v, %v", info, err)
+		}
+	}
+}

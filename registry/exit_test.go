@@ -200,24 +200,22 @@ func otherThread(t *testing.T) int {
 
 // TestPidReuse hands the pid of a dead, still registered worker to a new
 // process, through ns_last_pid, and checks that the new process is never
-// taken for the old worker.
+// taken for the old worker. The sweep cases sweep only when the test says
+// so; the pidfd cases never run the watcher, so the message for the reused
+// pid arrives before any exit event is handled, which on a busy machine can
+// happen too.
 func TestPidReuse(t *testing.T) {
 	tests := []struct {
-		name string
+		name      string
+		detection Detection
 		// act is what happens once the pid belongs to the new process.
 		act      func(t *testing.T, r *Registry, pid int)
 		want     Summary
 		wantFile bool
 	}{
 		{
-			name: "sweep drops the old worker",
-			act: func(t *testing.T, r *Registry, pid int) {
-				r.sweep()
-			},
-			want: Summary{},
-		},
-		{
-			name: "ready registers the new process",
+			name:      "pidfd: ready registers the new process",
+			detection: Pidfd,
 			act: func(t *testing.T, r *Registry, pid int) {
 				send(t, r, ready(pid), rootCreds())
 			},
@@ -225,7 +223,33 @@ func TestPidReuse(t *testing.T) {
 			wantFile: true,
 		},
 		{
-			name: "stopping drops the old worker",
+			name:      "pidfd: stopping drops the old worker",
+			detection: Pidfd,
+			act: func(t *testing.T, r *Registry, pid int) {
+				send(t, r, stopping(pid), rootCreds())
+			},
+			want: Summary{},
+		},
+		{
+			name:      "sweep drops the old worker",
+			detection: Sweep,
+			act: func(t *testing.T, r *Registry, pid int) {
+				r.sweep()
+			},
+			want: Summary{},
+		},
+		{
+			name:      "sweep: ready registers the new process",
+			detection: Sweep,
+			act: func(t *testing.T, r *Registry, pid int) {
+				send(t, r, ready(pid), rootCreds())
+			},
+			want:     Summary{Ready: 1, Workers: 1},
+			wantFile: true,
+		},
+		{
+			name:      "sweep: stopping drops the old worker",
+			detection: Sweep,
 			act: func(t *testing.T, r *Registry, pid int) {
 				send(t, r, stopping(pid), rootCreds())
 			},
@@ -235,10 +259,15 @@ func TestPidReuse(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := testConfig(t)
-			// A sweep that only runs when the test calls it keeps the dead
-			// worker registered until the pid is reused.
-			cfg.Detection, cfg.ReapInterval = Sweep, time.Hour
-			r := startRegistry(t, cfg)
+			// A sweep that only runs when the test calls it, or a watcher
+			// that does not run, keeps the dead worker registered until the
+			// pid is reused.
+			cfg.Detection, cfg.ReapInterval = tt.detection, time.Hour
+			r, err := New(cfg)
+			if err != nil {
+				t.Fatalf("New: %v", err)
+			}
+			t.Cleanup(func() { r.Close() })
 			old := startSleep(t)
 			pid := old.pid()
 			send(t, r, protocol.Message{Lifecycle: protocol.Ready, PID: pid, Status: text("old")}, rootCreds())

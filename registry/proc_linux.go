@@ -45,21 +45,28 @@ func readProc(pid int) (procInfo, error) {
 
 // parseStat reads the state (field 3) and start time (field 22). The command
 // name (field 2) may hold spaces and parentheses, so fields are counted from
-// the last ')'.
+// the last ')'. It does not allocate: it runs for every new worker.
 func parseStat(b []byte) (procInfo, error) {
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 || i+2 >= len(b) {
 		return procInfo{}, errors.New("no command name")
 	}
-	fields := bytes.Fields(b[i+2:]) // fields[0] is field 3
-	if len(fields) < 20 {
-		return procInfo{}, errors.New("too few fields")
+	rest := b[i+2:] // starts at field 3
+	state := rest[0]
+	for range 19 { // to field 22
+		j := bytes.IndexByte(rest, ' ')
+		if j < 0 {
+			return procInfo{}, errors.New("too few fields")
+		}
+		rest = rest[j+1:]
 	}
-	st, err := strconv.ParseUint(string(fields[19]), 10, 64)
+	if j := bytes.IndexByte(rest, ' '); j >= 0 {
+		rest = rest[:j]
+	}
+	st, err := strconv.ParseUint(string(rest), 10, 64)
 	if err != nil {
 		return procInfo{}, fmt.Errorf("start time: %w", err)
 	}
-	state := fields[0][0]
 	return procInfo{startTime: st, zombie: state == 'Z' || state == 'X' || state == 'x'}, nil
 }
 

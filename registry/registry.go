@@ -168,11 +168,14 @@ func (r *Registry) HandleMessage(m protocol.Message, sender protocol.Credentials
 	if err != nil {
 		return err
 	}
+	if e := r.pinned(pid); e != nil {
+		return r.update(e, m, sender)
+	}
 	// A pid that is not registered yet is pinned by a pidfd before /proc is
-	// read, so that the one read describes the process the pidfd watches.
-	pinned := -1
-	if r.watcher != nil && m.Lifecycle != protocol.Stopping && changesWorker(m) && !r.registered(pid) {
-		senderFD := 0
+	// read, so that an exit after the read is reported by the watcher, and
+	// the read cannot describe a process that took over the pid unnoticed.
+	pinned, senderFD := -1, 0
+	if r.watcher != nil && m.Lifecycle != protocol.Stopping && changesWorker(m) {
 		if pid == sender.PID {
 			senderFD = sender.PIDFD
 		}
@@ -189,7 +192,16 @@ func (r *Registry) HandleMessage(m protocol.Message, sender protocol.Credentials
 			}
 		}()
 	}
-	info, err := r.checkSender(pid, sender)
+	info, err := readProc(pid)
+	if err == nil && senderFD > 0 && exitedPidfd(pinned) {
+		// The sender's own pidfd may have waited in the socket queue long
+		// enough for its process to go and the pid to be taken: then /proc
+		// described the newcomer.
+		err = errExited
+	}
+	if err == nil {
+		err = r.mayDirect(pid, sender)
+	}
 	if errors.Is(err, errExited) {
 		if m.Lifecycle == protocol.Stopping {
 			r.mu.Lock()
@@ -234,6 +246,57 @@ func (r *Registry) HandleMessage(m protocol.Message, sender protocol.Credentials
 	return nil
 }
 
+// pinned returns pid's entry when a pidfd watches it and its process has not
+// exited. The pidfd then vouches for the entry being that very process, so a
+// message for it needs no /proc read. An entry whose process has exited is
+// dropped here, and nil returned: the message may come from a new process
+// that took over the pid before the watcher reported the exit.
+func (r *Registry) pinned(pid int) *entry {
+	if r.watcher == nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.workers[pid]
+	if e == nil || e.pidfd < 0 {
+		return nil
+	}
+	if exitedPidfd(e.pidfd) {
+		r.drop(e, "exited")
+		return nil
+	}
+	return e
+}
+
+// update applies m to e, a registered worker that pinned found alive.
+func (r *Registry) update(e *entry, m protocol.Message, sender protocol.Credentials) error {
+	readUID := r.readsUID(e.PID, sender)
+	var err error
+	if readUID {
+		err = r.mayDirect(e.PID, sender)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	// The uid read vouches for e only if e's process still had not exited
+	// after it: until then, no other process could have its pid.
+	gone := r.workers[e.PID] != e || errors.Is(err, errExited) || readUID && exitedPidfd(e.pidfd)
+	switch {
+	case gone:
+		r.drop(e, "exited")
+		if m.Lifecycle == protocol.Stopping {
+			return nil
+		}
+		return fmt.Errorf("%w: pid %d has exited", ErrNoProcess, e.PID)
+	case err != nil:
+		return err
+	case m.Lifecycle == protocol.Stopping:
+		r.drop(e, "stopped")
+		return nil
+	}
+	r.apply(e, m, time.Now())
+	return nil
+}
+
 // errForeignPID means a PID= names a pid of the sender's own, nested pid
 // namespace, which notifyd cannot translate.
 var errForeignPID = fmt.Errorf("%w: PID= is a pid of the sender's own pid namespace, which notifyd cannot see; send from the worker itself without PID=, or run notifyd in the workers' pid namespace", ErrNoProcess)
@@ -261,20 +324,26 @@ func (r *Registry) subject(m protocol.Message, sender protocol.Credentials) (int
 	return 0, errForeignPID
 }
 
-// checkSender reads pid's process and checks that sender may speak for it.
-func (r *Registry) checkSender(pid int, sender protocol.Credentials) (procInfo, error) {
-	info, err := readProc(pid)
-	if err != nil || r.cfg.Access != SameUID || sender.UID == 0 || pid == sender.PID {
-		return info, err
+// mayDirect checks that sender may speak for pid. Under --access same-uid a
+// sender other than root and the process itself must have its real uid,
+// read from /proc.
+func (r *Registry) mayDirect(pid int, sender protocol.Credentials) error {
+	if !r.readsUID(pid, sender) {
+		return nil
 	}
 	uid, err := realUID(pid)
 	if err != nil {
-		return info, err
+		return err
 	}
 	if uid != sender.UID {
-		return info, fmt.Errorf("%w: pid %d belongs to uid %d, the sender is uid %d", ErrNotPermitted, pid, uid, sender.UID)
+		return fmt.Errorf("%w: pid %d belongs to uid %d, the sender is uid %d", ErrNotPermitted, pid, uid, sender.UID)
 	}
-	return info, nil
+	return nil
+}
+
+// readsUID reports whether mayDirect must read pid's uid from /proc.
+func (r *Registry) readsUID(pid int, sender protocol.Credentials) bool {
+	return r.cfg.Access == SameUID && sender.UID != 0 && pid != sender.PID
 }
 
 // changesWorker reports whether m would change a worker's record, so that a
@@ -288,6 +357,11 @@ func changesWorker(m protocol.Message) bool {
 // its /proc was read; add owns it from the call on. Without one, add opens
 // a pidfd now and reads /proc again: a start time that changed means the
 // process that was checked has gone and another took its pid.
+//
+// Once the pidfd is in the watcher's epoll set, any exit after the /proc
+// read is reported by the watcher, which drops the entry: epoll reports a
+// readable pidfd for as long as it stays registered, so an exit between the
+// read and the insertion into r.workers is not lost either.
 func (r *Registry) add(pid int, startTime uint64, pinned int) (*entry, error) {
 	e := &entry{Worker: Worker{PID: pid, StartTime: startTime, State: Starting}, pidfd: -1}
 	if r.watcher != nil {
@@ -302,22 +376,12 @@ func (r *Registry) add(pid int, startTime uint64, pinned int) (*entry, error) {
 				return nil, errExited
 			}
 		}
-		if exitedPidfd(fd) {
-			r.watcher.unwatch(fd)
-			return nil, errExited
-		}
 		e.pidfd = fd
 	} else if ok, err := isProcess(pid); err != nil || !ok {
 		return nil, errExited
 	}
 	r.workers[pid] = e
 	return e, nil
-}
-
-func (r *Registry) registered(pid int) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.workers[pid] != nil
 }
 
 // watchPid opens a pidfd for pid, or dups senderFD, the sender's own pidfd

@@ -38,7 +38,10 @@ import (
 	"cmp"
 	"context"
 	"flag"
+	"fmt"
 	"io"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/notifyd/notifyd/bench/internal/benchkit"
@@ -56,7 +59,11 @@ type options struct {
 	trials  int
 	idle    time.Duration
 	workers int
+	only    []string // steps to run; empty means all
 }
+
+// stepNames are the measurements, in the order they run, as -only names them.
+var stepNames = []string{"death", "idle", "throughput", "registration"}
 
 // Bounds of the options, so that a typo cannot start a run of days or a
 // million processes.
@@ -74,8 +81,17 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.trials, "trials", 100, "death detection trials per exit detection mode")
 	fs.DurationVar(&o.idle, "idle", 60*time.Second, "idle CPU measurement window")
 	fs.IntVar(&o.workers, "workers", 10000, "workers registered in the throughput measurement's busy instance")
+	only := fs.String("only", "", "comma-separated measurements to run, of "+strings.Join(stepNames, ","))
 	if err := benchkit.ParseFlags(fs, args); err != nil {
 		return o, err
+	}
+	if *only != "" {
+		for name := range strings.SplitSeq(*only, ",") {
+			if !slices.Contains(stepNames, name) {
+				return o, fmt.Errorf("-only: unknown measurement %q; the measurements are %s", name, strings.Join(stepNames, ", "))
+			}
+			o.only = append(o.only, name)
+		}
 	}
 	return o, cmp.Or(
 		benchkit.CheckRange("trials", o.trials, 1, maxTrials),
@@ -126,17 +142,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	}
 
 	steps := []struct {
-		name string
-		do   func() error
+		name, title string
+		do          func() error
 	}{
-		{"death detection", func() (err error) { rep.death, err = measureDeath(ctx, l, opts.trials); return err }},
-		{"idle CPU", func() (err error) { rep.idle, err = measureIdle(ctx, l, opts.idle); return err }},
-		{"health throughput", func() (err error) { rep.load, err = measureThroughput(ctx, l, rep.workers); return err }},
-		{"registration rate", func() (err error) { rep.reg, err = measureRegistration(ctx, l); return err }},
+		{"death", "death detection", func() (err error) { rep.death, err = measureDeath(ctx, l, opts.trials); return err }},
+		{"idle", "idle CPU", func() (err error) { rep.idle, err = measureIdle(ctx, l, opts.idle); return err }},
+		{"throughput", "health throughput", func() (err error) { rep.load, err = measureThroughput(ctx, l, rep.workers); return err }},
+		{"registration", "registration rate", func() (err error) { rep.reg, err = measureRegistration(ctx, l); return err }},
 	}
 	for _, s := range steps {
+		if len(opts.only) > 0 && !slices.Contains(opts.only, s.name) {
+			continue
+		}
 		if err := s.do(); err != nil {
-			return benchkit.StepError(ctx, s.name, err)
+			return benchkit.StepError(ctx, s.title, err)
 		}
 	}
 	rep.write(stdout)

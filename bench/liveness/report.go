@@ -43,7 +43,19 @@ func (r *report) write(w io.Writer) {
 	if r.capacityNote != "" {
 		p("\n**Note:** %s.\n", r.capacityNote)
 	}
-	goals := []benchkit.Goal{r.writeDeath(p), r.writeIdle(p), r.writeLoad(p), r.writeReg(p)}
+	var goals []benchkit.Goal
+	if r.death != nil {
+		goals = append(goals, r.writeDeath(p))
+	}
+	if r.idle != nil {
+		goals = append(goals, r.writeIdle(p))
+	}
+	if r.load != nil {
+		goals = append(goals, r.writeLoad(p))
+	}
+	if r.reg != nil {
+		goals = append(goals, r.writeReg(p))
+	}
 	benchkit.WriteGoals(w, goals)
 }
 
