@@ -30,11 +30,12 @@ const (
 const sleeperLife = 1000 * time.Second
 
 // detector is one series of the death detection measurement: a notifyd
-// instance, or with d nil the reference, and what was measured on it.
+// instance and what was measured on it.
 type detector struct {
 	label     string
-	d         *daemon         // nil for the reference: the exit as the kernel reports it
+	d         *daemon
 	latencies []time.Duration // SIGKILL to the first answer without the worker
+	zombies   []time.Duration // SIGKILL to the zombie, as the benchmark's own pidfd shows it
 	requests  []time.Duration // every request of every poll loop
 	polls     []int           // requests per trial
 }
@@ -57,14 +58,10 @@ func measureDeath(ctx context.Context, l *lab, trials int) ([]*detector, error) 
 	if !sweep.logContains(sweepLine) {
 		return nil, fmt.Errorf("%s did not log %q", sweep.Name, sweepLine)
 	}
-	dets := []*detector{{label: "pidfd", d: pidfd}, {label: "sweep", d: sweep}, {label: "kernel only"}}
+	dets := []*detector{{label: "pidfd", d: pidfd}, {label: "sweep", d: sweep}}
 	for i := range trials {
 		for _, det := range dets {
-			trial := det.trial
-			if det.d == nil {
-				trial = det.exitTrial
-			}
-			if err := trial(ctx, l); err != nil {
+			if err := det.trial(ctx, l); err != nil {
 				return nil, fmt.Errorf("%s trial %d: %w", det.label, i+1, err)
 			}
 		}
@@ -82,6 +79,13 @@ func measureDeath(ctx context.Context, l *lab, trials int) ([]*detector, error) 
 
 // trial registers one fresh sleeper, kills it and times how long the health
 // answer takes to stop counting it.
+//
+// The benchmark holds a pidfd of its own for the sleeper and sleeps on it
+// after the kill, and starts polling the health endpoint only once the
+// sleeper is a zombie. A poll loop running from the kill on would compete
+// with the dying process for the CPUs, and delay the very exit it times. The
+// answer that first leaves the worker out was asked after notifyd could have
+// seen the exit, so the latency is an upper bound on when the answer changed.
 func (det *detector) trial(ctx context.Context, l *lab) error {
 	d := det.d
 	ss, err := l.spawn(ctx, 1, sleeperLife)
@@ -96,6 +100,11 @@ func (det *detector) trial(ctx context.Context, l *lab) error {
 	if _, err := os.Stat(d.stateFile(s.pid)); err != nil {
 		return fmt.Errorf("no state file after READY=1 and a barrier: %w", err)
 	}
+	fd, err := unix.PidfdOpen(s.pid, 0)
+	if err != nil {
+		return fmt.Errorf("pidfd_open %d: %w", s.pid, err)
+	}
+	defer unix.Close(fd)
 	h, err := dialHealth(d.addr)
 	if err != nil {
 		return d.Explain(err)
@@ -118,6 +127,10 @@ func (det *detector) trial(ctx context.Context, l *lab) error {
 	if err := s.cmd.Process.Kill(); err != nil {
 		return fmt.Errorf("kill sleeper %d: %w", s.pid, err)
 	}
+	if err := awaitReadable(fd, pollLimit); err != nil {
+		return fmt.Errorf("killed sleeper %d: %w", s.pid, err)
+	}
+	det.zombies = append(det.zombies, time.Since(t0))
 	for n := 1; ; n++ {
 		start := time.Now()
 		a, err := h.get()
@@ -149,47 +162,25 @@ func (det *detector) trial(ctx context.Context, l *lab) error {
 	return nil
 }
 
-// exitTrial is the reference: it times a sleeper's death as the kernel
-// reports it, from SIGKILL until a pidfd this program holds is readable,
-// which is when the process has become a zombie. No exit detection can see
-// an exit sooner. It waits on the pidfd without polling and involves no
-// notifyd.
-func (det *detector) exitTrial(ctx context.Context, l *lab) error {
-	ss, err := l.spawn(ctx, 1, sleeperLife)
-	if err != nil {
-		return err
-	}
-	s := ss[0]
-	defer l.reap(s)
-	fd, err := unix.PidfdOpen(s.pid, 0)
-	if err != nil {
-		return fmt.Errorf("pidfd_open %d: %w", s.pid, err)
-	}
-	defer unix.Close(fd)
-	if err := benchkit.Pause(ctx, rand.N(sweepInterval)); err != nil {
-		return err
-	}
-	t0 := time.Now()
-	if err := s.cmd.Process.Kill(); err != nil {
-		return fmt.Errorf("kill sleeper %d: %w", s.pid, err)
-	}
+// awaitReadable sleeps in poll until the pidfd fd is readable, which is when
+// its process has become a zombie, or fails after limit.
+func awaitReadable(fd int, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
 	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	for range maxPolls {
-		left := pollLimit - time.Since(t0)
+	for {
+		left := time.Until(deadline)
 		if left <= 0 {
-			break
+			return fmt.Errorf("not a zombie after %s", limit)
 		}
 		n, err := unix.Poll(fds, int(left/time.Millisecond)+1)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("poll pidfd of %d: %w", s.pid, err)
+			return fmt.Errorf("poll its pidfd: %w", err)
 		}
 		if n > 0 && fds[0].Revents&unix.POLLIN != 0 {
-			det.latencies = append(det.latencies, time.Since(t0))
 			return nil
 		}
 	}
-	return fmt.Errorf("killed pid %d not a zombie after %s", s.pid, pollLimit)
 }
