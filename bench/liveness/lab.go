@@ -136,7 +136,12 @@ type daemon struct {
 // has logged that it started, which it does after its socket and port are
 // ready.
 func (l *lab) startDaemon(ctx context.Context, name string, flags ...string) (*daemon, error) {
-	d := &daemon{flags: flags, dir: filepath.Join(l.Dir, name)}
+	return l.startDaemonIn(ctx, l.Dir, name, flags...)
+}
+
+// startDaemonIn is startDaemon with the state directory made in parent.
+func (l *lab) startDaemonIn(ctx context.Context, parent, name string, flags ...string) (*daemon, error) {
+	d := &daemon{flags: flags, dir: filepath.Join(parent, name)}
 	d.socket = filepath.Join(d.dir, "notify.sock")
 	if err := os.Mkdir(d.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state directory of %s: %w", name, err)
