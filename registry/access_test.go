@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/notifyd/notifyd/protocol"
@@ -147,5 +148,29 @@ func TestAccessAppliesToEveryMessage(t *testing.T) {
 				t.Fatalf("state file changed to %q, want %q", got, file)
 			}
 		})
+	}
+}
+
+// TestSameUIDUpdatesRegisteredWorker follows a worker registered by a
+// sender of its own uid through later messages from that sender, which are
+// checked against the worker's uid each time and taken.
+func TestSameUIDUpdatesRegisteredWorker(t *testing.T) {
+	cfg := testConfig(t)
+	r := startRegistry(t, cfg)
+	c := startSleepAs(t, nobody, nobody)
+	sender := protocol.Credentials{PID: os.Getpid(), UID: nobody, GID: nobody}
+
+	send(t, r, ready(c.pid()), sender)
+	send(t, r, protocol.Message{PID: c.pid(), Status: text("serving")}, sender)
+	if w := oneWorker(t, r); w.State != Ready || w.Status != "serving" {
+		t.Fatalf("worker = %+v, want ready with status serving", w)
+	}
+	if got := readFile(t, statePath(cfg.Dir, c.pid())); !strings.Contains(got, "STATUS=serving\n") {
+		t.Fatalf("state file holds %q, want STATUS=serving", got)
+	}
+	send(t, r, stopping(c.pid()), sender)
+	wantSummary(t, r, Summary{})
+	if got := savedNames(t, r); len(got) != 0 {
+		t.Fatalf("state directory holds %q, want nothing", got)
 	}
 }

@@ -270,16 +270,12 @@ func (r *Registry) pinned(pid int) *entry {
 
 // update applies m to e, a registered worker that pinned found alive.
 func (r *Registry) update(e *entry, m protocol.Message, sender protocol.Credentials) error {
-	readUID := r.readsUID(e.PID, sender)
-	var err error
-	if readUID {
-		err = r.mayDirect(e.PID, sender)
-	}
+	err := r.mayDirect(e.PID, sender)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	// The uid read vouches for e only if e's process still had not exited
-	// after it: until then, no other process could have its pid.
-	gone := r.workers[e.PID] != e || errors.Is(err, errExited) || readUID && exitedPidfd(e.pidfd)
+	// A uid read from /proc is e's only if e's process still had not exited
+	// after the read: until then, no other process could have its pid.
+	gone := r.workers[e.PID] != e || errors.Is(err, errExited) || r.readsUID(e.PID, sender) && exitedPidfd(e.pidfd)
 	switch {
 	case gone:
 		r.drop(e, "exited")
