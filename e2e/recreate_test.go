@@ -108,3 +108,26 @@ func TestSocketPathTakenAfterRemoval(t *testing.T) {
 	registerReady(t, d, w)
 	wantHealth(t, d, 200, "1 workers ready\n")
 }
+
+// TestSocketFileRenamedAwayIsRecreated moves the socket file to another
+// name: notifyd binds a new socket at its path, and its state files, which
+// share the directory, come and go all the while without being taken for
+// the socket.
+func TestSocketFileRenamedAwayIsRecreated(t *testing.T) {
+	dir := shortDir(t)
+	d := startNotifyd(t, dir)
+	w1, w2 := sleeper(t), sleeper(t)
+	registerReady(t, d, w1)
+
+	if err := os.Rename(d.socket, d.socket+".moved"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the socket to be re-created", func() bool {
+		return countLines(d.log.String(), socketRecreatedLine) == 1
+	})
+	registerReady(t, d, w2)
+	wantHealth(t, d, 200, "2 workers ready\n")
+	if got := countLines(d.log.String(), socketRemovedLine); got != 1 {
+		t.Fatalf("%d log lines say the socket file was removed, want 1", got)
+	}
+}

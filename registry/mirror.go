@@ -12,6 +12,12 @@ import (
 // directory). It wakes up only while something is failing.
 const defaultRetryInterval = time.Second
 
+// gatherTime is how long the mirror lets changes gather once the first one
+// is recorded, unless a barrier waits for it. A burst of registrations then
+// costs one wake-up of the mirror per gathering rather than one per worker,
+// and a file trails its worker by about this much.
+const gatherTime = time.Millisecond
+
 // mirror keeps the state directory in step with the registry, one goroutine
 // behind it. The registry records what each worker's file should say and
 // goes on; the mirror writes and removes the files. That keeps file system
@@ -34,9 +40,10 @@ type mirror struct {
 	done    uint64          // changes tried so far
 	closed  bool
 
-	kick chan struct{} // one token: pending has something
-	stop chan struct{}
-	exit chan struct{} // closed when run has returned
+	kick  chan struct{} // one token: pending has something
+	hurry chan struct{} // one token: sync waits, so write without gathering
+	stop  chan struct{}
+	exit  chan struct{} // closed when run has returned
 
 	// Only run's goroutine touches these.
 	retry   map[int]*Worker // failed, and not changed since
@@ -54,6 +61,7 @@ func newMirror(files stateFiles, log *slog.Logger, errors *atomic.Uint64, every 
 		errors:  errors,
 		pending: make(map[int]*Worker),
 		kick:    make(chan struct{}, 1),
+		hurry:   make(chan struct{}, 1),
 		stop:    make(chan struct{}),
 		exit:    make(chan struct{}),
 	}
@@ -82,6 +90,10 @@ func (m *mirror) put(pid int, w *Worker) {
 // sync returns once every change recorded before the call has been tried:
 // written or removed, or counted and logged as failed.
 func (m *mirror) sync() {
+	select {
+	case m.hurry <- struct{}{}:
+	default:
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for want := m.queued; m.done < want && !m.closed; {
@@ -91,25 +103,42 @@ func (m *mirror) sync() {
 
 func (m *mirror) run() {
 	defer close(m.exit)
-	timer := time.NewTimer(m.every)
-	timer.Stop()
+	retry := time.NewTimer(m.every)
+	retry.Stop()
+	gather := time.NewTimer(gatherTime)
+	gather.Stop()
 	for {
 		select {
 		case <-m.kick:
-		case <-timer.C:
+			gather.Reset(gatherTime)
+			select {
+			case <-gather.C:
+			case <-m.hurry:
+				gather.Stop()
+			case <-m.stop:
+				m.close1()
+				return
+			}
+		case <-m.hurry:
+		case <-retry.C:
 		case <-m.stop:
-			m.flush()
-			m.mu.Lock()
-			m.closed = true
-			m.settled.Broadcast()
-			m.mu.Unlock()
+			m.close1()
 			return
 		}
 		m.flush()
 		if len(m.retry) > 0 {
-			timer.Reset(m.every)
+			retry.Reset(m.every)
 		}
 	}
+}
+
+// close1 writes what is pending a last time and releases every sync.
+func (m *mirror) close1() {
+	m.flush()
+	m.mu.Lock()
+	m.closed = true
+	m.settled.Broadcast()
+	m.mu.Unlock()
 }
 
 // flush takes every pending change, and every earlier failure that no newer

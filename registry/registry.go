@@ -525,13 +525,19 @@ func (r *Registry) checkHeartbeat(e *entry) {
 }
 
 // drop removes e from the registry, and has the mirror remove its state
-// file.
+// file. The health answer changes first; closing the pidfd and waking the
+// mirror come after it.
 func (r *Registry) drop(e *entry, reason string) {
 	if r.workers[e.PID] != e {
 		return
 	}
 	before := e.counts()
 	delete(r.workers, e.PID)
+	if reason != "stopped" {
+		r.exits.Add(1)
+	}
+	e.State = Starting
+	r.settle(e, before)
 	if e.pidfd >= 0 {
 		r.watcher.unwatch(e.pidfd)
 	}
@@ -541,11 +547,6 @@ func (r *Registry) drop(e *entry, reason string) {
 	if e.saved {
 		r.removeFile(e)
 	}
-	if reason != "stopped" {
-		r.exits.Add(1)
-	}
-	e.State = Starting
-	r.settle(e, before)
 	r.log.Debug("worker left", "pid", e.PID, "reason", reason)
 }
 

@@ -35,13 +35,19 @@ func watchSocket(ctx context.Context, srv *protocol.Server, conn *protocol.Conn,
 	}
 	defer w.Close()
 	defer context.AfterFunc(ctx, func() { w.Close() })()
-	// The watch starts after the socket: a removal in between is caught by
-	// checking the file once before the first wait.
 	for current := conn; ; {
-		if !current.Present() {
-			current = recreate(srv, current, lc, log)
+		// The watch follows the file at the path, so it is armed again
+		// before each check: a change after the check is never missed.
+		err := w.Arm()
+		if err == nil && !current.Present() {
+			if next := recreate(srv, current, lc, log); next != current {
+				current = next
+				continue // watch the new socket's file
+			}
 		}
-		err := w.Wait()
+		if err == nil {
+			err = w.Wait()
+		}
 		switch {
 		case ctx.Err() != nil || errors.Is(err, os.ErrClosed):
 			return
