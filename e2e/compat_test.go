@@ -218,6 +218,7 @@ func TestGoSystemdSdNotify(t *testing.T) {
 	}
 	// SdNotify sends no barrier, so the registration shows up a little later.
 	waitHealth(t, d, 200, "1 workers ready\n")
+	inStep(t, d)
 	if got := stateFiles(t, dir); !slices.Equal(got, []int{w.Process.Pid}) {
 		t.Fatalf("state files for %v, want [%d]", got, w.Process.Pid)
 	}
@@ -470,6 +471,7 @@ func TestNotifyNoBlock(t *testing.T) {
 	}
 	// Without the barrier notify may exit before notifyd reads the message.
 	waitHealth(t, d, 200, "1 workers ready\n")
+	inStep(t, d)
 	if got := stateFiles(t, dir); !slices.Equal(got, []int{w.Process.Pid}) {
 		t.Fatalf("state files for %v, want [%d]", got, w.Process.Pid)
 	}

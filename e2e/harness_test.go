@@ -363,3 +363,12 @@ func needRoot(t *testing.T, why string) {
 	}
 	t.Skipf("not root: cannot %s", why)
 }
+
+// inStep returns once notifyd's state files are in step with its registry,
+// which is when it acknowledges a barrier. The files trail the health answer
+// by about a millisecond, so a test that saw the answer change without a
+// barrier of its own calls inStep before it looks at them.
+func inStep(t *testing.T, d *daemon) {
+	t.Helper()
+	barrier(t, dialNotifyd(t, d.socket))
+}

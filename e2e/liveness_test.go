@@ -36,6 +36,7 @@ func TestSigkillDropsWorker(t *testing.T) {
 			w.Process.Kill()
 			w.Wait()
 			waitHealth(t, d, 500, "0 workers ready\n")
+			inStep(t, d)
 			if got := stateFiles(t, dir); len(got) != 0 {
 				t.Fatalf("state files %v remain after the worker died", got)
 			}
@@ -85,6 +86,7 @@ func TestZombieIsNotCounted(t *testing.T) {
 			if state := procState(child); state != "Z" {
 				t.Fatalf("child %d is in state %q, want a zombie (Z) for this test to mean anything", child, state)
 			}
+			inStep(t, d)
 			if got := stateFiles(t, dir); len(got) != 0 {
 				t.Fatalf("state files %v remain for a zombie", got)
 			}

@@ -53,6 +53,7 @@ func TestHookInNestedNamespaceIsCounted(t *testing.T) {
 		python, d.socket)
 	inPidNamespace(t, []string{"PYTHONPATH=" + filepath.Join(repoRoot, "contrib/gunicorn")}, script)
 	waitHealth(t, d, 200, "1 workers ready\n")
+	inStep(t, d)
 	pids := stateFiles(t, dir)
 	if len(pids) != 1 {
 		t.Fatalf("state files for %v, want one", pids)
