@@ -116,13 +116,13 @@ func (m *mirror) run() {
 			case <-m.hurry:
 				gather.Stop()
 			case <-m.stop:
-				m.close1()
+				m.finish()
 				return
 			}
 		case <-m.hurry:
 		case <-retry.C:
 		case <-m.stop:
-			m.close1()
+			m.finish()
 			return
 		}
 		m.flush()
@@ -132,8 +132,8 @@ func (m *mirror) run() {
 	}
 }
 
-// close1 writes what is pending a last time and releases every sync.
-func (m *mirror) close1() {
+// finish writes what is pending a last time and releases every sync.
+func (m *mirror) finish() {
 	m.flush()
 	m.mu.Lock()
 	m.closed = true

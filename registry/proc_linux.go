@@ -53,17 +53,14 @@ func parseStat(b []byte) (procInfo, error) {
 	}
 	rest := b[i+2:] // starts at field 3
 	state := rest[0]
-	for range 19 { // to field 22
-		j := bytes.IndexByte(rest, ' ')
-		if j < 0 {
+	for range 19 { // on to field 22
+		var ok bool
+		if _, rest, ok = bytes.Cut(rest, []byte(" ")); !ok {
 			return procInfo{}, errors.New("too few fields")
 		}
-		rest = rest[j+1:]
 	}
-	if j := bytes.IndexByte(rest, ' '); j >= 0 {
-		rest = rest[:j]
-	}
-	st, err := strconv.ParseUint(string(rest), 10, 64)
+	rest, _, _ = bytes.Cut(rest, []byte(" "))
+	st, err := strconv.ParseUint(string(bytes.TrimSpace(rest)), 10, 64)
 	if err != nil {
 		return procInfo{}, fmt.Errorf("start time: %w", err)
 	}
