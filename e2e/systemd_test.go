@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"net"
 	"os"
 	"os/exec"
@@ -250,5 +251,34 @@ func TestSystemdUnitsVerify(t *testing.T) {
 	out, err := exec.Command(analyze, append([]string{"verify"}, paths...)...).CombinedOutput()
 	if err != nil || len(out) != 0 {
 		t.Fatalf("systemd-analyze verify %v: %v\n%s", units, err, out)
+	}
+}
+
+// TestSocketActivationWrongNotifySocket passes a stream socket named
+// "notify": notifyd refuses it with a clear error and exits 1, without a
+// panic.
+func TestSocketActivationWrongNotifySocket(t *testing.T) {
+	dir := shortDir(t)
+	stream, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "stream.sock"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	f, err := stream.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := exec.Command("sh", "-c", `LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@"`,
+		filepath.Join(bin, "notifyd"), "--socket", filepath.Join(dir, "unused.sock"), "--dir", dir, "--bind", "127.0.0.1:0")
+	cmd.Env = append(os.Environ(), "LISTEN_FDS=1", "LISTEN_FDNAMES=notify")
+	cmd.ExtraFiles = []*os.File{f}
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("notifyd with a stream socket as its notify socket: %v, want exit status 1:\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "not a datagram socket") || strings.Contains(string(out), "panic") {
+		t.Fatalf("notifyd's output does not say plainly that the socket is not a datagram socket:\n%s", out)
 	}
 }

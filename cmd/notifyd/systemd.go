@@ -103,7 +103,9 @@ func listen(cfg config, inherited inheritedSockets, log *slog.Logger) (*protocol
 	if inherited.notify != nil {
 		conn, err = protocol.FileConn(inherited.notify)
 		inherited.notify.Close()
-		log.Info("using the notify socket passed by systemd", "socket", conn.Addr())
+		if err == nil {
+			log.Info("using the notify socket passed by systemd", "socket", conn.Addr())
+		}
 	} else {
 		conn, err = protocol.Listen(cfg.listenConfig())
 	}
