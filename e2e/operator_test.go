@@ -401,3 +401,22 @@ func TestOperatorNotifyCheckMatchesHealth(t *testing.T) {
 		t.Fatalf("HEAD / = %d, body %q, length %d; want 200, no body, length %d", resp.StatusCode, b, resp.ContentLength, len(h.body))
 	}
 }
+
+// TestOperatorQueueLengthNote starts notifyd on this machine: it names the
+// notify socket's queue length at start when the length is below the 512
+// systemd sets, and says nothing about it otherwise.
+func TestOperatorQueueLengthNote(t *testing.T) {
+	b, err := os.ReadFile("/proc/sys/net/unix/max_dgram_qlen")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := startNotifyd(t, shortDir(t))
+	noted := strings.Contains(d.log.String(), "net.unix.max_dgram_qlen="+strconv.Itoa(n)+" ")
+	if want := n < 512; noted != want {
+		t.Fatalf("max_dgram_qlen is %d; noted at start: %v, want %v:\n%s", n, noted, want, d.log.String())
+	}
+}
