@@ -38,6 +38,6 @@ go test -race -count=1 ./...
 
 # The hook module's own tests run on the interpreter gunicorn runs on.
 python=$(sed -n '1s/^#! *//p' "$(command -v gunicorn)")
-"${python:-python3}" -m unittest discover -s contrib/gunicorn
+"${python:-python3}" -m unittest discover -s tests/python
 
 go test -run '^$' -fuzz '^FuzzParse$' -fuzztime 30s ./protocol

@@ -23,7 +23,7 @@ type server struct {
 	done chan struct{}
 }
 
-// startGunicorn runs gunicorn with contrib/gunicorn/gunicorn.conf.py, two
+// startGunicorn runs gunicorn with examples/gunicorn/gunicorn.conf.py, two
 // sync workers, and NOTIFYD_SOCKET pointing at socket.
 func startGunicorn(t *testing.T, socket string, args ...string) *server {
 	t.Helper()
@@ -42,12 +42,12 @@ func startGunicornAt(t *testing.T, socket, addr string, args ...string) *server 
 	s := &server{log: &syncBuffer{}, done: make(chan struct{})}
 	s.port, _ = strconv.Atoi(port)
 	full := append([]string{
-		"--config", filepath.Join(repoRoot, "contrib/gunicorn/gunicorn.conf.py"),
-		"--chdir", filepath.Join(repoRoot, "contrib/gunicorn"),
+		"--config", filepath.Join(repoRoot, "examples/gunicorn/gunicorn.conf.py"),
+		"--chdir", filepath.Join(repoRoot, "examples/gunicorn"),
 		"--bind", addr,
 		"--workers", "2",
 	}, args...)
-	full = append(full, "app:app")
+	full = append(full, "hello:app")
 	s.cmd = exec.Command(gunicorn, full...)
 	s.cmd.Env = append(os.Environ(), "NOTIFYD_SOCKET="+socket)
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log

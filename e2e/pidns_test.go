@@ -51,7 +51,7 @@ func TestHookInNestedNamespaceIsCounted(t *testing.T) {
 	d := startNotifyd(t, dir)
 	script := fmt.Sprintf(`exec %s -c 'import os, time, notifyd_gunicorn as n; n.send(%q, "READY=1\nPID=%%d" %% os.getpid()); time.sleep(1000)'`,
 		python, d.socket)
-	inPidNamespace(t, []string{"PYTHONPATH=" + filepath.Join(repoRoot, "contrib/gunicorn")}, script)
+	inPidNamespace(t, []string{"PYTHONPATH=" + repoRoot}, script)
 	waitHealth(t, d, 200, "1 workers ready\n")
 	inStep(t, d)
 	pids := stateFiles(t, dir)

@@ -3,7 +3,7 @@
 // side by side in one run:
 //
 //  1. health-check latency under saturation: real gunicorn runs
-//     contrib/gunicorn/app.py with two sync workers, kept busy by more
+//     examples/gunicorn/hello.py with two sync workers, kept busy by more
 //     clients looping on /sleep than there are workers, so the listen queue
 //     fills. Three health endpoints are then probed at the same fixed rate,
 //     open loop, each request with a timeout: (a) a route of the application

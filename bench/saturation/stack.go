@@ -19,7 +19,7 @@ import (
 
 // Paths inside the repository.
 const (
-	appDir     = "contrib/gunicorn"            // app.py and the notifyd hook
+	appDir     = "examples/gunicorn"           // hello.py and the example config
 	seedConfig = "bench/seed/gunicorn.conf.py" // both hooks and the seed-style server
 )
 
@@ -125,7 +125,7 @@ func (st *stack) startGunicorn(ctx context.Context, l *lab, root, socket string)
 	}
 	cmd := exec.Command(l.tools.gunicorn,
 		"--config", filepath.Join(root, seedConfig), "--chdir", filepath.Join(root, appDir),
-		"--bind", "127.0.0.1:0", "--workers", strconv.Itoa(appWorkers), "--worker-class", "sync", "app:app")
+		"--bind", "127.0.0.1:0", "--workers", strconv.Itoa(appWorkers), "--worker-class", "sync", "hello:app")
 	cmd.Env = append(l.env[:len(l.env):len(l.env)],
 		"NOTIFYD_SOCKET="+socket,
 		"SEED_HEALTHCHECK_BIND=127.0.0.1:0",

@@ -1,6 +1,6 @@
 """gunicorn config of the saturation benchmark (bench/saturation).
 
-Every worker reports twice: to notifyd through contrib/gunicorn's hook, and
+Every worker reports twice: to notifyd through the notifyd_gunicorn hook, and
 to the seed-style health check (worker_healthcheck.py, beside this file)
 through its own pid file. The command line sets the rest: --bind, --workers.
 
@@ -16,8 +16,8 @@ import os
 import sys
 
 _here = os.path.dirname(os.path.abspath(__file__))
-_contrib = os.path.join(_here, '..', '..', 'contrib', 'gunicorn')
-for _path in (_here, os.path.normpath(_contrib)):
+_root = os.path.join(_here, '..', '..')
+for _path in (_here, os.path.normpath(_root)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 

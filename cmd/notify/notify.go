@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/notifyd/notifyd"
 	"github.com/notifyd/notifyd/protocol"
 )
 
@@ -67,12 +68,17 @@ func parseArgs(args []string, stdout io.Writer) (request, error) {
 	undrain := fs.Bool("undrain", false, "end a drain")
 	noBlock := fs.Bool("no-block", false, "do not wait for notifyd to process the message")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for notifyd")
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			printUsage(fs, stdout)
 			return request{}, errHelp
 		}
 		return request{}, usagef("%v (see notify --help)", err)
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, "notify", notifyd.Version)
+		return request{}, errHelp
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/notifyd/notifyd"
 	"github.com/notifyd/notifyd/backlog"
 	"github.com/notifyd/notifyd/protocol"
 	"github.com/notifyd/notifyd/registry"
@@ -112,12 +113,18 @@ func parseConfig(args []string, stdout io.Writer) (config, error) {
 		}
 	})
 	queues.fromEnv = fromEnv["listen-queue"]
+	// Registered after the environment is read: it has no twin.
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			printUsage(fs, stdout)
 			return config{}, errHelp
 		}
 		return config{}, &usageError{err.Error() + " (see notifyd --help)"}
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, "notifyd", notifyd.Version)
+		return config{}, errHelp
 	}
 	if fs.NArg() > 0 {
 		return config{}, &usageError{fmt.Sprintf("unexpected argument %q: notifyd takes only flags (see notifyd --help)", fs.Arg(0))}

@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    python3 -m unittest discover -s contrib/gunicorn
+    python3 -m unittest discover -s tests/python
 """
 
 import importlib.util
@@ -22,7 +22,8 @@ from unittest import mock
 
 import notifyd_gunicorn
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXAMPLE = os.path.join(ROOT, 'examples', 'gunicorn')
 
 # WORKER_PID is what the fake worker claims to be. It differs from our own
 # pid, so the tests can tell PID= (the worker) from the credentials (us).
@@ -408,8 +409,8 @@ class GunicornTest(SocketTestCase):
         env = dict(os.environ, NOTIFYD_SOCKET=path)
         proc = subprocess.Popen(
             [sys.executable, '-m', 'gunicorn',
-             '--config', os.path.join(HERE, 'gunicorn.conf.py'),
-             '--chdir', HERE, '--bind', '127.0.0.1:0', 'app:app'],
+             '--config', os.path.join(EXAMPLE, 'gunicorn.conf.py'),
+             '--chdir', EXAMPLE, '--bind', '127.0.0.1:0', 'hello:app'],
             env=env, stdout=log, stderr=subprocess.STDOUT)
 
         def stop():

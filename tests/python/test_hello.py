@@ -3,7 +3,13 @@
 import unittest
 import wsgiref.util
 
-from app import app
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                '..', '..', 'examples', 'gunicorn'))
+
+from hello import app  # noqa: E402
 
 
 def get(path, query=''):

@@ -3,8 +3,8 @@
 From the repository root:
 
     NOTIFYD_SOCKET=/run/notifyd/notify.sock gunicorn \\
-        --config contrib/gunicorn/gunicorn.conf.py --chdir contrib/gunicorn \\
-        app:app
+        --config examples/gunicorn/gunicorn.conf.py --chdir examples/gunicorn \\
+        hello:app
 
 gunicorn reads a relative --config path from the directory it was started
 in, not from --chdir.
@@ -13,10 +13,13 @@ in, not from --chdir.
 import os
 import sys
 
-# notifyd_gunicorn.py sits next to this file; an installed copy works as well.
-_here = os.path.dirname(os.path.abspath(__file__))
-if _here not in sys.path:
-    sys.path.insert(0, _here)
+# An installed notifyd_gunicorn (pip install notifyd) is used when there is
+# one; otherwise the copy in this repository.
+try:
+    import notifyd_gunicorn  # noqa: F401
+except ImportError:
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                    '..', '..'))
 
 import notifyd_gunicorn  # noqa: E402
 
