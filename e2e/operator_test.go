@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // drainMark is the file that keeps a drain across restarts of notifyd.
@@ -132,7 +135,7 @@ func TestOperatorExpectInStatusAndVerbose(t *testing.T) {
 			d.waitStarted(t)
 			wantStatusFields(t, d, map[string]any{"ready": 0, "required": tt.required, "expected": tt.expected, "healthy": false, "draining": false})
 			code, body := httpGet(t, "http://"+d.addr+"/?verbose")
-			want := fmt.Sprintf("[-]workers failed: 0/%d ready\n[+]capacity ok: 0/%d expected\nhealthz check failed\n", tt.required, tt.expected)
+			want := fmt.Sprintf("[-]workers failed: 0/%d ready\n[-]capacity failed: 0/%d expected (does not affect the status)\nhealthz check failed\n", tt.required, tt.expected)
 			if code != 500 || body != want {
 				t.Fatalf("GET /?verbose = %d %q, want 500 %q", code, body, want)
 			}
@@ -144,7 +147,11 @@ func TestOperatorExpectInStatusAndVerbose(t *testing.T) {
 				t.Fatalf("/status pids = %v, want %v", got, want)
 			}
 			code, body = httpGet(t, "http://"+d.addr+"/?verbose")
-			want = fmt.Sprintf("[+]workers ok: 2/%d ready\n[+]capacity ok: 2/%d expected\nhealthz check passed\n", tt.required, tt.expected)
+			capacity := fmt.Sprintf("[+]capacity ok: 2/%d expected\n", tt.expected)
+			if tt.expected > 2 {
+				capacity = fmt.Sprintf("[-]capacity failed: 2/%d expected (does not affect the status)\n", tt.expected)
+			}
+			want = fmt.Sprintf("[+]workers ok: 2/%d ready\n%shealthz check passed\n", tt.required, capacity)
 			if code != 200 || body != want {
 				t.Fatalf("GET /?verbose = %d %q, want 200 %q", code, body, want)
 			}
@@ -418,5 +425,78 @@ func TestOperatorQueueLengthNote(t *testing.T) {
 	noted := strings.Contains(d.log.String(), "net.unix.max_dgram_qlen="+strconv.Itoa(n)+" ")
 	if want := n < 512; noted != want {
 		t.Fatalf("max_dgram_qlen is %d; noted at start: %v, want %v:\n%s", n, noted, want, d.log.String())
+	}
+}
+
+// rawListener listens on a loopback port chosen by the kernel with exactly
+// backlog as its listen queue's limit, which net.Listen does not let a
+// caller choose. Nothing ever accepts on it.
+func rawListener(t *testing.T, backlog int) string {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, backlog); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
+}
+
+// TestOperatorMetricsNamedInREADME scrapes a notifyd that watches a listen
+// queue holding exactly three connections nobody accepted, and checks the
+// listen-queue metrics, every metric the README names, and promtool.
+func TestOperatorMetricsNamedInREADME(t *testing.T) {
+	promtool := need(t, "promtool")
+	const backlog, waiting = 5, 3
+	app := rawListener(t, backlog)
+	for range waiting {
+		c, err := net.DialTimeout("tcp", app, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	dir := shortDir(t)
+	d := startNotifyd(t, dir, "--listen-queue", app, "--listen-queue", "127.0.0.1:1")
+	registerReady(t, d, sleeper(t))
+
+	length := fmt.Sprintf(`notifyd_listen_queue_length{addr=%q} %d`, app, waiting)
+	var body string
+	waitFor(t, length, func() bool {
+		_, body = httpGet(t, "http://"+d.addr+"/metrics")
+		return slices.Contains(strings.Split(body, "\n"), length)
+	})
+	wantMetricLines(t, body,
+		fmt.Sprintf(`notifyd_listen_queue_limit{addr=%q} %d`, app, backlog),
+		fmt.Sprintf(`notifyd_listen_queue_listening{addr=%q} 1`, app),
+		`notifyd_listen_queue_listening{addr="127.0.0.1:1"} 0`,
+		`notifyd_state_file_errors_total 0`,
+	)
+	promtoolCheck(t, promtool, body)
+
+	readme, err := os.ReadFile(filepath.Join(repoRoot, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	named := regexp.MustCompile("`(notifyd_[a-z_]+)").FindAllStringSubmatch(string(readme), -1)
+	if len(named) == 0 {
+		t.Fatal("README.md names no notifyd_ metric")
+	}
+	for _, m := range named {
+		if m[1] == "notifyd_gunicorn" {
+			continue // the Python module, not a metric
+		}
+		if !strings.Contains(body, "\n# TYPE "+m[1]+" ") {
+			t.Errorf("README.md names %s, which /metrics lacks", m[1])
+		}
 	}
 }

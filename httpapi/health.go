@@ -67,8 +67,12 @@ func (h *Health) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // verbose writes one Kubernetes-style line per check, then the verdict:
 //
 //	[+]workers ok: 3/2 ready
-//	[+]capacity ok: 3/4 expected
+//	[-]capacity failed: 3/4 expected (does not affect the status)
 //	healthz check passed
+//
+// The capacity check asserts that every worker the server is configured to
+// run is ready. It is information for the operator: a server short of a
+// worker still serves, so the verdict follows the workers and drain checks.
 func (h *Health) verbose(b []byte, s registry.Summary) []byte {
 	count := func(b []byte, n, of int, what string) []byte {
 		b = strconv.AppendInt(b, int64(n), 10)
@@ -82,8 +86,13 @@ func (h *Health) verbose(b []byte, s registry.Summary) []byte {
 		b = append(b, "[-]workers failed: "...)
 	}
 	b = count(b, s.Ready, h.required, " ready\n")
-	b = append(b, "[+]capacity ok: "...)
-	b = count(b, s.Ready, h.expected, " expected\n")
+	if s.Ready >= h.expected {
+		b = append(b, "[+]capacity ok: "...)
+		b = count(b, s.Ready, h.expected, " expected\n")
+	} else {
+		b = append(b, "[-]capacity failed: "...)
+		b = count(b, s.Ready, h.expected, " expected (does not affect the status)\n")
+	}
 	if s.Draining {
 		b = append(b, "[-]drain failed: draining; notify --undrain or SIGUSR2 ends it\n"...)
 	}

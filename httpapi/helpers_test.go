@@ -94,9 +94,6 @@ func readyWorkers(t *testing.T, reg *registry.Registry, n int) []*exec.Cmd {
 // test, and returns its base URL.
 func serve(t *testing.T, cfg httpapi.Config) string {
 	t.Helper()
-	if cfg.MessageCounts == nil {
-		cfg.MessageCounts = func() map[string]uint64 { return nil }
-	}
 	srv := httptest.NewServer(httpapi.NewHandler(cfg))
 	t.Cleanup(srv.Close)
 	return srv.URL

@@ -56,14 +56,35 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descExpected, prometheus.GaugeValue, float64(c.expected))
 	ch <- prometheus.MustNewConstMetric(descHealthy, prometheus.GaugeValue, boolFloat(healthy(s, c.required)))
 	ch <- prometheus.MustNewConstMetric(descDraining, prometheus.GaugeValue, boolFloat(s.Draining))
-	if c.messages == nil {
-		return
-	}
-	for result, n := range c.messages() {
-		ch <- prometheus.MustNewConstMetric(descMessages, prometheus.CounterValue, float64(n), result)
+	if c.messages != nil {
+		for result, n := range c.messages() {
+			ch <- prometheus.MustNewConstMetric(descMessages, prometheus.CounterValue, float64(n), result)
+		}
 	}
 	ch <- prometheus.MustNewConstMetric(descExits, prometheus.CounterValue, float64(c.reg.Exits()))
 	ch <- prometheus.MustNewConstMetric(descFileError, prometheus.CounterValue, float64(c.reg.StateFileErrors()))
+	c.collectQueues(ch)
+}
+
+// collectQueues reports the watched listen queues. A read the kernel
+// refused leaves them out of this scrape, as Prometheus expects of a value
+// that is not known; the next scrape tries again.
+func (c collector) collectQueues(ch chan<- prometheus.Metric) {
+	if c.queues == nil {
+		return
+	}
+	queues, err := c.queues.Cached(queueMaxAge)
+	if err != nil {
+		return
+	}
+	for _, q := range queues {
+		ch <- prometheus.MustNewConstMetric(descListening, prometheus.GaugeValue, boolFloat(q.Listening), q.Addr)
+		if !q.Listening {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(descQueueLen, prometheus.GaugeValue, float64(q.Queued), q.Addr)
+		ch <- prometheus.MustNewConstMetric(descQueueMax, prometheus.GaugeValue, float64(q.Limit), q.Addr)
+	}
 }
 
 func boolFloat(b bool) float64 {

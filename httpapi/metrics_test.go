@@ -196,3 +196,15 @@ func TestMetricsExitsCountEachKilledWorker(t *testing.T) {
 		wantWorkers(t, scrape(t, url), map[string]float64{"ready": float64(2 - i)})
 	}
 }
+
+// Without message counts, the other counters are still there.
+func TestMetricsWithoutMessageCounts(t *testing.T) {
+	reg := newRegistry(t)
+	url := serve(t, httpapi.Config{Registry: reg, Required: 1, Expected: 1})
+	fams := scrape(t, url)
+	wantSample(t, fams, counter, 0, "notifyd_worker_exits_total")
+	wantSample(t, fams, counter, 0, "notifyd_state_file_errors_total")
+	if fams["notifyd_messages_total"] != nil {
+		t.Fatal("notifyd_messages_total is there without message counts")
+	}
+}

@@ -71,7 +71,6 @@ func New(cfg Config) (*Registry, error) {
 		return nil, err
 	}
 	r := &Registry{cfg: cfg, log: cfg.Logger, files: files, workers: make(map[int]*entry)}
-	r.mirror = newMirror(files, r.log, &r.fileErrors, cfg.retryInterval)
 	switch cfg.Detection {
 	case Auto, Pidfd:
 		if pidfdSupported() {
@@ -85,6 +84,9 @@ func New(cfg Config) (*Registry, error) {
 	if r.watcher == nil {
 		r.log.Info("exit detection by sweep: a worker's exit is seen at the next sweep", "interval", cfg.ReapInterval)
 	}
+	// The mirror's goroutine starts last: from here on, every error return
+	// goes through Close, which stops it.
+	r.mirror = newMirror(files, r.log, &r.fileErrors, cfg.retryInterval)
 	if err := r.recover(); err != nil {
 		r.Close()
 		return nil, err

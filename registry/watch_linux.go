@@ -20,7 +20,10 @@ type pidfdWatcher struct {
 func pidfdSupported() bool {
 	fd, err := unix.PidfdOpen(unix.Getpid(), 0)
 	if err != nil {
-		return false
+		// Only a kernel without the call, or a filter that forbids it, says
+		// no for good; running out of descriptors is an error of its own,
+		// which the watcher's creation then reports.
+		return !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EPERM)
 	}
 	unix.Close(fd)
 	return true
