@@ -13,6 +13,7 @@ command -v curl >/dev/null || missing+=(curl)
 command -v systemd-notify >/dev/null || missing+=(systemd)
 command -v setpriv >/dev/null || missing+=(util-linux)
 command -v haproxy >/dev/null || missing+=(haproxy)
+command -v ss >/dev/null || missing+=(iproute2)
 command -v promtool >/dev/null || missing+=(prometheus)
 if ((${#missing[@]})); then
 	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

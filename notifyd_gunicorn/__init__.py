@@ -24,13 +24,22 @@ moment, old and new workers are both ready.
 
 The hooks never raise because of notifyd. If notifyd is down or too slow, the
 hook logs one warning and gunicorn carries on.
+
+Each ready worker repeats its READY=1 every notifyd_reannounce seconds (10 by
+default, less up to 10% of jitter; 0 turns it off), from a daemon thread of
+its own, and one second after a send that failed. A notifyd that restarted
+without its state files, or lost a READY=1 queued in its socket, so counts
+every live worker again within one interval. notifyd takes a repeated READY=1
+from a worker it knows for one lookup, and never counts a dead or reused pid.
 """
 
 import importlib
 import logging
 import os
+import random
 import socket
 import struct
+import threading
 
 __all__ = ['install', 'resolve_socket', 'send']
 
@@ -42,6 +51,15 @@ __all__ = ['install', 'resolve_socket', 'send']
 SEND_TIMEOUT = 1.0
 
 DEFAULT_SOCKET_NAME = 'notify.sock'
+
+# DEFAULT_REANNOUNCE is how often, in seconds, a ready worker repeats its
+# READY=1 unless notifyd_reannounce says otherwise. JITTER is the largest
+# fraction taken off each interval at random, so that workers booted together
+# do not announce together. RETRY is the wait after a failed send; it doubles
+# after each failure in a row, up to the interval.
+DEFAULT_REANNOUNCE = 10.0
+JITTER = 0.1
+RETRY = 1.0
 
 # _MARK is set on the hooks install() makes, so a second install() on the
 # same namespace recognises them and does not wrap them again.
@@ -57,13 +75,33 @@ def install(ns):
     any. Calling install() again on the same namespace changes nothing.
     """
     address = resolve_socket(ns)
+    interval = reannounce_interval(ns)
     for name, make in _HOOKS.items():
         previous = ns.get(name)
         if getattr(previous, _MARK, False):
             continue
-        hook = make(_callable(name, previous), address)
+        hook = make(_callable(name, previous), address, interval)
         setattr(hook, _MARK, True)
         ns[name] = hook
+
+
+def reannounce_interval(ns):
+    """Return notifyd_reannounce from ns in seconds; 0 means never.
+
+    A value that is not a number of seconds, 0 or more, is logged as an
+    error and the default is used: a typo must not stop gunicorn.
+    """
+    value = ns.get('notifyd_reannounce', DEFAULT_REANNOUNCE)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not 0 <= seconds < float('inf') or isinstance(value, bool):
+        _logger.error('notifyd: notifyd_reannounce %r must be a number of '
+                      'seconds, 0 or more; using %g', value,
+                      DEFAULT_REANNOUNCE)
+        return DEFAULT_REANNOUNCE
+    return seconds
 
 
 def resolve_socket(ns):
@@ -99,29 +137,98 @@ def send(address, message):
         )
 
 
-def _post_worker_init(previous, address):
+class _Announcer:
+    """Repeats one worker's READY=1 from a daemon thread.
+
+    A send that fails is tried again after RETRY seconds, then after twice
+    that, up to the interval. stop() ends the repetition before the worker
+    says STOPPING=1, so that no READY=1 follows it.
+    """
+
+    def __init__(self, address, pid, interval, log):
+        self.address, self.pid, self.interval, self.log = (
+            address, pid, interval, log)
+        self.lock = threading.Lock()  # held while a READY=1 is on its way
+        self.stopped = threading.Event()
+        self.failing = False
+        self.retry = RETRY
+
+    def announce(self):
+        """Send READY=1 now and report whether it went.
+
+        Only the first failure in a row is logged, and the recovery after it.
+        """
+        if not _notify(self.log, self.address, 'READY=1', self.pid,
+                       warn=not self.failing):
+            self.failing = True
+            return False
+        if self.failing:
+            self.log.info('notifyd: READY=1 for pid %s reached %s', self.pid,
+                          self.address)
+        self.failing, self.retry = False, RETRY
+        return True
+
+    def start(self, sent):
+        if not sent:
+            self.failing = True
+        if self.interval > 0:
+            thread = threading.Thread(target=self._run, daemon=True,
+                                      name='notifyd-reannounce')
+            thread.start()
+
+    def _next(self):
+        if not self.failing:
+            return self.interval * (1 - JITTER * random.random())
+        wait, self.retry = self.retry, min(self.retry * 2, self.interval)
+        return min(wait, self.interval)
+
+    def _run(self):
+        while not self.stopped.wait(self._next()):
+            with self.lock:
+                if self.stopped.is_set():
+                    return
+                self.announce()
+
+    def stop(self):
+        """End the repetition; a READY=1 on its way is let through first."""
+        self.stopped.set()
+        if self.lock.acquire(timeout=SEND_TIMEOUT):
+            self.lock.release()
+
+
+# _announcer is this worker process's, once post_worker_init has run in it.
+_announcer = None
+
+
+def _post_worker_init(previous, address, interval):
     # An exception from the user's hook propagates: the worker fails to boot,
     # so it must not announce READY.
     def post_worker_init(worker):
+        global _announcer
         if previous is not None:
             previous(worker)
-        _notify(worker, address, 'READY=1', worker.pid)
+        if _announcer is not None:
+            _announcer.stop()
+        _announcer = _Announcer(address, worker.pid, interval, _log(worker))
+        _announcer.start(_announcer.announce())
 
     return post_worker_init
 
 
-def _worker_exit(previous, address):
+def _worker_exit(previous, address, interval):
     def worker_exit(server, worker):
         try:
             if previous is not None:
                 previous(server, worker)
         finally:
-            _notify(server, address, 'STOPPING=1', worker.pid)
+            if _announcer is not None:
+                _announcer.stop()
+            _notify(_log(server), address, 'STOPPING=1', worker.pid)
 
     return worker_exit
 
 
-def _child_exit(previous, address):
+def _child_exit(previous, address, interval):
     # Runs in the master. A worker that exited cleanly has already sent
     # STOPPING=1 from worker_exit; one that was killed has not.
     def child_exit(server, worker):
@@ -129,7 +236,7 @@ def _child_exit(previous, address):
             if previous is not None:
                 previous(server, worker)
         finally:
-            _notify(server, address, 'STOPPING=1', worker.pid)
+            _notify(_log(server), address, 'STOPPING=1', worker.pid)
 
     return child_exit
 
@@ -141,14 +248,21 @@ _HOOKS = {
 }
 
 
-def _notify(owner, address, state, pid):
-    # owner is the gunicorn worker or arbiter; its log is gunicorn's logger.
+def _notify(log, address, state, pid, warn=True):
+    """Send state for pid; return whether it went. Never raises."""
     try:
         send(address, '%s\nPID=%d' % (state, pid))
     except OSError as err:
-        log = getattr(owner, 'log', None) or _logger
-        log.warning('notifyd: could not send %s for pid %s to %s: %s',
-                    state, pid, address, err)
+        if warn:
+            log.warning('notifyd: could not send %s for pid %s to %s: %s',
+                        state, pid, address, err)
+        return False
+    return True
+
+
+def _log(owner):
+    # owner is the gunicorn worker or arbiter; its log is gunicorn's logger.
+    return getattr(owner, 'log', None) or _logger
 
 
 def _callable(name, hook):

@@ -6,6 +6,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -399,4 +400,61 @@ func TestOnChange(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRepeatedReadyChangesNothing: a ready worker repeats READY=1 so that a
+// restarted notifyd learns it again. To a notifyd that holds it, the
+// repetition keeps ready_at, the count and the state file as they were: the
+// file is not even rewritten.
+func TestRepeatedReadyChangesNothing(t *testing.T) {
+	r := startRegistry(t, testConfig(t))
+	c := startSleep(t)
+	pid := c.pid()
+	path := statePath(r.cfg.Dir, pid)
+	self := protocol.Credentials{PID: pid, UID: os.Getuid()}
+
+	send(t, r, protocol.Message{Lifecycle: protocol.Ready, PID: pid, Status: text("serving")}, self)
+	r.Sync()
+	first, content := oneWorker(t, r), readFile(t, path)
+	inode := inodeOf(t, path)
+	for range 3 {
+		send(t, r, ready(pid), self)
+	}
+	r.Sync()
+	if w := oneWorker(t, r); w != first {
+		t.Fatalf("after repeated READY=1 worker = %+v, want %+v", w, first)
+	}
+	wantSummary(t, r, Summary{Ready: 1, Workers: 1})
+	if got := inodeOf(t, path); got != inode {
+		t.Fatalf("repeated READY=1 rewrote the state file (inode %d, was %d)", got, inode)
+	}
+	if got := readFile(t, path); got != content {
+		t.Fatalf("state file = %q, want %q", got, content)
+	}
+
+	// A change the file records is written, and still keeps ready_at.
+	send(t, r, protocol.Message{Lifecycle: protocol.Ready, PID: pid, Status: text("warm")}, self)
+	r.Sync()
+	if w := oneWorker(t, r); w.Status != "warm" || !w.ReadyAt.Equal(first.ReadyAt) {
+		t.Fatalf("after a new STATUS= worker = %+v, want status warm and ready_at %v", w, first.ReadyAt)
+	}
+	if inodeOf(t, path) == inode {
+		t.Fatal("a new STATUS= left the state file as it was")
+	}
+
+	// Ready again after a reload is ready anew.
+	send(t, r, reloading(pid), self)
+	send(t, r, ready(pid), self)
+	if w := oneWorker(t, r); !w.ReadyAt.After(first.ReadyAt) {
+		t.Fatalf("ready_at after RELOADING=1 then READY=1 = %v, want after %v", w.ReadyAt, first.ReadyAt)
+	}
+}
+
+func inodeOf(tb testing.TB, path string) uint64 {
+	tb.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Ino
 }

@@ -398,8 +398,7 @@ func (r *Registry) watchPid(pid, senderFD int) (int, error) {
 // apply changes e as m says, then mirrors the change to the state file, the
 // heartbeat timer and the summary.
 func (r *Registry) apply(e *entry, m protocol.Message, now time.Time) {
-	before := e.counts()
-	wasSaved := e.saved
+	before, was := e.counts(), e.Worker
 	if m.Status != nil {
 		e.Status = *m.Status
 	}
@@ -415,10 +414,14 @@ func (r *Registry) apply(e *entry, m protocol.Message, now time.Time) {
 	}
 	switch m.Lifecycle {
 	case protocol.Ready:
+		// A worker repeats READY=1 so that a notifyd that lost it learns it
+		// again; to a notifyd that holds it, the repetition is a sign of
+		// life and nothing more.
 		if e.State != Ready {
 			r.log.Debug("worker ready", "pid", e.PID)
+			e.State, e.ReadyAt = Ready, now
 		}
-		e.State, e.ReadyAt, e.beat = Ready, now, now
+		e.beat = now
 	case protocol.Reloading:
 		e.State = Reloading
 	}
@@ -429,12 +432,19 @@ func (r *Registry) apply(e *entry, m protocol.Message, now time.Time) {
 	r.armHeartbeat(e, now)
 
 	switch wantFile := e.State == Ready || e.State == Hung; {
-	case wantFile && (!wasSaved || m.Lifecycle == protocol.Ready || m.Status != nil || m.WatchdogUSec != 0):
+	case wantFile && (!e.saved || filed(e.Worker) != filed(was)):
 		r.writeFile(e)
-	case !wantFile && wasSaved:
+	case !wantFile && e.saved:
 		r.removeFile(e)
 	}
 	r.settle(e, before)
+}
+
+// filed is the part of w that its state file records: not the state (a
+// file stands for ready and hung alike), nor the heartbeats.
+func filed(w Worker) Worker {
+	w.State, w.LastWatchdog, w.Errno = 0, time.Time{}, 0
+	return w
 }
 
 // settle brings the ready count in step after e changed, and publishes it.

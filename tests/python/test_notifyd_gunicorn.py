@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 import urllib.request
 from unittest import mock
@@ -82,9 +83,13 @@ class FakeLog:
 
     def __init__(self):
         self.warnings = []
+        self.infos = []
 
     def warning(self, msg, *args):
         self.warnings.append(msg % args)
+
+    def info(self, msg, *args):
+        self.infos.append(msg % args)
 
 
 class FakeWorker:
@@ -133,6 +138,15 @@ class SocketTestCase(unittest.TestCase):
         for name in ('NOTIFYD_SOCKET', 'RUNTIME_DIRECTORY', 'NOTIFY_SOCKET'):
             os.environ.pop(name, None)
         self.addCleanup(os.chdir, os.getcwd())
+        self.addCleanup(self.stop_announcer)
+
+    @staticmethod
+    def stop_announcer():
+        # post_worker_init in this process starts a re-announcer, as in a
+        # worker; none may outlive its test.
+        if notifyd_gunicorn._announcer is not None:
+            notifyd_gunicorn._announcer.stop()
+            notifyd_gunicorn._announcer = None
 
     def receiver(self, address, passcred=True):
         receiver = Receiver(address, passcred)
@@ -322,6 +336,100 @@ class NotifydDownTest(SocketTestCase):
                       logs.records[0].getMessage())
 
 
+class ReannounceTest(SocketTestCase):
+    """A ready worker repeats READY=1, so a restarted notifyd learns it."""
+
+    # INTERVAL is short, so that the tests see several repetitions; nothing
+    # asserts how long one takes.
+    INTERVAL = 0.02
+
+    def setUp(self):
+        super().setUp()
+        self.path = os.path.join(self.dir, 'notify.sock')
+        retry = mock.patch.object(notifyd_gunicorn, 'RETRY', self.INTERVAL)
+        retry.start()
+        self.addCleanup(retry.stop)
+
+    def test_ready_repeats_until_stopping(self):
+        notifyd = self.receiver(self.path)
+        ns = {'notifyd_socket': self.path,
+              'notifyd_reannounce': self.INTERVAL}
+        notifyd_gunicorn.install(ns)
+        worker, server = FakeWorker(), FakeServer()
+        call(ns, 'post_worker_init', worker)
+        for _ in range(4):
+            data, credentials = notifyd.receive()
+            self.assertEqual(data, READY)
+            self.assertEqual(credentials, OUR_CREDENTIALS)
+        call(ns, 'worker_exit', worker, server)
+        seen = []
+        while not seen or seen[-1] != MESSAGES['worker_exit']:
+            seen.append(notifyd.receive()[0])
+        self.assertEqual(set(seen[:-1]) - {READY}, set(), seen)
+        # Room for a READY=1 after STOPPING=1, which must never come.
+        time.sleep(self.INTERVAL * 10)
+        self.assertEqual(notifyd.pending(), [])
+        self.assertEqual(worker.log.warnings, [])
+
+    def test_a_failed_ready_is_sent_again_once_notifyd_is_back(self):
+        ns = {'notifyd_socket': self.path,
+              'notifyd_reannounce': 3600}
+        notifyd_gunicorn.install(ns)
+        worker = FakeWorker()
+        call(ns, 'post_worker_init', worker)
+        self.assertEqual(len(worker.log.warnings), 1, worker.log.warnings)
+        self.assertIn('could not send READY=1 for pid 4321',
+                      worker.log.warnings[0])
+        # Several retries fail while nothing listens; one warning says so.
+        time.sleep(self.INTERVAL * 10)
+        notifyd = self.receiver(self.path)
+        data, credentials = notifyd.receive()
+        self.assertEqual(data, READY)
+        self.assertEqual(credentials, OUR_CREDENTIALS)
+        self.assertEqual(len(worker.log.warnings), 1, worker.log.warnings)
+        self.assertEqual(worker.log.infos,
+                         ['notifyd: READY=1 for pid 4321 reached %s'
+                          % self.path])
+
+    def test_zero_turns_it_off(self):
+        notifyd = self.receiver(self.path)
+        ns = {'notifyd_socket': self.path, 'notifyd_reannounce': 0}
+        notifyd_gunicorn.install(ns)
+        call(ns, 'post_worker_init', FakeWorker())
+        self.assertEqual(notifyd.receive()[0], READY)
+        time.sleep(self.INTERVAL * 10)
+        self.assertEqual(notifyd.pending(), [])
+
+    def test_interval(self):
+        cases = [
+            ('default', {}, 10.0, False),
+            ('seconds', {'notifyd_reannounce': 2}, 2.0, False),
+            ('a string of seconds', {'notifyd_reannounce': '2.5'}, 2.5, False),
+            ('off', {'notifyd_reannounce': 0}, 0.0, False),
+            ('not a number', {'notifyd_reannounce': 'x'}, 10.0, True),
+            ('negative', {'notifyd_reannounce': -1}, 10.0, True),
+            ('infinite', {'notifyd_reannounce': float('inf')}, 10.0, True),
+            ('not a number at all', {'notifyd_reannounce': float('nan')},
+             10.0, True),
+            ('a boolean', {'notifyd_reannounce': True}, 10.0, True),
+            ('None', {'notifyd_reannounce': None}, 10.0, True),
+        ]
+        for case, ns, want, logged in cases:
+            with self.subTest(case=case):
+                with self.assertLogs('notifyd_gunicorn', 'ERROR') as logs:
+                    got = notifyd_gunicorn.reannounce_interval(ns)
+                    logging.getLogger('notifyd_gunicorn').error('end')
+                self.assertEqual(got, want)
+                errors = logs.output[:-1]
+                if logged:
+                    self.assertEqual(len(errors), 1, errors)
+                    self.assertIn('notifyd_reannounce %r must be a number '
+                                  'of seconds, 0 or more; using 10'
+                                  % (ns['notifyd_reannounce'],), errors[0])
+                else:
+                    self.assertEqual(errors, [])
+
+
 class SocketResolutionTest(SocketTestCase):
 
     def test_resolution_order(self):
@@ -467,17 +575,20 @@ class GunicornTest(SocketTestCase):
         proc.send_signal(signal.SIGHUP)
         reload = self.collect(
             notifyd,
-            lambda d: len(ready(d)) == 2 and stopped_by_master(d) == old,
+            lambda d: len(ready(d) - old) == 2 and stopped_by_master(d) == old,
             show_log)
-        new = ready(reload)
+        new = ready(reload) - old
         self.assertEqual(new & old, set())
         for pid in new:
             self.assertEqual(parent_of(pid), master)
 
         proc.send_signal(signal.SIGTERM)
         self.assertEqual(proc.wait(GUARD), 0, show_log())
+        # A worker may repeat its READY=1 before it stops.
         rest = notifyd.pending()
-        stopping = sorted(rest)
+        stopping = sorted(d for d in rest if not d.startswith(b'READY=1\n'))
+        self.assertEqual({d for d in rest if d.startswith(b'READY=1\n')}
+                         - {b'READY=1\nPID=%d' % pid for pid in new}, set())
         self.assertEqual(
             stopping, sorted([b'STOPPING=1\nPID=%d' % pid for pid in new] * 2),
             show_log())
