@@ -15,6 +15,10 @@ command -v setpriv >/dev/null || missing+=(util-linux)
 command -v haproxy >/dev/null || missing+=(haproxy)
 command -v ss >/dev/null || missing+=(iproute2)
 command -v promtool >/dev/null || missing+=(prometheus)
+# The worker classes the self-healing tests run, on Debian's interpreter.
+for mod in gevent eventlet; do
+	/usr/bin/python3 -c "import $mod" 2>/dev/null || missing+=("python3-$mod")
+done
 if ((${#missing[@]})); then
 	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 		echo "test.sh: installing ${missing[*]}"

@@ -423,6 +423,9 @@ func TestNotifyPidSelf(t *testing.T) {
 		return registered.MatchString(log) && left.MatchString(log)
 	})
 	wantHealth(t, d, 500, "0 workers ready\n")
+	// The exit was seen by notifyd itself, and acknowledged to nobody: the
+	// files are in step only once a barrier says so.
+	inStep(t, d)
 	if got := stateFiles(t, dir); len(got) != 0 {
 		t.Fatalf("state files %v after notify exited, want none", got)
 	}

@@ -345,3 +345,39 @@ func dirEntriesChanged(t *testing.T, dir string) func() bool {
 	before := snapshot()
 	return func() bool { return !maps.Equal(before, snapshot()) }
 }
+
+// TestSelfHealingWorkerClasses re-learns the workers of each worker class
+// Debian's gunicorn ships: the re-announcement is a daemon thread, which
+// gevent and eventlet turn into a greenlet of the worker's hub.
+func TestSelfHealingWorkerClasses(t *testing.T) {
+	python := gunicornPython(t)
+	for _, class := range []string{"sync", "gthread", "gevent", "eventlet"} {
+		t.Run(class, func(t *testing.T) {
+			if class == "gevent" || class == "eventlet" {
+				if err := exec.Command(python, "-c", "import "+class).Run(); err != nil {
+					if os.Getenv("CI") == "true" {
+						t.Fatalf("%s cannot import %s; the test command installs python3-%s", python, class, class)
+					}
+					t.Skipf("%s cannot import %s", python, class)
+				}
+			}
+			t.Setenv("NOTIFYD_REANNOUNCE", "1")
+			dir := shortDir(t)
+			d := startNotifyd(t, dir, "--require", "2")
+			s := startGunicorn(t, d.socket, "--worker-class", class)
+			before := waitWorkers(t, d, s, 2)
+
+			killNotifyd(t, d)
+			for _, pid := range before {
+				os.Remove(filepath.Join(dir, ".gunicorn.worker."+strconv.Itoa(pid)))
+			}
+			d = startNotifyd(t, dir, "--require", "2")
+			if after := waitRecovered(t, d, s, 2); !slices.Equal(after, before) {
+				t.Fatalf("workers %v after the restart, want the same %v", after, before)
+			}
+			if code, body := s.get(t, "/"); code != 200 || body != "hello\n" {
+				t.Fatalf("application answered %d %q, want 200 \"hello\\n\"", code, body)
+			}
+		})
+	}
+}

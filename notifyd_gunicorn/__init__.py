@@ -88,10 +88,14 @@ def install(ns):
 def reannounce_interval(ns):
     """Return notifyd_reannounce from ns in seconds; 0 means never.
 
+    Without it in ns, $NOTIFYD_REANNOUNCE is read, as $NOTIFYD_SOCKET is.
+
     A value that is not a number of seconds, 0 or more, is logged as an
     error and the default is used: a typo must not stop gunicorn.
     """
-    value = ns.get('notifyd_reannounce', DEFAULT_REANNOUNCE)
+    value = ns.get('notifyd_reannounce')
+    if value is None:
+        value = os.environ.get('NOTIFYD_REANNOUNCE', DEFAULT_REANNOUNCE)
     try:
         seconds = float(value)
     except (TypeError, ValueError):

@@ -135,7 +135,8 @@ class SocketTestCase(unittest.TestCase):
         env = mock.patch.dict(os.environ)
         env.start()
         self.addCleanup(env.stop)
-        for name in ('NOTIFYD_SOCKET', 'RUNTIME_DIRECTORY', 'NOTIFY_SOCKET'):
+        for name in ('NOTIFYD_SOCKET', 'NOTIFYD_REANNOUNCE',
+                     'RUNTIME_DIRECTORY', 'NOTIFY_SOCKET'):
             os.environ.pop(name, None)
         self.addCleanup(os.chdir, os.getcwd())
         self.addCleanup(self.stop_announcer)
@@ -412,7 +413,8 @@ class ReannounceTest(SocketTestCase):
             ('not a number at all', {'notifyd_reannounce': float('nan')},
              10.0, True),
             ('a boolean', {'notifyd_reannounce': True}, 10.0, True),
-            ('None', {'notifyd_reannounce': None}, 10.0, True),
+            ('None is the default', {'notifyd_reannounce': None}, 10.0,
+             False),
         ]
         for case, ns, want, logged in cases:
             with self.subTest(case=case):
@@ -428,6 +430,12 @@ class ReannounceTest(SocketTestCase):
                                   % (ns['notifyd_reannounce'],), errors[0])
                 else:
                     self.assertEqual(errors, [])
+
+    def test_interval_from_the_environment(self):
+        os.environ['NOTIFYD_REANNOUNCE'] = '3'
+        self.assertEqual(notifyd_gunicorn.reannounce_interval({}), 3.0)
+        self.assertEqual(notifyd_gunicorn.reannounce_interval(
+            {'notifyd_reannounce': 4}), 4.0)
 
 
 class SocketResolutionTest(SocketTestCase):
