@@ -13,13 +13,6 @@ import (
 	"time"
 
 	"github.com/notifyd/notifyd/protocol"
-	"golang.org/x/sys/unix"
-)
-
-// The reasons the registry rejects a message.
-var (
-	ErrNoProcess    = protocol.NewRejection("no_such_process", "no such process")
-	ErrNotPermitted = protocol.NewRejection("not_permitted", "sender may not speak for this pid")
 )
 
 // Registry is the set of registered workers. It is safe for concurrent use.
@@ -151,95 +144,52 @@ func (r *Registry) StateFileErrors() uint64 { return r.fileErrors.Load() }
 // STOPPING=1 for a pid that has already exited is not an error: the gunicorn
 // master often reports a worker's exit after notifyd has seen it.
 func (r *Registry) HandleMessage(m protocol.Message, sender protocol.Credentials) error {
-	if r.cfg.Access == RootOnly && sender.UID != 0 {
-		return fmt.Errorf("%w: uid %d is not root and --access is root", ErrNotPermitted, sender.UID)
-	}
 	if m.Drain != nil {
-		if sender.UID != 0 && sender.UID != os.Getuid() {
-			return fmt.Errorf("%w: only root and notifyd's own uid may drain, the sender is uid %d", ErrNotPermitted, sender.UID)
+		if err := r.mayDrain(sender); err != nil {
+			return err
 		}
 		// A mark that cannot be saved is logged and counted as a state file
 		// error; the drain itself has taken effect, so the message did too.
 		r.SetDraining(*m.Drain)
 		return nil
 	}
-	pid, err := r.subject(m, sender)
-	if errors.Is(err, errForeignPID) && m.Lifecycle == protocol.Stopping {
-		return nil // the pidfd already saw that worker go, if it was ours
-	}
-	if err != nil {
-		return err
-	}
-	if e := r.pinned(pid); e != nil {
-		return r.update(e, m, sender)
-	}
-	// A pid that is not registered yet is pinned by a pidfd before /proc is
-	// read, so that an exit after the read is reported by the watcher, and
-	// the read cannot describe a process that took over the pid unnoticed.
-	pinned, senderFD := -1, 0
-	if r.watcher != nil && m.Lifecycle != protocol.Stopping && changesWorker(m) {
-		if pid == sender.PID {
-			senderFD = sender.PIDFD
-		}
-		pinned, err = r.watchPid(pid, senderFD)
-		if errors.Is(err, errExited) {
-			return fmt.Errorf("%w: pid %d has exited or never existed", ErrNoProcess, pid)
-		}
-		if err != nil {
-			return err
-		}
-		defer func() {
-			if pinned >= 0 {
-				r.watcher.unwatch(pinned)
-			}
-		}()
-	}
-	info, err := readProc(pid)
-	if err == nil && senderFD > 0 && exitedPidfd(pinned) {
-		// The sender's own pidfd may have waited in the socket queue long
-		// enough for its process to go and the pid to be taken: then /proc
-		// described the newcomer.
-		err = errExited
-	}
-	if err == nil {
-		err = r.mayDirect(pid, sender)
-	}
-	if errors.Is(err, errExited) {
-		if m.Lifecycle == protocol.Stopping {
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			if e := r.workers[pid]; e != nil {
-				r.drop(e, "stopped")
-			}
-			return nil
-		}
-		return fmt.Errorf("%w: pid %d has exited or never existed", ErrNoProcess, pid)
-	}
+	a, err := r.admit(m, sender)
+	defer r.release(&a)
 	if err != nil {
 		return err
 	}
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	e := r.workers[pid]
-	if e != nil && e.StartTime != info.startTime {
-		r.drop(e, "pid reused")
+	if a.stale != nil {
+		r.drop(a.stale, exited)
+	}
+	e := r.workers[a.pid]
+	switch {
+	case a.known != nil && e != a.known:
+		// The watcher saw the worker go since admit looked.
+		e, a.gone = nil, true
+	case a.known == nil && !a.gone && e != nil && e.StartTime != a.startTime:
+		r.drop(e, reused)
 		e = nil
 	}
 	if m.Lifecycle == protocol.Stopping {
 		if e != nil {
-			r.drop(e, "stopped")
+			r.drop(e, stopped)
 		}
 		return nil
+	}
+	if a.gone {
+		return fmt.Errorf("%w: pid %d has exited", ErrNoProcess, a.pid)
 	}
 	if e == nil {
 		if !changesWorker(m) {
 			return nil
 		}
-		e, err = r.add(pid, info.startTime, pinned)
-		pinned = -1 // add owns it now
+		e, err = r.add(a.pid, a.startTime, a.pinned)
+		a.pinned = -1 // add owns it from the call on
 		if errors.Is(err, errExited) {
-			return fmt.Errorf("%w: pid %d exited while registering", ErrNoProcess, pid)
+			return fmt.Errorf("%w: pid %d exited while registering", ErrNoProcess, a.pid)
 		} else if err != nil {
 			return err
 		}
@@ -264,84 +214,10 @@ func (r *Registry) pinned(pid int) *entry {
 		return nil
 	}
 	if exitedPidfd(e.pidfd) {
-		r.drop(e, "exited")
+		r.drop(e, exited)
 		return nil
 	}
 	return e
-}
-
-// update applies m to e, a registered worker that pinned found alive.
-func (r *Registry) update(e *entry, m protocol.Message, sender protocol.Credentials) error {
-	err := r.mayDirect(e.PID, sender)
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	// A uid read from /proc is e's only if e's process still had not exited
-	// after the read: until then, no other process could have its pid.
-	gone := r.workers[e.PID] != e || errors.Is(err, errExited) || r.readsUID(e.PID, sender) && exitedPidfd(e.pidfd)
-	switch {
-	case gone:
-		r.drop(e, "exited")
-		if m.Lifecycle == protocol.Stopping {
-			return nil
-		}
-		return fmt.Errorf("%w: pid %d has exited", ErrNoProcess, e.PID)
-	case err != nil:
-		return err
-	case m.Lifecycle == protocol.Stopping:
-		r.drop(e, "stopped")
-		return nil
-	}
-	r.apply(e, m, time.Now())
-	return nil
-}
-
-// errForeignPID means a PID= names a pid of the sender's own, nested pid
-// namespace, which notifyd cannot translate.
-var errForeignPID = fmt.Errorf("%w: PID= is a pid of the sender's own pid namespace, which notifyd cannot see; send from the worker itself without PID=, or run notifyd in the workers' pid namespace", ErrNoProcess)
-
-// subject returns the pid m is about, in notifyd's pid namespace. The
-// kernel translates the sender's own pid, but not a number in the message
-// text: from a sender in a nested pid namespace, PID= is taken only when it
-// is the sender itself.
-func (r *Registry) subject(m protocol.Message, sender protocol.Credentials) (int, error) {
-	if m.PID == 0 || m.PID == sender.PID {
-		return sender.PID, nil
-	}
-	if same, known := inOwnPidNamespace(sender.PID); known && same {
-		return m.PID, nil
-	}
-	inner, nested, err := innermostPID(sender.PID)
-	switch {
-	case errors.Is(err, errExited), err == nil && !nested:
-		return m.PID, nil
-	case err != nil:
-		return 0, err
-	case m.PID == inner:
-		return sender.PID, nil
-	}
-	return 0, errForeignPID
-}
-
-// mayDirect checks that sender may speak for pid. Under --access same-uid a
-// sender other than root and the process itself must have its real uid,
-// read from /proc.
-func (r *Registry) mayDirect(pid int, sender protocol.Credentials) error {
-	if !r.readsUID(pid, sender) {
-		return nil
-	}
-	uid, err := realUID(pid)
-	if err != nil {
-		return err
-	}
-	if uid != sender.UID {
-		return fmt.Errorf("%w: pid %d belongs to uid %d, the sender is uid %d", ErrNotPermitted, pid, uid, sender.UID)
-	}
-	return nil
-}
-
-// readsUID reports whether mayDirect must read pid's uid from /proc.
-func (r *Registry) readsUID(pid int, sender protocol.Credentials) bool {
-	return r.cfg.Access == SameUID && sender.UID != 0 && pid != sender.PID
 }
 
 // changesWorker reports whether m would change a worker's record, so that a
@@ -380,19 +256,6 @@ func (r *Registry) add(pid int, startTime uint64, pinned int) (*entry, error) {
 	}
 	r.workers[pid] = e
 	return e, nil
-}
-
-// watchPid opens a pidfd for pid, or dups senderFD, the sender's own pidfd
-// from SCM_PIDFD, when there is one.
-func (r *Registry) watchPid(pid, senderFD int) (int, error) {
-	if senderFD <= 0 {
-		return r.watcher.watch(pid)
-	}
-	fd, err := unix.FcntlInt(uintptr(senderFD), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return -1, fmt.Errorf("dup pidfd of %d: %w", pid, err)
-	}
-	return fd, r.watcher.watchFD(pid, fd)
 }
 
 // apply changes e as m says, then mirrors the change to the state file, the
@@ -536,16 +399,37 @@ func (r *Registry) checkHeartbeat(e *entry) {
 	r.settle(e, true)
 }
 
+// leaving is why a worker leaves the registry.
+type leaving uint8
+
+const (
+	stopped leaving = iota // it said STOPPING=1
+	exited                 // its process exited or became a zombie
+	reused                 // its pid was found to belong to another process
+)
+
+func (l leaving) String() string {
+	switch l {
+	case stopped:
+		return "stopped"
+	case exited:
+		return "exited"
+	case reused:
+		return "pid reused"
+	}
+	return "unknown"
+}
+
 // drop removes e from the registry, and has the mirror remove its state
 // file. The health answer changes first; closing the pidfd and waking the
-// mirror come after it.
-func (r *Registry) drop(e *entry, reason string) {
+// mirror come after it. Every reason but STOPPING=1 counts as an exit.
+func (r *Registry) drop(e *entry, why leaving) {
 	if r.workers[e.PID] != e {
 		return
 	}
 	before := e.counts()
 	delete(r.workers, e.PID)
-	if reason != "stopped" {
+	if why != stopped {
 		r.exits.Add(1)
 	}
 	e.State = Starting
@@ -559,7 +443,7 @@ func (r *Registry) drop(e *entry, reason string) {
 	if e.saved {
 		r.removeFile(e)
 	}
-	r.log.Debug("worker left", "pid", e.PID, "reason", reason)
+	r.log.Debug("worker left", "pid", e.PID, "reason", why)
 }
 
 func (r *Registry) writeFile(e *entry) {
@@ -584,7 +468,7 @@ func (r *Registry) exited(pid, pidfd int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if e := r.workers[pid]; e != nil && e.pidfd == pidfd && exitedPidfd(pidfd) {
-		r.drop(e, "exited")
+		r.drop(e, exited)
 	}
 }
 
@@ -595,7 +479,7 @@ func (r *Registry) sweep() {
 	defer r.mu.Unlock()
 	for _, e := range r.workers {
 		if !alive(e.PID, e.StartTime) {
-			r.drop(e, "exited")
+			r.drop(e, exited)
 		}
 	}
 }
