@@ -4,12 +4,12 @@ import (
 	"net/http"
 
 	"github.com/notifyd/notifyd/backlog"
-	"github.com/notifyd/notifyd/registry"
 )
 
 // Config is what NewHandler needs.
 type Config struct {
-	Registry *registry.Registry
+	// Registry is the source of every answer: in notifyd, the registry.
+	Registry Source
 	// Required is --require, Expected is --expect.
 	Required, Expected int
 	// MessageCounts returns the datagrams received by result, for

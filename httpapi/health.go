@@ -8,9 +8,18 @@ import (
 	"github.com/notifyd/notifyd/registry"
 )
 
-// Source is where the health answer gets its numbers: the registry.
+// Source is where everything httpapi serves gets its numbers: the
+// registry, or anything that answers as it does, so that the formats can be
+// tested without real processes.
 type Source interface {
+	// Summary is the health answer's input: one atomic load, no lock.
 	Summary() registry.Summary
+	// Workers lists every registered worker, ordered by pid.
+	Workers() []registry.Worker
+	// Exits counts workers that left without STOPPING=1.
+	Exits() uint64
+	// StateFileErrors counts state file writes and removals that failed.
+	StateFileErrors() uint64
 }
 
 // Header values shared by every answer; net/http only reads them.

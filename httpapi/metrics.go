@@ -14,7 +14,7 @@ import (
 // collector reads the registry at scrape time, so the metrics cost nothing
 // between scrapes and are never out of step with the health answer.
 type collector struct {
-	reg                *registry.Registry
+	reg                Source
 	required, expected int
 	messages           func() map[string]uint64
 	queues             *backlog.Reader

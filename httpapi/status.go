@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/notifyd/notifyd/backlog"
-	"github.com/notifyd/notifyd/registry"
 )
 
 // Status is the JSON document GET /status answers. Its keys are stable.
@@ -37,7 +36,7 @@ type WorkerStatus struct {
 
 // statusHandler answers GET /status.
 type statusHandler struct {
-	reg                *registry.Registry
+	reg                Source
 	required, expected int
 	queues             *backlog.Reader
 }
