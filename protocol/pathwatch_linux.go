@@ -11,11 +11,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ErrDirGone is returned by PathWatch.Arm and Wait when the watched file's
+// errDirGone is returned by pathWatch.Arm and Wait when the watched file's
 // directory itself has been removed or renamed.
-var ErrDirGone = errors.New("the socket's directory was removed or renamed")
+var errDirGone = errors.New("the socket's directory was removed or renamed")
 
-// The inotify masks of a PathWatch.
+// The inotify masks of a pathWatch.
 const (
 	// fileMask is for the file at the path: it is unlinked or replaced
 	// (the link count changes: IN_ATTRIB), renamed away, or freed.
@@ -30,13 +30,13 @@ const (
 	dirEntryMask = dirSelfMask | unix.IN_CREATE | unix.IN_MOVED_TO | unix.IN_DELETE | unix.IN_MOVED_FROM | unix.IN_ATTRIB
 )
 
-// PathWatch learns from inotify when the file at a path is removed, renamed
+// pathWatch learns from inotify when the file at a path is removed, renamed
 // away or replaced, such as a socket file deleted by a cleanup job. While
 // there is a file at the path it watches that file, and of the directory
 // only its removal or rename; it watches the directory's entries only while
 // the path is empty. It waits in the runtime's poller, so it costs nothing
 // while nothing happens.
-type PathWatch struct {
+type pathWatch struct {
 	f      *os.File
 	path   string
 	dir    string
@@ -46,13 +46,13 @@ type PathWatch struct {
 	buf    []byte
 }
 
-// WatchPath prepares a watch of path. Nothing is watched until Arm.
-func WatchPath(path string) (*PathWatch, error) {
+// watchPath prepares a watch of path. Nothing is watched until Arm.
+func watchPath(path string) (*pathWatch, error) {
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
 		return nil, fmt.Errorf("watch %s: inotify: %w", path, err)
 	}
-	return &PathWatch{
+	return &pathWatch{
 		f:      os.NewFile(uintptr(fd), "inotify "+path),
 		path:   path,
 		dir:    filepath.Dir(path),
@@ -66,7 +66,7 @@ func WatchPath(path string) (*PathWatch, error) {
 // Arm points the watch at what is at the path now: the file, or the
 // directory's entries when the path is empty. Call it before checking the
 // path, and Wait after: a change after Arm is never missed.
-func (w *PathWatch) Arm() error {
+func (w *pathWatch) Arm() error {
 	rc, err := w.f.SyscallConn()
 	if err != nil {
 		return err
@@ -78,20 +78,20 @@ func (w *PathWatch) Arm() error {
 	return err
 }
 
-func (w *PathWatch) arm(fd int) error {
+func (w *pathWatch) arm(fd int) error {
 	fileWD, err := unix.InotifyAddWatch(fd, w.path, fileMask)
 	dirMask := uint32(dirSelfMask)
 	switch {
 	case errors.Is(err, unix.ENOENT):
 		fileWD, dirMask = -1, dirEntryMask
 	case errors.Is(err, unix.ENOTDIR):
-		return ErrDirGone
+		return errDirGone
 	case err != nil:
 		return fmt.Errorf("watch %s: %w", w.path, err)
 	}
 	dirWD, err := unix.InotifyAddWatch(fd, w.dir, dirMask)
 	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
-		return ErrDirGone
+		return errDirGone
 	}
 	if err != nil {
 		return fmt.Errorf("watch directory %s: %w", w.dir, err)
@@ -106,10 +106,10 @@ func (w *PathWatch) arm(fd int) error {
 
 // Wait blocks until the watched file is removed, renamed or replaced, or
 // its attributes change; or, while the path is empty, an entry of the
-// watched name comes or goes. It returns ErrDirGone when the directory
+// watched name comes or goes. It returns errDirGone when the directory
 // itself goes, and os.ErrClosed once Close is called. The caller checks
 // what is at the path now, and calls Arm again before the next Wait.
-func (w *PathWatch) Wait() error {
+func (w *pathWatch) Wait() error {
 	for {
 		n, err := w.f.Read(w.buf)
 		if err != nil {
@@ -122,7 +122,7 @@ func (w *PathWatch) Wait() error {
 }
 
 // scan reports whether the events in b concern the path.
-func (w *PathWatch) scan(b []byte) (bool, error) {
+func (w *pathWatch) scan(b []byte) (bool, error) {
 	hit := false
 	for len(b) >= unix.SizeofInotifyEvent {
 		ev := (*unix.InotifyEvent)(unsafe.Pointer(&b[0]))
@@ -136,7 +136,7 @@ func (w *PathWatch) scan(b []byte) (bool, error) {
 		}
 		switch wd := int(ev.Wd); {
 		case wd == w.dirWD && ev.Mask&(unix.IN_DELETE_SELF|unix.IN_MOVE_SELF|unix.IN_IGNORED) != 0:
-			return hit, ErrDirGone
+			return hit, errDirGone
 		case wd == w.dirWD:
 			hit = hit || string(name) == w.name
 		case wd == w.fileWD:
@@ -148,4 +148,4 @@ func (w *PathWatch) scan(b []byte) (bool, error) {
 }
 
 // Close stops the watch; a Wait in progress returns os.ErrClosed.
-func (w *PathWatch) Close() error { return w.f.Close() }
+func (w *pathWatch) Close() error { return w.f.Close() }

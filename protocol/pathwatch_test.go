@@ -11,7 +11,7 @@ import (
 )
 
 // queued returns how many bytes of events wait in w's inotify queue.
-func queued(t *testing.T, w *PathWatch) int {
+func queued(t *testing.T, w *pathWatch) int {
 	t.Helper()
 	rc, err := w.f.SyscallConn()
 	if err != nil {
@@ -48,14 +48,14 @@ func churn(t *testing.T, dir string) {
 	}
 }
 
-func newWatchedFile(t *testing.T) (dir, path string, w *PathWatch) {
+func newWatchedFile(t *testing.T) (dir, path string, w *pathWatch) {
 	t.Helper()
 	dir = t.TempDir()
 	path = filepath.Join(dir, "notify.sock")
 	if err := os.WriteFile(path, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	w, err := WatchPath(path)
+	w, err := watchPath(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,11 +157,11 @@ func TestPathWatchDirGone(t *testing.T) {
 	if err == nil { // the file's removal may come as its own read
 		err = w.Wait()
 	}
-	if !errors.Is(err, ErrDirGone) {
-		t.Fatalf("Wait = %v, want ErrDirGone", err)
+	if !errors.Is(err, errDirGone) {
+		t.Fatalf("Wait = %v, want errDirGone", err)
 	}
-	if err := w.Arm(); !errors.Is(err, ErrDirGone) {
-		t.Fatalf("Arm = %v, want ErrDirGone", err)
+	if err := w.Arm(); !errors.Is(err, errDirGone) {
+		t.Fatalf("Arm = %v, want errDirGone", err)
 	}
 }
 

@@ -26,9 +26,9 @@ type Syncer interface {
 }
 
 // Server reads datagrams from a Conn and hands the valid ones to a Handler.
-// Replace swaps in a new socket, such as one re-created after its file was
-// removed; the one before it is still read, for senders that connected to it
-// earlier, until the next Replace.
+// It keeps a socket file it created: when the file is removed, the server
+// binds a new socket at the path and reads both, the old one for senders
+// that connected to it earlier, until the next re-creation.
 type Server struct {
 	handler Handler
 	log     *slog.Logger
@@ -58,14 +58,20 @@ func NewServer(conn *Conn, h Handler, log *slog.Logger) *Server {
 }
 
 // Serve reads and applies datagrams until ctx is cancelled, then closes the
-// sockets and removes the socket file. It returns nil after a cancellation
-// and the read error of the current socket otherwise.
+// sockets and removes the socket file. Meanwhile it re-creates the socket
+// file whenever it is removed. It returns nil after a cancellation and the
+// read error of the current socket otherwise.
 func (s *Server) Serve(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	s.mu.Lock()
 	s.serving = true
 	s.start(s.conn)
 	if s.retired != nil { // replaced before Serve began
 		s.start(s.retired)
+	}
+	if first := s.conn; first.path != "" {
+		s.readers.Go(func() { s.keep(ctx, first) })
 	}
 	s.mu.Unlock()
 	var err error
@@ -73,6 +79,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	case <-ctx.Done():
 	case err = <-s.failed:
 	}
+	cancel() // the keeper first: it must not re-create what is closed here
 	s.mu.Lock()
 	s.stopped = true
 	s.conn.Close()
@@ -84,11 +91,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	return err
 }
 
-// Replace makes c the socket at the path. The one it replaces is kept and
-// read until the next Replace; the one before that is closed. Replace closes
+// replace makes c the socket at the path. The one it replaces is kept and
+// read until the next replace; the one before that is closed. replace closes
 // c at once if Serve has already returned; before Serve has begun, it only
 // records c for Serve to read.
-func (s *Server) Replace(c *Conn) {
+func (s *Server) replace(c *Conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped {

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/notifyd/notifyd/internal/proctest"
 )
 
 // waitLimit bounds every wait for the server; nothing asserts how fast it is.
@@ -592,21 +594,28 @@ func TestFileConnRefusesNonUnix(t *testing.T) {
 	}
 }
 
-// TestServerReplace swaps in new sockets at the path, as notifyd does when
-// the socket file is removed: a sender connected to the replaced socket is
-// still served until the next Replace closes that socket, and the new one
-// serves senders that dial the path afresh.
-func TestServerReplace(t *testing.T) {
+// TestServerKeepsItsSocket removes the socket file under a serving Server,
+// which binds a new socket at the path: a sender connected to the replaced
+// socket is still served until the next re-creation closes that socket, and
+// the new one serves senders that dial the path afresh.
+func TestServerKeepsItsSocket(t *testing.T) {
 	rec := &recorder{}
-	srv, path := serve(t, rec)
+	_, path := serve(t, rec)
 	early := dial(t, path)
 
 	replace := func() {
 		t.Helper()
+		var before unix.Stat_t
+		if err := unix.Stat(path, &before); err != nil {
+			t.Fatal(err)
+		}
 		if err := os.Remove(path); err != nil {
 			t.Fatal(err)
 		}
-		srv.Replace(listen(t, ListenConfig{Path: path, Mode: 0o660, GID: -1}))
+		proctest.Eventually(t, "a new socket at "+path, func() bool {
+			var st unix.Stat_t
+			return unix.Stat(path, &st) == nil && st.Ino != before.Ino && st.Mode&unix.S_IFMT == unix.S_IFSOCK
+		})
 	}
 	replace()
 	late := dial(t, path)

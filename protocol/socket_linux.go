@@ -65,6 +65,7 @@ type Conn struct {
 	closeOnce sync.Once
 	c         *net.UnixConn
 	path      string // file to unlink on Close; empty for abstract or inherited sockets
+	cfg       ListenConfig // how the file was made, to make it again
 	ino       uint64
 	buf       []byte
 	oob       []byte
@@ -129,7 +130,7 @@ func Listen(cfg ListenConfig) (*Conn, error) {
 	}
 	c := &Conn{}
 	if !abstract {
-		c.path = cfg.Path
+		c.path, c.cfg = cfg.Path, cfg
 		if err := c.secure(cfg); err != nil {
 			unix.Close(fd)
 			os.Remove(cfg.Path)
@@ -298,15 +299,15 @@ func (c *Conn) Close() error {
 }
 
 func (c *Conn) unlink() {
-	if c.Present() {
+	if c.present() {
 		os.Remove(c.path)
 	}
 }
 
-// Present reports whether the socket file this Conn created is still at its
+// present reports whether the socket file this Conn created is still at its
 // path. It is false once the file has been removed or replaced, and for a
 // socket without a file of its own (abstract, or passed by systemd).
-func (c *Conn) Present() bool {
+func (c *Conn) present() bool {
 	if c.path == "" {
 		return false
 	}

@@ -84,7 +84,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	parts := []func(context.Context) error{
 		reg.Run,
 		srv.Serve,
-		keepSocket(srv, conn, cfg.listenConfig(), log.With("component", "protocol")),
 		func(ctx context.Context) error { return httpapi.Serve(ctx, ln, handler, httpLog) },
 		notifier.Run,
 		drainSignals(reg, drains),
