@@ -64,7 +64,7 @@ var oobSize = unix.CmsgSpace(unix.SizeofUcred) + unix.CmsgSpace(4) + unix.CmsgSp
 type Conn struct {
 	closeOnce sync.Once
 	c         *net.UnixConn
-	path      string // file to unlink on Close; empty for abstract or inherited sockets
+	path      string       // file to unlink on Close; empty for abstract or inherited sockets
 	cfg       ListenConfig // how the file was made, to make it again
 	ino       uint64
 	buf       []byte
