@@ -391,7 +391,9 @@ class _Manager:
         return False
 
     def _say(self, level, line):
-        self.messages.append((level, 'notifyd: ' + line))
+        message = (level, 'notifyd: ' + line)
+        if message not in self.messages:  # start() twice in one file
+            self.messages.append(message)
 
     # Hooks: run by gunicorn in the master, except post_fork.
 
