@@ -153,11 +153,9 @@ def _read_settings(ns):
         return None, ('healthcheck_directory %r: must be a directory path, '
                       'or "" for the current directory' % (directory,))
     filename = ns.get('healthcheck_filename', DEFAULT_FILENAME)
-    if (not isinstance(filename, str) or filename.count('{}') != 1
-            or '/' in filename or filename.replace('{}', '') in ('', '.', '..')):
-        return None, ('healthcheck_filename %r: must contain exactly one {} '
-                      'placeholder for the pid and no "/", such as '
-                      '".gunicorn.worker.{}"' % (filename,))
+    problem = _filename_problem(filename)
+    if problem:
+        return None, 'healthcheck_filename %r: %s' % (filename, problem)
     args = ns.get('notifyd_args') or []
     if (not isinstance(args, (list, tuple))
             or not all(isinstance(a, str) for a in args)):
@@ -171,6 +169,21 @@ def _read_settings(ns):
         directory=os.path.abspath(directory or '.'),
         filename=filename, args=tuple(args), binary=binary,
     ), None
+
+
+def _filename_problem(filename):
+    # The rules of notifyd's --filename, checked here so that the error is
+    # one line in gunicorn's log rather than a notifyd that will not start.
+    if not isinstance(filename, str) or filename.count('{}') != 1:
+        return 'must contain exactly one {} placeholder for the pid'
+    if '/' in filename:
+        return ('must be a file name without "/"; put the directory in '
+                'healthcheck_directory')
+    if filename.endswith('.tmp'):
+        return 'must not end in .tmp, which marks a state file being written'
+    if any(c in filename.replace('{}', '', 1) for c in '{}\0'):
+        return 'must not contain braces other than the one {} placeholder'
+    return None
 
 
 def _split_bind(bind):
@@ -278,6 +291,7 @@ class _Manager:
         self.messages = []       # (level, line) waiting for gunicorn's log
         self.http = None         # the held health socket
         self.http_bind = None    # the healthcheck_bind it was bound for
+        self.retired_http = None  # the one before a reload changed it
         self.notify = None       # the notify socket, once bound
         self.path = None         # its path
         self.made_directory = False  # this master made path's directory
@@ -417,11 +431,11 @@ class _Manager:
             return
         if self.wanted is None:
             self._stop_all()
-            self._close_sockets()
+            self._close_sockets(server)
             return
         running = self.process
         if running is not None and running.settings == self.wanted \
-                and getattr(self, 'retired_http', None) is None:
+                and self.retired_http is None:
             self.given_up = False
             return
         try:
@@ -433,7 +447,7 @@ class _Manager:
         if running is not None:
             server.log.info('notifyd: settings changed; restarting notifyd')
             self._stop(running)
-        old = getattr(self, 'retired_http', None)
+        old = self.retired_http
         if old is not None:
             old.close()
             self.retired_http = None
@@ -457,7 +471,7 @@ class _Manager:
     def post_fork(self, server, worker):
         # In a new worker: it must not hold the health port or notifyd's
         # sockets, or a worker orphaned by a killed master would.
-        for sock in (self.http, self.notify, getattr(self, 'retired_http', None)):
+        for sock in (self.http, self.notify, self.retired_http):
             if sock is not None:
                 sock.close()
         for proc in [self.process] + self.retired:
@@ -471,10 +485,7 @@ class _Manager:
         if self.handed_over:
             return  # the new master's notifyd, sockets and directory
         self._stop_all()
-        # A master that a USR2 started and that was never promoted leaves
-        # the directory to the master that made it.
-        keep = not self.made_directory and server.master_pid != 0
-        self._close_sockets(remove=not keep)
+        self._close_sockets(server)
 
     # Process management.
 
@@ -640,7 +651,10 @@ class _Manager:
             raise
         self.notify = sock
 
-    def _close_sockets(self, remove=True):
+    def _close_sockets(self, server):
+        # A master that a USR2 started, and that the old master has not
+        # left in charge yet, leaves the directory to the one that made it.
+        remove = self.made_directory or server.master_pid == 0
         for name in ('http', 'notify', 'retired_http'):
             sock = getattr(self, name, None)
             if sock is not None:
@@ -659,8 +673,6 @@ class _Manager:
         for level, line in self.messages:
             getattr(self.server.log, level)(line)
         self.messages = []
-
-    retired_http = None
 
 
 def _private_path():
