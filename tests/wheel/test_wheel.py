@@ -339,6 +339,8 @@ class WheelTest(unittest.TestCase):
         self.assertNotEqual(again, pid)
         self.assertIn('[WARNING] notifyd: notifyd (pid %d) was killed by '
                       'signal 9; starting it again' % pid, self.log()[mark:])
+        # Reaped by managed mode, not taken for a worker by gunicorn.
+        self.assertNotIn('Worker with pid %d ' % pid, self.log())
         self.wait_health(url, 200, '2 workers ready\n')
         prober.stop()
         self.assertEqual(prober.failures, [])
