@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs every notifyd test. On a fresh Debian machine, run as root, it first
 # installs the tools the tests use: gunicorn, curl, systemd (for
-# systemd-notify, systemd-socket-activate and systemd-analyze), haproxy and
-# prometheus (for promtool). Under CI=true a tool that is still missing
-# fails the run.
+# systemd-notify, systemd-socket-activate and systemd-analyze), haproxy,
+# prometheus (for promtool), git and the wheel's Python build tools. Under
+# CI=true a tool that is still missing fails the run.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -19,6 +19,10 @@ command -v promtool >/dev/null || missing+=(prometheus)
 for mod in gevent eventlet; do
 	/usr/bin/python3 -c "import $mod" 2>/dev/null || missing+=("python3-$mod")
 done
+command -v git >/dev/null || missing+=(git)
+# The wheel's build front end, backend and the venv it is installed into.
+/usr/bin/python3 -c 'import build, setuptools, wheel, ensurepip' 2>/dev/null ||
+	missing+=(python3-build python3-setuptools python3-wheel python3-venv)
 if ((${#missing[@]})); then
 	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 		echo "test.sh: installing ${missing[*]}"
@@ -44,5 +48,7 @@ go test -race -count=1 ./...
 # The hook module's own tests run on the interpreter gunicorn runs on.
 python=$(sed -n '1s/^#! *//p' "$(command -v gunicorn)")
 "${python:-python3}" -m unittest discover -s tests/python
+# The wheel, built from a clean clone, in a fresh venv, in managed mode.
+"${python:-python3}" -m unittest discover -s tests/wheel
 
 go test -run '^$' -fuzz '^FuzzParse$' -fuzztime 30s ./protocol

@@ -41,7 +41,9 @@ import socket
 import struct
 import threading
 
-__all__ = ['install', 'resolve_socket', 'send']
+from ._managed import start
+
+__all__ = ['install', 'resolve_socket', 'send', 'start']
 
 # SEND_TIMEOUT bounds one blocking send. A blocking send waits for room in the
 # receiver's queue (net.unix.max_dgram_qlen, often 10 datagrams), where a

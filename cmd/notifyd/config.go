@@ -39,6 +39,7 @@ type config struct {
 	listenQueues []backlog.Addr
 	agentWeight  string
 	agentFloor   int
+	exitWith     int // 0: none
 }
 
 // The --agent-weight modes.
@@ -103,6 +104,7 @@ func parseConfig(args []string, stdout io.Writer) (config, error) {
 	def("reap-interval", "1s", "sweep interval, used only when exits are found by sweeping")
 	def("watchdog-usec", "0", "heartbeat deadline in µs for workers that declare none; 0 is off")
 	def("systemd-ready", readyWhenListening, "when to tell systemd READY=1: listening, or workers once --require are ready")
+	def("exit-with", "", "exit when the process with this pid exits, such as the gunicorn master that started notifyd (default none)")
 
 	// Environment first, so that flags parsed after it win.
 	fromEnv := map[string]bool{}
@@ -220,6 +222,11 @@ func parseConfig(args []string, stdout io.Writer) (config, error) {
 	case readyWhenListening, readyWhenWorkers:
 	default:
 		return c, bad("systemd-ready", "must be listening or workers")
+	}
+	if *v["exit-with"] != "" {
+		if c.exitWith, err = strconv.Atoi(*v["exit-with"]); err != nil || c.exitWith <= 0 {
+			return c, bad("exit-with", "must be a process id, a whole number above 0")
+		}
 	}
 	return c, nil
 }

@@ -37,6 +37,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	signal.Notify(drains, syscall.SIGUSR1, syscall.SIGUSR2)
 	defer signal.Stop(drains)
 
+	// Opened first: notifyd whose process is already gone starts nothing.
+	var watch *exitWatch
+	if cfg.exitWith != 0 {
+		if watch, err = watchExit(cfg.exitWith); err != nil {
+			return err
+		}
+		defer watch.Close()
+	}
+
 	inherited, err := takeInherited()
 	if err != nil {
 		return err
@@ -87,6 +96,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		func(ctx context.Context) error { return httpapi.Serve(ctx, ln, handler, httpLog) },
 		notifier.Run,
 		drainSignals(reg, drains),
+	}
+	if watch != nil {
+		parts = append(parts, watch.Run(log))
 	}
 
 	started := []any{"socket", conn.Addr(), "bind", ln.Addr().String()}

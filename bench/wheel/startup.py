@@ -1,0 +1,145 @@
+"""Measures the notifyd wheel and how soon managed mode answers 200.
+
+    /usr/bin/python3 bench/wheel/startup.py [--runs N]
+
+Builds the wheel from a clone of the committed tree, as a user would with
+python3 -m build --wheel --no-isolation, installs it with pip --no-index
+into a fresh venv over Debian's gunicorn, then starts gunicorn (2 sync
+workers, hello:app, managed mode with healthcheck_require_workers = 2)
+N times. For each run it times, from starting venv/bin/python -m gunicorn:
+
+- the first 200 of the application itself (hello), for reference;
+- the first 200 "2 workers ready" of notifyd's health check.
+
+Both addresses are polled every 5 ms, side by side. It prints a Markdown
+section for docs/PERFORMANCE.md.
+"""
+
+import argparse
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+POLL = 0.005
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def answer(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+    except OSError:
+        return None
+
+
+def one_run(python, src, work):
+    app, health = free_port(), free_port()
+    config = os.path.join(work, 'gunicorn.conf.py')
+    with open(config, 'w') as f:
+        f.write('import notifyd_gunicorn\n'
+                'bind = "127.0.0.1:%d"\nworkers = 2\n'
+                'healthcheck_bind = "127.0.0.1:%d"\n'
+                'healthcheck_require_workers = 2\n'
+                'healthcheck_directory = %r\n'
+                'notifyd_gunicorn.start(globals())\n' % (app, health, work))
+    want = {('http://127.0.0.1:%d/' % app): (200, 'hello\n'),
+            ('http://127.0.0.1:%d/' % health): (200, '2 workers ready\n')}
+    got = {}
+    began = time.monotonic()
+    master = subprocess.Popen(
+        [python, '-m', 'gunicorn', '--config', config, '--chdir',
+         os.path.join(src, 'examples', 'gunicorn'), 'hello:app'],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=dict(os.environ, PATH='/usr/bin:/bin'), start_new_session=True)
+    try:
+        while len(got) < len(want):
+            if time.monotonic() - began > 30:
+                raise SystemExit('no 200 within 30 s')
+            for url, expected in want.items():
+                if url not in got and answer(url) == expected:
+                    got[url] = time.monotonic() - began
+            time.sleep(POLL)
+    finally:
+        master.send_signal(signal.SIGTERM)
+        master.wait()
+    return [got[url] for url in want]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--runs', type=int, default=7)
+    args = parser.parse_args()
+    tmp = tempfile.mkdtemp(prefix='nd-wheel-bench')
+    try:
+        src = os.path.join(tmp, 'src')
+        subprocess.run(['git', 'clone', '--quiet', ROOT, src], check=True)
+        subprocess.run([sys.executable, '-m', 'build', '--wheel',
+                        '--no-isolation'], cwd=src, check=True,
+                       capture_output=True)
+        dist = os.path.join(src, 'dist')
+        wheel = os.listdir(dist)[0]
+        size = os.path.getsize(os.path.join(dist, wheel))
+        venv = os.path.join(tmp, 'venv')
+        subprocess.run([sys.executable, '-m', 'venv',
+                        '--system-site-packages', venv], check=True)
+        python = os.path.join(venv, 'bin', 'python')
+        subprocess.run([python, '-m', 'pip', 'install', '--no-index',
+                        '--quiet', os.path.join(dist, wheel)], check=True)
+        binaries = {name: os.path.getsize(os.path.join(venv, 'bin', name))
+                    for name in ('notifyd', 'notify')}
+        runs = []
+        for i in range(args.runs):
+            work = os.path.join(tmp, 'run%d' % i)
+            os.mkdir(work)
+            runs.append(one_run(python, src, work))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    app = [r[0] * 1000 for r in runs]
+    health = [r[1] * 1000 for r in runs]
+    ratio = statistics.median(h / a for a, h in zip(app, health))
+    print('## The wheel, and how soon managed mode answers\n')
+    print('Command: `%s bench/wheel/startup.py --runs %d`\n'
+          % (sys.executable, args.runs))
+    print('Machine: %s %s, %d CPUs, Python %s, %s UTC\n' % (
+        platform.system(), platform.release(), os.cpu_count(),
+        platform.python_version(),
+        time.strftime('%Y-%m-%d %H:%M', time.gmtime())))
+    print('`%s`: %.1f MB (%d bytes); installed, `notifyd` is %.1f MB and '
+          '`notify` %.1f MB (static, stripped).\n' % (
+              wheel, size / 1e6, size, binaries['notifyd'] / 1e6,
+              binaries['notify'] / 1e6))
+    print('From starting `venv/bin/python -m gunicorn` (2 sync workers, '
+          'managed mode) to the first 200, %d runs, polled every %d ms:\n'
+          % (args.runs, POLL * 1000))
+    print('| answer | median | min | max |')
+    print('| --- | ---: | ---: | ---: |')
+    for name, values in (('application (`hello`)', app),
+                         ('notifyd, `2 workers ready`', health)):
+        print('| %s | %.0f ms | %.0f ms | %.0f ms |' % (
+            name, statistics.median(values), min(values), max(values)))
+    print('\nMedian ratio, notifyd / application, run by run: %.2f. '
+          'The health check answers 200 once both workers have booted '
+          'and said so; the application answers as soon as one worker '
+          'accepts.' % ratio)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,777 @@
+"""Managed mode: the gunicorn master runs notifyd for its own workers.
+
+At the end of a gunicorn config file, with the notifyd wheel installed in
+the environment gunicorn runs in:
+
+    import notifyd_gunicorn
+    healthcheck_bind = '127.0.0.1:8001'
+    notifyd_gunicorn.start(globals())
+
+start() reads the settings of gunicorn_worker_healthcheck, with its
+defaults: healthcheck_bind (None, the default, starts nothing),
+healthcheck_require_workers (1), healthcheck_directory ('': the current
+directory) and healthcheck_filename ('.gunicorn.worker.{}'). Two more are
+optional: notifyd_args, a list of further notifyd flags, and
+notifyd_binary, the notifyd to run instead of the one installed next to
+the interpreter. A setting that is wrong is logged as one line in
+gunicorn's log; gunicorn boots and serves all the same, without notifyd at
+the first start, with notifyd's previous settings at a reload.
+
+How it runs, and why:
+- The master binds the health address when the config file is read, so a
+  taken port is found before anything is installed, and holds it for the
+  whole run: a probe that arrives while notifyd restarts waits in the
+  listen queue instead of being refused.
+- Before the first worker (when_ready), the master binds the notify socket
+  in a directory of its own (mode 0700, owned by the workers' user), and
+  runs the notifyd binary found next to the interpreter, never through
+  PATH, passing both sockets as systemd's socket activation does. What
+  workers send while notifyd starts or restarts waits in the socket's
+  queue. The worker hooks are install()'s, on that socket.
+- notifyd is the master's child, watched through a pidfd. gunicorn reaps
+  every child with waitpid(-1) and halts on exit codes 3 and 4, so the
+  master's SIGCHLD handler is wrapped: notifyd is reaped through its pidfd
+  before gunicorn looks, and started again at once if it died, with a line
+  in gunicorn's log. A notifyd that keeps dying at start, or that refuses
+  its arguments, is left stopped until the next reload. The master runs no
+  thread for any of this.
+- notifyd runs with --exit-with the master's pid, so it ends with the
+  master however the master ends, SIGKILL included. A clean stop (TERM,
+  INT, QUIT) also stops it from on_exit.
+- A HUP reload runs the config file again, and start() with it; notifyd
+  keeps running, and is restarted on the same sockets only when a setting
+  changed (the held health socket is replaced when healthcheck_bind did).
+- USR2: the new master inherits both sockets, stops the old master's
+  notifyd and starts its own on them, so one health endpoint answers all
+  along and the two masters never bind the port twice. If the new master
+  goes away before the old one, the old master runs notifyd again.
+"""
+
+import fcntl
+import os
+import secrets
+import select
+import signal
+import socket
+import sys
+import sysconfig
+import tempfile
+import time
+
+__all__ = ['start']
+
+# The seed's settings and defaults.
+DEFAULT_REQUIRE = 1
+DEFAULT_DIRECTORY = ''
+DEFAULT_FILENAME = '.gunicorn.worker.{}'
+
+# QUICK_EXIT is how soon after its start an exit counts as failing at
+# start; QUICK_EXITS of those in a row leave notifyd stopped, so a notifyd
+# that cannot run does not fork again on every SIGCHLD.
+QUICK_EXIT = 2.0
+QUICK_EXITS = 5
+
+# STOP_TIMEOUT bounds how long the master waits for notifyd to stop on
+# SIGTERM before it kills it: notifyd stops in milliseconds.
+STOP_TIMEOUT = 5.0
+
+# HANDOFF is the variable through which a master hands its sockets to the
+# master a USR2 starts: notify=FD,http=FD,pid=NOTIFYD_PID.
+HANDOFF = 'NOTIFYD_GUNICORN_HANDOFF'
+
+# USAGE_ERROR is notifyd's exit status for arguments it refuses.
+USAGE_ERROR = 2
+
+# _MARK is set on the hooks start() makes, so that a second start() on the
+# same namespace does not wrap them again.
+_MARK = '_notifyd_managed_hook'
+
+# Unix socket paths are limited by sun_path (108 bytes with its NUL).
+_SUN_PATH_MAX = 107
+
+
+def start(ns):
+    """Run notifyd from the gunicorn master, configured by the namespace ns.
+
+    ns is the config file's globals(). Call start() at the end of the file,
+    after your own hooks, which it chains before its own, as install() does.
+    It never raises: a setting that is wrong is logged in gunicorn's log.
+    """
+    settings, error = _read_settings(ns)
+    if _manager.configure(settings, error):
+        from . import install
+        ns['notifyd_socket'] = _manager.path
+        install(ns)
+    for name, hook in _manager.hooks().items():
+        previous = ns.get(name)
+        if getattr(previous, _MARK, False):
+            previous = getattr(previous, '_notifyd_previous')
+        ns[name] = _chain(name, previous, hook)
+
+
+class _Settings:
+    """The settings notifyd runs with; equal settings need no restart."""
+
+    __slots__ = ('bind', 'require', 'directory', 'filename', 'args', 'binary')
+
+    def __init__(self, **values):
+        for name in self.__slots__:
+            setattr(self, name, values[name])
+
+    def _key(self):
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other):
+        return isinstance(other, _Settings) and self._key() == other._key()
+
+    def flags(self):
+        return ['--bind', self.bind, '--require', str(self.require),
+                '--dir', self.directory, '--filename', self.filename]
+
+
+def _read_settings(ns):
+    """Return (settings, None), or (None, a one-line error), or (None, None)
+    when healthcheck_bind is None."""
+    bind = ns.get('healthcheck_bind')
+    if bind is None:
+        return None, None
+    if not isinstance(bind, str) or _split_bind(bind) is None:
+        return None, ('healthcheck_bind %r: must be "host:port", such as '
+                      '"127.0.0.1:8001" or "[::1]:8001"' % (bind,))
+    require = ns.get('healthcheck_require_workers', DEFAULT_REQUIRE)
+    try:
+        if isinstance(require, (bool, float)):
+            raise ValueError
+        require = int(require)
+        if require < 0:
+            raise ValueError
+    except (TypeError, ValueError):
+        return None, ('healthcheck_require_workers %r: must be a whole '
+                      'number, 0 or more' % (require,))
+    directory = ns.get('healthcheck_directory', DEFAULT_DIRECTORY)
+    if not isinstance(directory, str):
+        return None, ('healthcheck_directory %r: must be a directory path, '
+                      'or "" for the current directory' % (directory,))
+    filename = ns.get('healthcheck_filename', DEFAULT_FILENAME)
+    problem = _filename_problem(filename)
+    if problem:
+        return None, 'healthcheck_filename %r: %s' % (filename, problem)
+    args = ns.get('notifyd_args') or []
+    if (not isinstance(args, (list, tuple))
+            or not all(isinstance(a, str) for a in args)):
+        return None, ('notifyd_args %r: must be a list of strings, such as '
+                      '["--log-level", "debug"]' % (args,))
+    binary = ns.get('notifyd_binary')
+    if binary is not None and not isinstance(binary, str):
+        return None, 'notifyd_binary %r: must be a path' % (binary,)
+    return _Settings(
+        bind=bind, require=require,
+        directory=os.path.abspath(directory or '.'),
+        filename=filename, args=tuple(args), binary=binary,
+    ), None
+
+
+def _filename_problem(filename):
+    # The rules of notifyd's --filename, checked here so that the error is
+    # one line in gunicorn's log rather than a notifyd that will not start.
+    if not isinstance(filename, str) or filename.count('{}') != 1:
+        return 'must contain exactly one {} placeholder for the pid'
+    if '/' in filename:
+        return ('must be a file name without "/"; put the directory in '
+                'healthcheck_directory')
+    if filename.endswith('.tmp'):
+        return 'must not end in .tmp, which marks a state file being written'
+    if any(c in filename.replace('{}', '', 1) for c in '{}\0'):
+        return 'must not contain braces other than the one {} placeholder'
+    return None
+
+
+def _split_bind(bind):
+    """Return (host, port) of 'host:port', or None when bind is not one."""
+    host, sep, port = bind.rpartition(':')
+    if not sep or not port.isdigit() or int(port) > 65535:
+        return None
+    if host.startswith('[') and host.endswith(']'):
+        host = host[1:-1]
+    elif ':' in host:
+        return None
+    return host, int(port)
+
+
+def find_binary(configured=None):
+    """Return the notifyd binary managed mode runs.
+
+    It is configured, when given, else the notifyd installed next to the
+    running interpreter: in the directory of sys.executable (a venv's bin,
+    whether or not the venv is active) or in the interpreter's scripts
+    directory. PATH is never searched. Raises LookupError with a one-line
+    message when there is none.
+    """
+    if configured:
+        if os.path.isfile(configured) and os.access(configured, os.X_OK):
+            return os.path.abspath(configured)
+        raise LookupError('notifyd_binary %r: no executable file there'
+                          % configured)
+    places = []
+    for place in (os.path.dirname(sys.executable),
+                  sysconfig.get_path('scripts'),
+                  sysconfig.get_path('scripts', '%s_user' % os.name)):
+        if place and place not in places:
+            places.append(place)
+    for place in places:
+        path = os.path.join(place, 'notifyd')
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise LookupError(
+        'no notifyd binary in %s: install the notifyd wheel into the '
+        'environment gunicorn runs in, or set notifyd_binary'
+        % ' or '.join(places))
+
+
+class _Process:
+    """One notifyd the master started, held by a pidfd."""
+
+    def __init__(self, pid, pidfd, settings):
+        self.pid = pid
+        self.pidfd = pidfd
+        self.settings = settings
+        self.started = time.monotonic()
+        self.status = None  # set once reaped
+        self.code = None    # the exit status, when it exited
+
+    def exited(self):
+        if self.pidfd is None:
+            return True
+        return bool(select.select([self.pidfd], [], [], 0)[0])
+
+    def wait(self, timeout):
+        """Return whether the process exited within timeout seconds."""
+        if self.pidfd is None:
+            return True
+        return bool(select.select([self.pidfd], [], [], timeout)[0])
+
+    def reap(self):
+        """Collect the exit status once the process has exited, and return
+        it as words for the log: 'exited with status 1', 'was killed by
+        signal 9'."""
+        if self.status is None and self.pidfd is not None:
+            try:
+                result = os.waitid(os.P_PIDFD, self.pidfd,
+                                   os.WEXITED | os.WNOHANG)
+            except ChildProcessError:
+                # gunicorn's reap_workers reaped it first.
+                result = None
+                self.status = 'exited'
+            if result is not None:
+                if result.si_code == os.CLD_EXITED:
+                    self.status = 'exited with status %d' % result.si_status
+                    self.code = result.si_status
+                else:
+                    self.status = 'was killed by signal %d' % result.si_status
+        if self.status is not None:
+            self.close()
+        return self.status
+
+    def uptime(self):
+        return time.monotonic() - self.started
+
+    def close(self):
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+class _Manager:
+    """The one notifyd of this master. It is module state, so that it
+    survives the config file being run again at each HUP: gunicorn keeps
+    its modules in sys.modules across reloads."""
+
+    def __init__(self):
+        self.wanted = None       # _Settings notifyd should run with
+        self.messages = []       # (level, line) waiting for gunicorn's log
+        self.http = None         # the held health socket
+        self.http_bind = None    # the healthcheck_bind it was bound for
+        self.retired_http = None  # the one before a reload changed it
+        self.notify = None       # the notify socket, once bound
+        self.path = None         # its path
+        self.made_directory = False  # this master made path's directory
+        self.process = None      # the running notifyd
+        self.retired = []        # notifyd processes being stopped
+        self.failures = 0        # quick exits in a row
+        self.given_up = False
+        self.handed_over = False  # to the master a USR2 started
+        self.old_notifyd = None  # the previous master's notifyd to stop
+        self.server = None       # gunicorn's arbiter
+        self.attached = False
+        self.adopted = False
+
+    # Config time: the config file is being run, in the master. gunicorn's
+    # logger is not set up yet, so lines wait for the next hook.
+
+    def configure(self, settings, error):
+        """Take the settings of a config run. Returns whether the worker
+        hooks are to be installed, on self.path."""
+        if not self.adopted:
+            self.adopted = True
+            self._adopt()
+        running = self.wanted is not None
+        if error is None and settings is not None:
+            try:
+                settings.binary = find_binary(settings.binary)
+                self._bind_http(settings.bind)
+            except (LookupError, OSError) as err:
+                error = str(err)
+        if error is not None:
+            if running:
+                self._say('error', '%s; notifyd keeps its previous settings'
+                          % error)
+                return True
+            self._say('error', '%s; notifyd is not started' % error)
+            return False
+        if settings is None:
+            self._say('info', 'healthcheck_bind is None: notifyd is not %s'
+                      % ('running any more' if running else 'started'))
+            self.wanted = None
+            return False
+        if self.path is None:
+            self.path = _private_path()
+            self.made_directory = True
+        self.wanted = settings
+        return True
+
+    def _adopt(self):
+        # A master started by USR2 takes the sockets its parent handed over.
+        handoff = os.environ.pop(HANDOFF, None)
+        if not handoff:
+            return
+        try:
+            fields = dict(part.split('=', 1) for part in handoff.split(','))
+            notify = socket.socket(fileno=int(fields['notify']))
+            http = socket.socket(fileno=int(fields['http']))
+            for sock in (notify, http):
+                sock.set_inheritable(False)
+            self.notify, self.http = notify, http
+            self.path = notify.getsockname()
+            self.http_bind = http.getsockname()
+            if fields.get('pid'):
+                self.old_notifyd = int(fields['pid'])
+        except (KeyError, ValueError, OSError) as err:
+            self._say('warning', 'ignoring %s=%r from the previous master: %s'
+                      % (HANDOFF, handoff, err))
+
+    def _bind_http(self, bind):
+        if self.http is not None and self._same_address(bind):
+            return
+        host, port = _split_bind(bind)
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                host or None, port, 0, socket.SOCK_STREAM, 0,
+                socket.AI_PASSIVE)[0]
+        except socket.gaierror as err:
+            raise OSError('healthcheck_bind %r: %s' % (bind, err.strerror))
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(socket.SOMAXCONN)
+        except OSError as err:
+            sock.close()
+            raise OSError('healthcheck_bind %r: %s' % (bind, err.strerror))
+        if self.http is not None:
+            # Closed once notifyd has moved to the new one (on_reload).
+            self.retired_http = self.http
+        self.http, self.http_bind = sock, bind
+
+    def _same_address(self, bind):
+        if self.http_bind == bind:
+            return True
+        if isinstance(self.http_bind, str):
+            return False
+        # An adopted socket: compare addresses; port 0 keeps any port.
+        host, port = _split_bind(bind)
+        try:
+            infos = socket.getaddrinfo(host or None, port, 0,
+                                       socket.SOCK_STREAM, 0,
+                                       socket.AI_PASSIVE)
+        except socket.gaierror:
+            return False
+        held = self.http_bind
+        if any(info[4][0] == held[0] and port in (0, held[1])
+               for info in infos):
+            self.http_bind = bind
+            return True
+        self.http.close()
+        self.http = None
+        return False
+
+    def _say(self, level, line):
+        message = (level, 'notifyd: ' + line)
+        if message not in self.messages:  # start() twice in one file
+            self.messages.append(message)
+
+    # Hooks: run by gunicorn in the master, except post_fork.
+
+    def hooks(self):
+        return {
+            'when_ready': self.sync,
+            'on_reload': self.sync,
+            'pre_exec': self.pre_exec,
+            'post_fork': self.post_fork,
+            'on_exit': self.on_exit,
+        }
+
+    def sync(self, server):
+        """Make the running notifyd match the settings: when_ready starts
+        it, on_reload starts, restarts or stops it as the reload asks."""
+        self.server = server
+        self._flush()
+        if not self.attached and self.wanted is not None:
+            self._attach()
+        if self.handed_over:
+            return
+        if self.wanted is None:
+            self._stop_all()
+            self._close_sockets(server)
+            return
+        running = self.process
+        if running is not None and running.settings == self.wanted \
+                and self.retired_http is None:
+            self.given_up = False
+            return
+        try:
+            self._bind_notify(server)
+        except OSError as err:
+            server.log.error('notifyd: notify socket %s: %s; notifyd is not '
+                             'started', self.path, err)
+            return
+        if running is not None:
+            server.log.info('notifyd: settings changed; restarting notifyd')
+            self._stop(running)
+        old = self.retired_http
+        if old is not None:
+            old.close()
+            self.retired_http = None
+        if self.old_notifyd:
+            self._take_over(server)
+        self.failures, self.given_up = 0, False
+        self._spawn()
+
+    def pre_exec(self, server):
+        # In the child of a USR2, just before it becomes the new master.
+        env = server.cfg.env_orig
+        env.pop(HANDOFF, None)
+        if self.http is None or self.notify is None:
+            return
+        for sock in (self.notify, self.http):
+            sock.set_inheritable(True)
+        pid = self.process.pid if self.process else ''
+        env[HANDOFF] = 'notify=%d,http=%d,pid=%s' % (
+            self.notify.fileno(), self.http.fileno(), pid)
+
+    def post_fork(self, server, worker):
+        # In a new worker: it must not hold the health port or notifyd's
+        # sockets, or a worker orphaned by a killed master would.
+        for sock in (self.http, self.notify, self.retired_http):
+            if sock is not None:
+                sock.close()
+        for proc in [self.process] + self.retired:
+            if proc is not None:
+                proc.close()
+
+    def on_exit(self, server):
+        self.server = server
+        self._flush()
+        self.wanted = None
+        if self.handed_over:
+            return  # the new master's notifyd, sockets and directory
+        self._stop_all()
+        self._close_sockets(server)
+
+    # Process management.
+
+    def _attach(self):
+        # gunicorn's own SIGCHLD handler reaps with waitpid(-1); notifyd is
+        # reaped through its pidfd first, in a wrapper around it.
+        previous = signal.getsignal(signal.SIGCHLD)
+
+        def on_child_exit(signum, frame):
+            try:
+                self._child_exited()
+            except Exception:  # never break gunicorn's signal handling
+                self.server.log.exception('notifyd: checking on notifyd')
+            if callable(previous):
+                previous(signum, frame)
+            try:
+                self._after_reap()
+            except Exception:
+                self.server.log.exception('notifyd: checking on notifyd')
+
+        signal.signal(signal.SIGCHLD, on_child_exit)
+        self.attached = True
+
+    def _child_exited(self):
+        for proc in list(self.retired):
+            if proc.exited():
+                proc.reap()
+                self.retired.remove(proc)
+        proc = self.process
+        if proc is None or not proc.exited():
+            return
+        self.process = None
+        status = proc.reap()
+        log = self.server.log
+        if self.server.reexec_pid:
+            self.handed_over = True
+            log.info('notifyd: notifyd (pid %d) %s: the new master (pid %d) '
+                     'runs notifyd now', proc.pid, status,
+                     self.server.reexec_pid)
+            return
+        quick = proc.uptime() < QUICK_EXIT
+        self.failures = self.failures + 1 if quick else 0
+        if quick and proc.code == USAGE_ERROR:
+            self.given_up = True
+            log.error('notifyd: notifyd (pid %d) %s at start: it refused its '
+                      'arguments (see its error above); not starting it '
+                      'again until a reload', proc.pid, status)
+            return
+        if self.failures >= QUICK_EXITS:
+            self.given_up = True
+            log.error('notifyd: notifyd (pid %d) %s, %d times in a row at '
+                      'start; not starting it again until a reload',
+                      proc.pid, status, self.failures)
+            return
+        log.warning('notifyd: notifyd (pid %d) %s; starting it again',
+                    proc.pid, status)
+        self._spawn()
+
+    def _after_reap(self):
+        # A new master that a USR2 started has gone before the old one:
+        # the old master runs notifyd again.
+        if self.handed_over and not self.server.reexec_pid:
+            self.handed_over = False
+            if self.wanted is not None and self.process is None:
+                self.server.log.info('notifyd: the new master has exited; '
+                                     'running notifyd again')
+                self._spawn()
+
+    def _spawn(self):
+        log = self.server.log
+        settings = self.wanted
+        argv = [settings.binary, '--socket', self.path,
+                '--exit-with', str(os.getpid())]
+        argv += settings.flags() + list(settings.args)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(('LISTEN_', 'NOTIFY_SOCKET', 'WATCHDOG_'))
+               and k != HANDOFF}
+        env['LISTEN_FDS'] = '2'
+        env['LISTEN_FDNAMES'] = 'notify:http'
+        try:
+            pid, pidfd = _fork_exec(argv, env, [self.notify.fileno(),
+                                                self.http.fileno()])
+        except OSError as err:
+            self.given_up = True
+            log.error('notifyd: cannot run %s: %s; not starting it again '
+                      'until a reload', settings.binary, err)
+            return
+        self.process = _Process(pid, pidfd, settings)
+        host, port = self.http.getsockname()[:2]
+        if ':' in host:
+            host = '[%s]' % host
+        log.info('notifyd: started %s (pid %d): health check on '
+                 'http://%s:%d/, notify socket %s', settings.binary,
+                 self.process.pid, host, port, self.path)
+
+    def _stop(self, proc):
+        # The wrapper reaps it if its SIGCHLD comes first.
+        if proc is self.process:
+            self.process = None
+        self.retired.append(proc)
+        try:
+            os.kill(proc.pid, signal.SIGTERM)
+            if not proc.wait(STOP_TIMEOUT):
+                self.server.log.warning('notifyd: notifyd (pid %d) did not '
+                                        'stop; killing it', proc.pid)
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(STOP_TIMEOUT)
+        except ProcessLookupError:
+            pass
+        proc.reap()
+        if proc in self.retired:
+            self.retired.remove(proc)
+
+    def _stop_all(self):
+        for proc in [self.process] + list(self.retired):
+            if proc is not None:
+                self._stop(proc)
+
+    def _take_over(self, server):
+        # The old master's notifyd reads the same sockets: stop it first,
+        # so that no datagram goes to a notifyd that is about to exit.
+        pid, self.old_notifyd = self.old_notifyd, None
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return
+        try:
+            server.log.info('notifyd: taking over from notifyd (pid %d) of '
+                            'the old master', pid)
+            os.kill(pid, signal.SIGTERM)
+            if not select.select([pidfd], [], [], STOP_TIMEOUT)[0]:
+                server.log.warning('notifyd: old notifyd (pid %d) did not '
+                                   'stop; killing it', pid)
+                os.kill(pid, signal.SIGKILL)
+                select.select([pidfd], [], [], STOP_TIMEOUT)
+        except ProcessLookupError:
+            pass
+        finally:
+            os.close(pidfd)
+
+    # Sockets.
+
+    def _bind_notify(self, server):
+        if self.notify is not None:
+            return
+        directory = os.path.dirname(self.path)
+        os.mkdir(directory, 0o700)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            # Credentials on every datagram, also those queued while
+            # notifyd (re)starts.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            sock.bind(self.path)
+            os.chmod(self.path, 0o600)
+            uid, gid = server.cfg.uid, server.cfg.gid
+            if os.geteuid() == 0 and (uid, gid) != (0, 0):
+                # Workers run as gunicorn's user setting: they, the master
+                # and root reach the socket, no one else.
+                for path in (directory, self.path):
+                    os.chown(path, uid, gid)
+        except OSError:
+            sock.close()
+            raise
+        self.notify = sock
+
+    def _close_sockets(self, server):
+        # A master that a USR2 started, and that the old master has not
+        # left in charge yet, leaves the directory to the one that made it.
+        remove = self.made_directory or server.master_pid == 0
+        for name in ('http', 'notify', 'retired_http'):
+            sock = getattr(self, name, None)
+            if sock is not None:
+                sock.close()
+                setattr(self, name, None)
+        self.http_bind = None
+        if remove and self.path:
+            for remove_it in (os.unlink, os.rmdir):
+                try:
+                    remove_it(self.path if remove_it is os.unlink
+                              else os.path.dirname(self.path))
+                except OSError:
+                    pass
+
+    def _flush(self):
+        for level, line in self.messages:
+            getattr(self.server.log, level)(line)
+        self.messages = []
+
+
+def _private_path():
+    # Chosen at config time, when the worker hooks need it; made at
+    # when_ready. The name cannot be guessed, and mkdir fails rather than
+    # use a directory someone else made.
+    base = os.environ.get('RUNTIME_DIRECTORY', '').split(':')[0]
+    base = base or tempfile.gettempdir()
+    path = os.path.join(os.path.abspath(base),
+                        'notifyd-' + secrets.token_hex(6), 'notify.sock')
+    if len(os.fsencode(path)) > _SUN_PATH_MAX:
+        path = os.path.join('/tmp', 'notifyd-' + secrets.token_hex(6),
+                            'notify.sock')
+    return path
+
+
+def _fork_exec(argv, env, fds):
+    """Run argv with fds as descriptors 3, 4, ... and LISTEN_PID set to its
+    own pid, as socket activation passes sockets. Returns its pid and a
+    pidfd; raises OSError when the program could not be run."""
+    first = 3 + len(fds)
+    # SIGCHLD is held until the pidfd is open, so that gunicorn's handler
+    # cannot reap the child first.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
+    report_r, report_w = os.pipe()
+    try:
+        pid = os.fork()
+        if pid == 0:
+            _exec_child(argv, env, fds, first, report_w, mask)
+        os.close(report_w)
+        report_w = None
+        pidfd = os.pidfd_open(pid)
+        failure = b''
+        while True:  # until exec closes the pipe, or the child reports
+            chunk = os.read(report_r, 512)
+            if not chunk:
+                break
+            failure += chunk
+        if failure:
+            os.close(pidfd)
+            os.waitpid(pid, 0)
+            raise OSError(failure.decode(errors='replace'))
+        return pid, pidfd
+    finally:
+        os.close(report_r)
+        if report_w is not None:
+            os.close(report_w)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _exec_child(argv, env, fds, first, report_w, mask):
+    # In the child, between fork and exec: every way out is os._exit.
+    report = report_w
+    try:
+        report = fcntl.fcntl(report_w, fcntl.F_DUPFD_CLOEXEC, first)
+        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, first) for fd in fds]
+        for i, fd in enumerate(moved):
+            os.dup2(fd, 3 + i)  # inheritable
+        os.closerange(first, report)
+        os.closerange(report + 1, os.sysconf('SC_OPEN_MAX'))
+        os.setpgid(0, 0)  # a terminal's ^C goes to gunicorn, not notifyd
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.execve(argv[0], argv, dict(env, LISTEN_PID=str(os.getpid())))
+    except BaseException as err:
+        try:
+            os.write(report, str(err).encode())
+        except BaseException:
+            pass
+    finally:
+        os._exit(127)
+
+
+def _chain(name, previous, hook):
+    """Return the hook to set as name: previous (the file's own, which may
+    raise, as it would without notifyd), then hook, whose errors are
+    logged and never reach gunicorn."""
+    from . import _callable
+    previous = _callable(name, previous)
+
+    def run(server, *worker):
+        if previous is not None:
+            previous(server, *worker)
+        try:
+            hook(server, *worker)
+        except Exception:
+            server.log.exception('notifyd: in the %s hook', name)
+
+    # gunicorn checks each hook's arity, so the parameters are spelt out.
+    if name == 'post_fork':
+        def chained(server, worker):
+            run(server, worker)
+    else:
+        def chained(server):
+            run(server)
+    setattr(chained, _MARK, True)
+    chained._notifyd_previous = previous
+    return chained
+
+
+_manager = _Manager()

@@ -1,0 +1,454 @@
+"""End to end: the wheel, built from a clean clone, in a fresh venv, run by
+gunicorn in managed mode.
+
+Run from the repository root with the interpreter Debian's gunicorn runs on:
+
+    /usr/bin/python3 -m unittest discover -s tests/wheel
+
+The clone is of the committed tree (HEAD): what CI builds. The venv is made
+with --system-site-packages for Debian's gunicorn, and gunicorn runs as
+venv/bin/python -m gunicorn with PATH lacking the venv's bin, as a systemd
+unit runs it. Every port is chosen by the kernel.
+"""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+
+# DEADLINE bounds every wait: it stops a broken run, it times nothing.
+DEADLINE = 20.0
+
+# The ELF e_machine values of the architectures the wheel is built for.
+ELF_MACHINES = {'linux_x86_64': 62, 'linux_aarch64': 183}
+TAGS = {'x86_64': 'linux_x86_64', 'aarch64': 'linux_aarch64'}
+
+HEALTH_AT = re.compile(r'notifyd: started (\S+) \(pid (\d+)\): health check '
+                       r'on http://([^/]+)/')
+APP_AT = re.compile(r'Listening at: http://(\S+) \((\d+)\)')
+
+
+def run(*args, **kwargs):
+    return subprocess.run(args, check=True, capture_output=True, text=True,
+                          **kwargs)
+
+
+def wait_for(what, cond):
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError('timed out waiting for %s' % what)
+        time.sleep(0.02)
+
+
+def get(url, timeout=5):
+    """Return (status, body) of GET url; raises OSError when no answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def alive(pid):
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rpartition(')')[2].split()[0] not in 'ZX'
+    except OSError:
+        return False
+
+
+def children(pid):
+    try:
+        with open('/proc/%d/task/%d/children' % (pid, pid)) as f:
+            return sorted(int(p) for p in f.read().split() if alive(int(p)))
+    except OSError:
+        return []
+
+
+def exe(pid):
+    try:
+        return os.readlink('/proc/%d/exe' % pid)
+    except OSError:
+        return None
+
+
+def port_refused(address):
+    host, port = address.rsplit(':', 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def elf_machine(path):
+    with open(path, 'rb') as f:
+        head = f.read(20)
+    assert head[:4] == b'\x7fELF', '%s is not an ELF file' % path
+    return int.from_bytes(head[18:20], 'little')
+
+
+class Prober:
+    """Probes a health URL every 50 ms in a thread of the test, each probe
+    on a new connection, and keeps every outcome."""
+
+    def __init__(self, url):
+        self.url = url
+        self.answers = []
+        self.failures = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                self.answers.append(get(self.url))
+            except OSError as err:
+                self.failures.append(repr(err))
+            self._stop.wait(0.05)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+        return self
+
+
+class WheelTest(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix='nd-wheel')
+        cls.src = os.path.join(cls.tmp, 'src')
+        run('git', 'clone', '--quiet', ROOT, cls.src)
+        with open(os.path.join(cls.src, 'VERSION')) as f:
+            cls.version = f.read().strip()
+        run(sys.executable, '-m', 'build', '--wheel', '--no-isolation',
+            cwd=cls.src)
+        cls.wheels = os.listdir(os.path.join(cls.src, 'dist'))
+        cls.venv = os.path.join(cls.tmp, 'venv')
+        run(sys.executable, '-m', 'venv', '--system-site-packages', cls.venv)
+        cls.python = os.path.join(cls.venv, 'bin', 'python')
+        run(cls.python, '-m', 'pip', 'install', '--no-index', '--quiet',
+            os.path.join(cls.src, 'dist', cls.wheels[0]))
+        cls.notifyd = os.path.join(cls.venv, 'bin', 'notifyd')
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix='run', dir=self.tmp)
+        self.state = os.path.join(self.dir, 'state')
+        os.mkdir(self.state)
+
+    def run(self, result=None):
+        # A failure shows the gunicorn log of the run that failed.
+        failures = len(result.failures) + len(result.errors) if result else 0
+        outcome = super().run(result)
+        if result and len(result.failures) + len(result.errors) > failures:
+            try:
+                sys.stderr.write('\ngunicorn log of %s:\n%s\n'
+                                 % (self.id(), self.log()))
+            except OSError:
+                pass
+        return outcome
+
+    # Helpers.
+
+    def config(self, **settings):
+        """Write gunicorn.conf.py: the seed's configuration, with one import
+        and one call changed, and settings on top."""
+        values = {
+            'bind': '127.0.0.1:0',
+            'workers': 2,
+            'healthcheck_bind': '127.0.0.1:0',
+            'healthcheck_require_workers': 2,
+            'healthcheck_directory': self.state,
+            'healthcheck_filename': 'worker-{}.state',
+        }
+        values.update(settings)
+        lines = ['import notifyd_gunicorn']
+        lines += ['%s = %r' % item for item in values.items()]
+        lines += ['notifyd_gunicorn.start(globals())']
+        path = os.path.join(self.dir, 'gunicorn.conf.py')
+        with open(path, 'w') as f:
+            f.write('\n'.join(lines) + '\n')
+        return path
+
+    def gunicorn(self, **settings):
+        """Start gunicorn on a config of settings; return its master."""
+        config = self.config(**settings)
+        log = open(os.path.join(self.dir, 'gunicorn.log'), 'w')
+        env = dict(os.environ, PATH='/usr/bin:/bin')
+        env.pop('VIRTUAL_ENV', None)
+        master = subprocess.Popen(
+            [self.python, '-m', 'gunicorn', '--config', config,
+             '--chdir', os.path.join(self.src, 'examples', 'gunicorn'),
+             'hello:app'],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.dir,
+            start_new_session=True)
+        log.close()
+        self.addCleanup(self.kill_all, master)
+        self.master = master
+        self.app = wait_for('gunicorn to listen', lambda: self.match(APP_AT))
+        return master
+
+    def kill_all(self, master):
+        try:
+            os.killpg(master.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        master.wait()
+        for pid in getattr(self, 'strays', []):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def log(self):
+        with open(os.path.join(self.dir, 'gunicorn.log')) as f:
+            return f.read()
+
+    def match(self, pattern, after=0):
+        m = None
+        for m in pattern.finditer(self.log(), after):
+            pass
+        return m
+
+    def notifyd_started(self, after=0):
+        """Wait for the master's "started" line after offset after; return
+        (pid, health URL)."""
+        m = wait_for('notifyd to start', lambda: self.match(HEALTH_AT, after))
+        self.assertEqual(m.group(1), self.notifyd)
+        return int(m.group(2)), 'http://%s/' % m.group(3)
+
+    def notifyd_children(self, master):
+        return [p for p in children(master) if exe(p) == self.notifyd]
+
+    def workers(self, master):
+        return [p for p in children(master) if exe(p) != self.notifyd]
+
+    def wait_health(self, url, status, body):
+        last = []
+
+        def answered():
+            try:
+                last[:] = [get(url)]
+            except OSError as err:
+                last[:] = [err]
+            return last[0] == (status, body)
+        try:
+            wait_for('health %d %r' % (status, body), answered)
+        except AssertionError:
+            self.fail('health never became %d %r; last %r'
+                      % (status, body, last))
+
+    def error_lines(self):
+        return [line for line in self.log().splitlines()
+                if '[ERROR] notifyd: ' in line]
+
+    # The wheel itself.
+
+    def test_wheel_name_tag_binaries_and_version(self):
+        tag = TAGS[os.uname().machine]
+        self.assertEqual(self.wheels, ['notifyd-%s-py3-none-%s.whl'
+                                       % (self.version, tag)])
+        for name in ('notifyd', 'notify'):
+            path = os.path.join(self.venv, 'bin', name)
+            self.assertTrue(os.access(path, os.X_OK), path)
+            self.assertEqual(elf_machine(path), ELF_MACHINES[tag])
+            out = run(path, '--version').stdout
+            self.assertEqual(out, '%s %s\n' % (name, self.version))
+        out = run(self.python, '-m', 'pip', 'show', 'notifyd').stdout
+        self.assertIn('Version: %s\n' % self.version, out)
+        # No generic module, and no example, reaches the import path.
+        out = run(self.python, '-m', 'pip', 'show', '--files', 'notifyd')
+        modules = {line.strip().split('/')[0] for line in
+                   out.stdout.split('Files:')[1].splitlines()
+                   if line.strip() and not line.strip().startswith('..')}
+        self.assertEqual({m for m in modules if not m.endswith('-info')},
+                         {'notifyd_gunicorn'})
+
+    def test_arm64_wheel(self):
+        out = os.path.join(self.dir, 'arm64')
+        run(sys.executable, '-m', 'build', '--wheel', '--no-isolation',
+            '--outdir', out, cwd=self.src, env=dict(os.environ, GOARCH='arm64'))
+        wheel = 'notifyd-%s-py3-none-linux_aarch64.whl' % self.version
+        self.assertEqual(os.listdir(out), [wheel])
+        unpacked = os.path.join(self.dir, 'unpacked')
+        import zipfile
+        with zipfile.ZipFile(os.path.join(out, wheel)) as z:
+            z.extractall(unpacked)
+            info = z.read('notifyd-%s.dist-info/WHEEL' % self.version)
+        self.assertIn(b'Tag: py3-none-linux_aarch64\n', info)
+        for name in ('notifyd', 'notify'):
+            path = os.path.join(unpacked, 'notifyd-%s.data' % self.version,
+                                'scripts', name)
+            self.assertEqual(elf_machine(path), 183, name)
+
+    # Managed mode.
+
+    def test_serves_counts_and_survives_hup_and_kill(self):
+        master = self.gunicorn()
+        pid, url = self.notifyd_started()
+        self.assertEqual(self.notifyd_children(master.pid), [pid])
+        self.wait_health(url, 200, '2 workers ready\n')
+        workers = self.workers(master.pid)
+        self.assertEqual(len(workers), 2)
+        self.assertEqual(
+            sorted(os.listdir(self.state)),
+            sorted('worker-%d.state' % w for w in workers))
+        sock = re.search(r'notify socket (\S+)', self.log()).group(1)
+        self.assertEqual(os.stat(os.path.dirname(sock)).st_mode & 0o777,
+                         0o700)
+
+        # A HUP: the same notifyd answers every probe.
+        prober = Prober(url)
+        mark = len(self.log())
+        master.send_signal(signal.SIGHUP)
+        wait_for('new workers', lambda: not set(workers) & set(
+            self.workers(master.pid)) and len(self.workers(master.pid)) == 2)
+        self.wait_health(url, 200, '2 workers ready\n')
+        prober.stop()
+        self.assertEqual(prober.failures, [])
+        self.assertTrue(prober.answers)
+        self.assertEqual(self.notifyd_children(master.pid), [pid])
+        self.assertNotIn('notifyd: started', self.log()[mark:])
+
+        # A SIGKILLed notifyd is started again and counts the workers.
+        prober = Prober(url)
+        mark = len(self.log())
+        os.kill(pid, signal.SIGKILL)
+        again, url = self.notifyd_started(after=mark)
+        self.assertNotEqual(again, pid)
+        self.assertIn('[WARNING] notifyd: notifyd (pid %d) was killed by '
+                      'signal 9; starting it again' % pid, self.log()[mark:])
+        # Reaped by managed mode, not taken for a worker by gunicorn.
+        self.assertNotIn('Worker with pid %d ' % pid, self.log())
+        self.wait_health(url, 200, '2 workers ready\n')
+        prober.stop()
+        self.assertEqual(prober.failures, [])
+        self.assertEqual(self.notifyd_children(master.pid), [again])
+
+        # A HUP that changes a setting applies it.
+        self.config(healthcheck_require_workers=3)
+        mark = len(self.log())
+        master.send_signal(signal.SIGHUP)
+        changed, url = self.notifyd_started(after=mark)
+        self.assertNotEqual(changed, again)
+        self.wait_health(url, 500, '2 workers ready\n')
+
+        # TERM: nothing holds the health port, and the socket is gone.
+        master.send_signal(signal.SIGTERM)
+        master.wait(DEADLINE)
+        wait_for('notifyd to exit', lambda: not alive(changed))
+        wait_for('the health port to be free',
+                 lambda: port_refused(url[len('http://'):-1]))
+        self.assertFalse(os.path.exists(os.path.dirname(sock)))
+
+    def test_master_sigkill_takes_notifyd_along(self):
+        master = self.gunicorn()
+        pid, url = self.notifyd_started()
+        self.wait_health(url, 200, '2 workers ready\n')
+        self.strays = self.workers(master.pid)
+        master.send_signal(signal.SIGKILL)
+        master.wait(DEADLINE)
+        wait_for('notifyd to exit', lambda: not alive(pid))
+        wait_for('the health port to be free',
+                 lambda: port_refused(url[len('http://'):-1]))
+
+    def test_usr2_keeps_one_endpoint_answering(self):
+        master = self.gunicorn()
+        pid, url = self.notifyd_started()
+        self.wait_health(url, 200, '2 workers ready\n')
+        prober = Prober(url)
+        mark = len(self.log())
+        master.send_signal(signal.SIGUSR2)
+        new_pid, new_url = self.notifyd_started(after=mark)
+        self.assertEqual(new_url, url)
+        self.assertIn('taking over from notifyd (pid %d)' % pid, self.log())
+        new_master = next(p for p in children(master.pid)
+                          if new_pid in children(p))
+        self.strays = [new_master]
+        wait_for('old notifyd to exit', lambda: not alive(pid))
+        wait_for('new workers', lambda: len(self.workers(new_master)) == 2)
+        # The old master goes; the new one is promoted and keeps counting.
+        master.send_signal(signal.SIGTERM)
+        master.wait(DEADLINE)
+        self.wait_health(url, 200, '2 workers ready\n')
+        prober.stop()
+        self.assertEqual(prober.failures, [])
+        self.assertEqual(self.notifyd_children(new_master), [new_pid])
+        os.kill(new_master, signal.SIGTERM)
+        wait_for('notifyd to exit', lambda: not alive(new_pid))
+        wait_for('the health port to be free',
+                 lambda: port_refused(url[len('http://'):-1]))
+
+    def test_healthcheck_bind_none_starts_nothing(self):
+        master = self.gunicorn(healthcheck_bind=None)
+        wait_for('the line saying so', lambda: 'notifyd: healthcheck_bind is '
+                 'None: notifyd is not started' in self.log())
+        self.assertEqual(get('http://%s/' % self.app.group(1)),
+                         (200, 'hello\n'))
+        wait_for('workers', lambda: len(self.workers(master.pid)) == 2)
+        self.assertEqual(self.notifyd_children(master.pid), [])
+        self.assertEqual(os.listdir(self.state), [])
+
+    def test_bad_settings_get_one_line_and_gunicorn_serves(self):
+        taken = socket.socket()
+        taken.bind(('127.0.0.1', 0))
+        taken.listen()
+        self.addCleanup(taken.close)
+        port = taken.getsockname()[1]
+        cases = [
+            ('require', {'healthcheck_require_workers': 'x'},
+             "healthcheck_require_workers 'x': must be a whole number, 0 or "
+             "more; notifyd is not started"),
+            ('filename', {'healthcheck_filename': 'worker'},
+             "healthcheck_filename 'worker': must contain exactly one {} "
+             "placeholder for the pid"),
+            ('port taken', {'healthcheck_bind': '127.0.0.1:%d' % port},
+             "healthcheck_bind '127.0.0.1:%d': Address already in use; "
+             "notifyd is not started" % port),
+            ('missing binary', {},
+             'no notifyd binary in %s' % os.path.dirname(self.notifyd)),
+        ]
+        for name, settings, want in cases:
+            with self.subTest(name):
+                self.setUp()
+                moved = self.notifyd + '.moved'
+                if name == 'missing binary':
+                    os.rename(self.notifyd, moved)
+                try:
+                    master = self.gunicorn(**settings)
+                    wait_for('workers', lambda: len(self.workers(master.pid)) == 2)
+                    self.assertEqual(get('http://%s/' % self.app.group(1)),
+                                     (200, 'hello\n'))
+                finally:
+                    if name == 'missing binary':
+                        os.rename(moved, self.notifyd)
+                errors = self.error_lines()
+                self.assertEqual(len(errors), 1, errors)
+                self.assertIn(want, errors[0])
+                self.assertEqual(self.notifyd_children(master.pid), [])
+                self.kill_all(master)
+
+
+if __name__ == '__main__':
+    unittest.main()
