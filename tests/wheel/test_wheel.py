@@ -331,9 +331,13 @@ class WheelTest(unittest.TestCase):
         self.assertEqual(self.notifyd_children(master.pid), [pid])
         self.assertNotIn('notifyd: started', self.log()[mark:])
 
-        # A SIGKILLed notifyd is started again and counts the workers.
+        # A SIGKILLed notifyd whose state files are gone is started again
+        # and counts the workers from their re-announcement alone.
         prober = Prober(url)
         mark = len(self.log())
+        os.kill(pid, signal.SIGSTOP)
+        for name in os.listdir(self.state):
+            os.remove(os.path.join(self.state, name))
         os.kill(pid, signal.SIGKILL)
         again, url = self.notifyd_started(after=mark)
         self.assertNotEqual(again, pid)
