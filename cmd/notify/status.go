@@ -58,15 +58,14 @@ type listenQueue struct {
 // badAnswer is an answer that is not notifyd's /status: a wrong --url, most
 // likely, or something else listening on notifyd's port.
 type badAnswer struct {
-	url, reason string
+	url    string
+	reason string // what follows the URL in the message
 	// retry is true for 5xx answers: notifyd, or a proxy in front of it,
 	// may be restarting.
 	retry bool
 }
 
-func (e *badAnswer) Error() string {
-	return fmt.Sprintf("%s is not notifyd's /status: %s", e.url, e.reason)
-}
+func (e *badAnswer) Error() string { return e.url + " " + e.reason }
 
 // askStatus fetches and decodes /status once. Besides the document it
 // returns the body as it came, for --json. A *badAnswer error means
@@ -78,25 +77,32 @@ func askStatus(url string, timeout time.Duration) (statusDoc, []byte, error) {
 		return statusDoc{}, nil, err
 	}
 	if a.code != http.StatusOK {
-		reason := a.status
+		reason := "answered " + a.status
 		if text := oneLine(a.body); text != "" {
 			reason += ": " + truncate(text, 200)
 		}
 		return statusDoc{}, nil, &badAnswer{url: url, reason: reason, retry: a.code >= 500}
 	}
 	if a.truncated {
-		return statusDoc{}, nil, &badAnswer{url: url, reason: fmt.Sprintf("the answer is longer than %d bytes", maxStatusBody)}
+		return statusDoc{}, nil, &badAnswer{url: url, reason: fmt.Sprintf("answered more than %d bytes: not notifyd's /status", maxStatusBody)}
 	}
 	var doc statusDoc
 	if err := json.Unmarshal(a.body, &doc); err != nil {
-		return statusDoc{}, nil, &badAnswer{url: url, reason: err.Error()}
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) {
+			err = fmt.Errorf("a JSON %s, not an object", typeErr.Value)
+			if typeErr.Field != "" {
+				err = fmt.Errorf("a JSON %s as %s", typeErr.Value, typeErr.Field)
+			}
+		}
+		return statusDoc{}, nil, &badAnswer{url: url, reason: "is not notifyd's /status: " + err.Error()}
 	}
 	if doc.Ready == nil || doc.Required == nil || doc.Expected == nil || doc.Healthy == nil || doc.Workers == nil {
-		return statusDoc{}, nil, &badAnswer{url: url, reason: "no ready, required, expected, healthy or workers field"}
+		return statusDoc{}, nil, &badAnswer{url: url, reason: "is not notifyd's /status: no ready, required, expected, healthy or workers field"}
 	}
 	for _, w := range doc.Workers {
 		if w.PID <= 0 || w.State == "" {
-			return statusDoc{}, nil, &badAnswer{url: url, reason: "a worker without a pid or state"}
+			return statusDoc{}, nil, &badAnswer{url: url, reason: "is not notifyd's /status: a worker without a pid or state"}
 		}
 	}
 	return doc, a.body, nil
