@@ -56,6 +56,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descExpected, prometheus.GaugeValue, float64(c.expected))
 	ch <- prometheus.MustNewConstMetric(descHealthy, prometheus.GaugeValue, boolFloat(healthy(s, c.required)))
 	ch <- prometheus.MustNewConstMetric(descDraining, prometheus.GaugeValue, boolFloat(s.Draining))
+	c.collectQueues(ch)
 	if c.messages == nil {
 		return
 	}
@@ -64,6 +65,24 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descExits, prometheus.CounterValue, float64(c.reg.Exits()))
 	ch <- prometheus.MustNewConstMetric(descFileError, prometheus.CounterValue, float64(c.reg.StateFileErrors()))
+}
+
+// collectQueues reports each watched listen queue. A failed read reports
+// none, as /status does, rather than zeros that would look like an idle
+// application.
+func (c collector) collectQueues(ch chan<- prometheus.Metric) {
+	if c.queues == nil {
+		return
+	}
+	queues, err := c.queues.Cached(queueMaxAge)
+	if err != nil {
+		return
+	}
+	for _, q := range queues {
+		ch <- prometheus.MustNewConstMetric(descQueueLen, prometheus.GaugeValue, float64(q.Queued), q.Addr)
+		ch <- prometheus.MustNewConstMetric(descQueueMax, prometheus.GaugeValue, float64(q.Limit), q.Addr)
+		ch <- prometheus.MustNewConstMetric(descListening, prometheus.GaugeValue, boolFloat(q.Listening), q.Addr)
+	}
 }
 
 func boolFloat(b bool) float64 {
