@@ -40,4 +40,6 @@ go test -race -count=1 ./...
 python=$(sed -n '1s/^#! *//p' "$(command -v gunicorn)")
 "${python:-python3}" -m unittest discover -s tests/python
 
+deploy/prometheus/test-rules
+
 go test -run '^$' -fuzz '^FuzzParse$' -fuzztime 30s ./protocol
