@@ -14,6 +14,8 @@ command -v systemd-notify >/dev/null || missing+=(systemd)
 command -v setpriv >/dev/null || missing+=(util-linux)
 command -v haproxy >/dev/null || missing+=(haproxy)
 command -v promtool >/dev/null || missing+=(prometheus)
+command -v go-md2man >/dev/null || missing+=(go-md2man)
+command -v man >/dev/null || missing+=(man-db)
 if ((${#missing[@]})); then
 	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 		echo "test.sh: installing ${missing[*]}"
@@ -41,5 +43,6 @@ python=$(sed -n '1s/^#! *//p' "$(command -v gunicorn)")
 "${python:-python3}" -m unittest discover -s tests/python
 
 deploy/prometheus/test-rules
+packaging/test-deb
 
 go test -run '^$' -fuzz '^FuzzParse$' -fuzztime 30s ./protocol
