@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,9 +14,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -512,4 +515,33 @@ func TestNotifyWaitPollsGently(t *testing.T) {
 			t.Fatalf("notify wait --timeout 20ms asked %d times, want 1", n)
 		}
 	})
+}
+
+// TestNotifyWaitFreshAfterGunicornReload is the deploy script's case: a
+// wait that begins before a HUP ends once two new workers are ready, and
+// not on the two old ones.
+func TestNotifyWaitFreshAfterGunicornReload(t *testing.T) {
+	d := startNotifyd(t, shortDir(t), "--require", "2")
+	s := startGunicorn(t, d.socket)
+	old := waitSettled(t, d, s)
+	proxy, asked := countingProxy(t, d)
+
+	w := startNotify(t, "wait", "--ready", "2", "--fresh", "--timeout", "60s", "--url", proxy.URL)
+	waitFor(t, "notify wait to ask /status", func() bool { return asked.Load() > 0 })
+	w.running(t, "before the reload, with two old workers ready")
+	s.cmd.Process.Signal(syscall.SIGHUP)
+	if code, out := w.result(t); code != 0 || out != "2 fresh workers ready\n" {
+		t.Fatalf("notify wait --fresh across a HUP = %d %q, want 0 \"2 fresh workers ready\\n\"", code, out)
+	}
+	var fresh []int
+	for _, wk := range statusDoc(t, d)["workers"].([]any) {
+		wk := wk.(map[string]any)
+		pid, _ := wk["pid"].(json.Number).Int64()
+		if wk["state"] == "ready" && !slices.Contains(old, int(pid)) {
+			fresh = append(fresh, int(pid))
+		}
+	}
+	if len(fresh) < 2 {
+		t.Fatalf("notify wait returned with ready workers %v besides the old %v, want two new ones", fresh, old)
+	}
 }
