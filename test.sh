@@ -23,6 +23,8 @@ command -v git >/dev/null || missing+=(git)
 # The wheel's build front end, backend and the venv it is installed into.
 /usr/bin/python3 -c 'import build, setuptools, wheel, ensurepip' 2>/dev/null ||
 	missing+=(python3-build python3-setuptools python3-wheel python3-venv)
+command -v go-md2man >/dev/null || missing+=(go-md2man)
+command -v man >/dev/null || missing+=(man-db)
 if ((${#missing[@]})); then
 	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 		echo "test.sh: installing ${missing[*]}"
@@ -50,5 +52,8 @@ python=$(sed -n '1s/^#! *//p' "$(command -v gunicorn)")
 "${python:-python3}" -m unittest discover -s tests/python
 # The wheel, built from a clean clone, in a fresh venv, in managed mode.
 "${python:-python3}" -m unittest discover -s tests/wheel
+
+deploy/prometheus/test-rules
+packaging/test-deb
 
 go test -run '^$' -fuzz '^FuzzParse$' -fuzztime 30s ./protocol

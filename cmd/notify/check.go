@@ -5,10 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"os"
-	"strings"
 	"time"
 )
 
@@ -22,11 +19,12 @@ const maxCheckBody = 4 << 10
 func runCheck(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("notify check", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	url := fs.String("url", defaultCheckURL(), "health check URL (default from $NOTIFYD_BIND)")
+	url := fs.String("url", defaultURL(), "health check URL, from $NOTIFYD_BIND if set")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the answer")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(stdout, "Usage: notify check [--url URL] [--timeout D]\n\nExit 0 when notifyd's health check answers 200, else 1 with its answer.")
+			printSubcommandUsage(stdout, fs, "notify check [--url URL] [--timeout D]",
+				"Exit 0 when notifyd's health check answers 200, else 1 with its answer.")
 			return errHelp
 		}
 		return usagef("%v (see notify check --help)", err)
@@ -37,38 +35,26 @@ func runCheck(args []string, stdout io.Writer) error {
 	if *timeout <= 0 {
 		return usagef("--timeout %s: must be a positive duration such as 5s", *timeout)
 	}
-	client := http.Client{Timeout: *timeout}
-	resp, err := client.Get(*url)
+	a, err := get(*url, *timeout, maxCheckBody)
 	if err != nil {
 		return fmt.Errorf("check %s: %w", *url, err)
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxCheckBody))
-	// One line, whatever the body: a verbose answer has one per check.
-	text := strings.Join(strings.Fields(strings.ReplaceAll(strings.TrimSpace(string(body)), "\n", " | ")), " ")
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("unhealthy: %s: %s", resp.Status, text)
+	if a.code != http.StatusOK {
+		return fmt.Errorf("unhealthy: %s: %s", a.status, oneLine(a.body))
 	}
-	fmt.Fprintln(stdout, text)
+	fmt.Fprintln(stdout, oneLine(a.body))
 	return nil
 }
 
-// defaultCheckURL follows notifyd's --bind through its twin $NOTIFYD_BIND;
-// an address that listens on every interface is asked on loopback.
-func defaultCheckURL() string {
-	bind := os.Getenv("NOTIFYD_BIND")
-	if bind == "" {
-		bind = "127.0.0.1:8001"
-	}
-	host, port, err := net.SplitHostPort(bind)
-	if err != nil {
-		return "http://" + bind + "/"
-	}
-	switch host {
-	case "", "0.0.0.0":
-		host = "127.0.0.1"
-	case "::":
-		host = "::1"
-	}
-	return "http://" + net.JoinHostPort(host, port) + "/"
+// printSubcommandUsage prints a subcommand's synopsis, what it does, and
+// every flag, so that --help names them all.
+func printSubcommandUsage(w io.Writer, fs *flag.FlagSet, synopsis, about string) {
+	fmt.Fprintf(w, "Usage: %s\n\n%s\n\n", synopsis, about)
+	fs.VisitAll(func(f *flag.Flag) {
+		def := ""
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
+			def = fmt.Sprintf(" (default %s)", f.DefValue)
+		}
+		fmt.Fprintf(w, "  --%-9s %s%s\n", f.Name, f.Usage, def)
+	})
 }

@@ -8,6 +8,12 @@
 // It exits 0 once notifyd has processed the message (which does not mean it
 // accepted it: rejections show in notifyd's log), 1 on an error, with a
 // one-line reason, and 2 on a usage error.
+//
+// Its commands ask notifyd's HTTP side instead:
+//
+//	notify check                   # exit 0 when the health check answers 200
+//	notify status                  # the workers at a glance
+//	notify wait --ready 4 --fresh  # until 4 workers ready after the wait began
 package main
 
 import (

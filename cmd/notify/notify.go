@@ -33,8 +33,15 @@ type request struct {
 }
 
 func run(args []string, stdout io.Writer) error {
-	if len(args) > 0 && args[0] == "check" {
-		return runCheck(args[1:], stdout)
+	if len(args) > 0 {
+		switch args[0] {
+		case "check":
+			return runCheck(args[1:], stdout)
+		case "status":
+			return runStatus(args[1:], stdout)
+		case "wait":
+			return runWait(args[1:], stdout)
+		}
 	}
 	req, err := parseArgs(args, stdout)
 	if err != nil {
@@ -177,9 +184,12 @@ Usage: notify [--ready|--stopping|--reloading] [--status TEXT] [--pid N|self|par
               [--socket PATH] [--no-block] [--timeout D] [KEY=VALUE...]
        notify --drain|--undrain [--socket PATH]
        notify check [--url URL] [--timeout D]
+       notify status [--url URL] [--json]
+       notify wait --ready N [--fresh] [--timeout D] [--url URL]
 
 It never uses $NOTIFY_SOCKET: inside a Type=notify unit that is systemd's.
 Exit status: 0 notifyd processed the message, 1 error, 2 usage error.
+notify check, status and wait --help describe those commands.
 
 `)
 	fs.VisitAll(func(f *flag.Flag) {
