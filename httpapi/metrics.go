@@ -77,11 +77,10 @@ func (c collector) collectQueues(ch chan<- prometheus.Metric) {
 	if err != nil {
 		return
 	}
+	// An address nobody listens on reads 0 and 0, as in /status, so that
+	// each series stays put while the application restarts.
 	for _, q := range queues {
 		ch <- prometheus.MustNewConstMetric(descListening, prometheus.GaugeValue, boolFloat(q.Listening), q.Addr)
-		if !q.Listening {
-			continue
-		}
 		ch <- prometheus.MustNewConstMetric(descQueueLen, prometheus.GaugeValue, float64(q.Queued), q.Addr)
 		ch <- prometheus.MustNewConstMetric(descQueueMax, prometheus.GaugeValue, float64(q.Limit), q.Addr)
 	}
