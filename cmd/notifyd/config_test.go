@@ -59,11 +59,15 @@ func TestParseConfig(t *testing.T) {
 		{"socket mode", nil, []string{"--socket-mode", "0600"}, func(c config) bool { return c.socketMode == 0o600 }},
 		{"socket group by number", nil, []string{"--socket-group", "0"}, func(c config) bool { return c.socketGID == 0 }},
 		{"listen queues repeat", nil, []string{"--listen-queue", "127.0.0.1:8000", "--listen-queue", "unix:/run/a.sock"},
-			func(c config) bool { return len(c.listenQueues) == 2 && c.listenQueues[1] == mustAddr("unix:/run/a.sock") }},
+			func(c config) bool {
+				return len(c.listenQueues) == 2 && c.listenQueues[1] == mustAddr("unix:/run/a.sock")
+			}},
 		{"listen queues from a list", map[string]string{"NOTIFYD_LISTEN_QUEUE": "127.0.0.1:8000, [::1]:8000,"}, nil,
 			func(c config) bool { return len(c.listenQueues) == 2 && c.listenQueues[1] == mustAddr("[::1]:8000") }},
 		{"listen queue flags replace the list", map[string]string{"NOTIFYD_LISTEN_QUEUE": "127.0.0.1:8000,127.0.0.1:8001"}, []string{"--listen-queue", "127.0.0.1:9000"},
-			func(c config) bool { return len(c.listenQueues) == 1 && c.listenQueues[0] == mustAddr("127.0.0.1:9000") }},
+			func(c config) bool {
+				return len(c.listenQueues) == 1 && c.listenQueues[0] == mustAddr("127.0.0.1:9000")
+			}},
 		{"queue weight", nil, []string{"--agent-weight", "queue", "--listen-queue", "127.0.0.1:8000", "--agent-weight-floor", "0"},
 			func(c config) bool { return c.agentWeight == weightByQueue && c.agentFloor == 0 }},
 		{"exit with", map[string]string{"NOTIFYD_EXIT_WITH": "1"}, nil, func(c config) bool { return c.exitWith == 1 }},
