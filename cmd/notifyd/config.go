@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/user"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -55,137 +56,119 @@ const (
 type option struct {
 	name, value, usage string
 	repeat             bool
-	set                func(c *config, v string) error
+	set                func(v string) error
 }
 
-// options are notifyd's flags, in the order --help lists them.
-func options() []option {
+// options are notifyd's flags, bound to c's fields, in the order --help
+// lists them.
+func (c *config) options() []option {
 	return []option{
-		{name: "socket", value: protocol.DefaultSocketPath(), usage: "datagram socket workers notify; @name for an abstract socket",
-			set: func(c *config, v string) error {
-				if v == "" || v == "@" {
-					return errors.New("must be a path, or @name for an abstract socket")
-				}
-				c.socket = v
-				return nil
-			}},
-		{name: "socket-mode", value: "0660", usage: "permissions of the socket file, in octal",
-			set: func(c *config, v string) error {
-				mode, err := strconv.ParseUint(v, 8, 32)
-				if err != nil || mode > 0o777 {
-					return errors.New("must be octal permissions such as 0660")
-				}
-				c.socketMode = os.FileMode(mode)
-				return nil
-			}},
-		{name: "socket-group", usage: "group of the socket file, by name or number (default: notifyd's group)",
-			set: func(c *config, v string) (err error) {
-				c.socketGID, err = lookupGroup(v)
-				return err
-			}},
-		{name: "bind", value: "127.0.0.1:8001", usage: "address of the HTTP health check",
-			set: func(c *config, v string) error {
-				c.bind = v
-				return hostPort(v, "must be host:port, such as 127.0.0.1:8001 or [::1]:8001")
-			}},
-		{name: "require", value: "1", usage: "workers that must be ready for the health check to answer 200",
-			set: func(c *config, v string) (err error) {
-				c.require, err = count(v)
-				return err
-			}},
-		{name: "expect", usage: "workers the server is configured to run, the capacity agent weights follow (default --require)",
-			set: func(c *config, v string) (err error) {
-				if v == "" {
-					c.expect = -1
-					return nil
-				}
-				c.expect, err = count(v)
-				return err
-			}},
-		{name: "agent-bind", usage: "address of the HAProxy agent-check, such as 127.0.0.1:8002 (default off)",
-			set: func(c *config, v string) error {
-				if c.agentBind = v; v == "" {
-					return nil
-				}
-				return hostPort(v, "must be host:port, such as 127.0.0.1:8002")
-			}},
-		{name: "agent-weight", value: weightByCapacity, usage: "agent weight: capacity, or queue to scale it down as the application's listen queues fill",
-			set: func(c *config, v string) error {
-				c.agentWeight = v
-				return oneOf(v, "must be capacity or queue", weightByCapacity, weightByQueue)
-			}},
-		{name: "agent-weight-floor", value: "10", usage: "with --agent-weight queue: the lowest weight in percent a full queue brings",
-			set: func(c *config, v string) (err error) {
-				if c.agentFloor, err = strconv.Atoi(v); err != nil || c.agentFloor < 0 || c.agentFloor > 100 {
-					return errors.New("must be a whole percentage from 0 to 100")
-				}
-				return nil
-			}},
-		{name: "listen-queue", repeat: true, usage: "an address the application listens on, to report its accept queue: 127.0.0.1:8000, [::1]:8000 or unix:/run/app.sock (repeatable)",
-			set: func(c *config, v string) error {
+		{"socket", protocol.DefaultSocketPath(), "datagram socket workers notify; @name for an abstract socket", false,
+			text(&c.socket, func(v string) bool { return v != "" && v != "@" }, "must be a path, or @name for an abstract socket")},
+		{"socket-mode", "0660", "permissions of the socket file, in octal", false, func(v string) error {
+			mode, err := strconv.ParseUint(v, 8, 32)
+			c.socketMode = os.FileMode(mode)
+			return check(err == nil && mode <= 0o777, "must be octal permissions such as 0660")
+		}},
+		{"socket-group", "", "group of the socket file, by name or number (default: notifyd's group)", false,
+			parsed(&c.socketGID, lookupGroup)},
+		{"bind", "127.0.0.1:8001", "address of the HTTP health check", false,
+			text(&c.bind, isHostPort, "must be host:port, such as 127.0.0.1:8001 or [::1]:8001")},
+		{"require", "1", "workers that must be ready for the health check to answer 200", false, whole(&c.require, 0, -1)},
+		{"expect", "", "workers the server is configured to run, the capacity agent weights follow (default --require)", false,
+			func(v string) error { c.expect = -1; return unlessEmpty(whole(&c.expect, 0, -1))(v) }},
+		{"agent-bind", "", "address of the HAProxy agent-check, such as 127.0.0.1:8002 (default off)", false,
+			text(&c.agentBind, func(v string) bool { return v == "" || isHostPort(v) }, "must be host:port, such as 127.0.0.1:8002")},
+		{"agent-weight", weightByCapacity, "agent weight: capacity, or queue to scale it down as the application's listen queues fill", false,
+			text(&c.agentWeight, oneOf(weightByCapacity, weightByQueue), "must be capacity or queue")},
+		{"agent-weight-floor", "10", "with --agent-weight queue: the lowest weight in percent a full queue brings", false,
+			whole(&c.agentFloor, 0, 100)},
+		{"listen-queue", "", "an address the application listens on, to report its accept queue: 127.0.0.1:8000, [::1]:8000 or unix:/run/app.sock (repeatable)", true,
+			func(v string) error {
 				addr, err := backlog.ParseAddr(v)
 				c.listenQueues = append(c.listenQueues, addr)
 				return err
 			}},
-		{name: "dir", value: protocol.RuntimeDirectory(), usage: "directory of the state files",
-			set: func(c *config, v string) error {
-				if c.dir = v; v == "" {
-					return errors.New("must name a directory")
-				}
-				return nil
-			}},
-		{name: "filename", value: ".gunicorn.worker.{}", usage: "state file name; {} stands for the pid",
-			set: func(c *config, v string) error {
-				c.filename = v
-				return registry.ValidateFilename(v)
-			}},
-		{name: "log-level", value: "info", usage: "debug, info, warn or error",
-			set: func(c *config, v string) error {
-				if c.logLevel.UnmarshalText([]byte(v)) != nil {
-					return errors.New("must be debug, info, warn or error")
-				}
-				return nil
-			}},
-		{name: "access", value: "same-uid", usage: "who may name which pid: same-uid, root or all",
-			set: func(c *config, v string) (err error) {
-				c.access, err = registry.ParseAccess(v)
-				return err
-			}},
-		{name: "exit-detection", value: "auto", usage: "how worker exits are seen: auto, pidfd or sweep",
-			set: func(c *config, v string) (err error) {
-				c.detection, err = registry.ParseDetection(v)
-				return err
-			}},
-		{name: "reap-interval", value: "1s", usage: "sweep interval, used only when exits are found by sweeping",
-			set: func(c *config, v string) (err error) {
-				if c.reapInterval, err = time.ParseDuration(v); err != nil || c.reapInterval <= 0 {
-					return errors.New("must be a positive duration such as 1s or 250ms")
-				}
-				return nil
-			}},
-		{name: "watchdog-usec", value: "0", usage: "heartbeat deadline in µs for workers that declare none; 0 is off",
-			set: func(c *config, v string) (err error) {
-				if c.watchdogUSec, err = strconv.ParseUint(v, 10, 64); err != nil {
-					return errors.New("must be a whole number of microseconds, 0 for off")
-				}
-				return nil
-			}},
-		{name: "systemd-ready", value: readyWhenListening, usage: "when to tell systemd READY=1: listening, or workers once --require are ready",
-			set: func(c *config, v string) error {
-				c.systemdReady = v
-				return oneOf(v, "must be listening or workers", readyWhenListening, readyWhenWorkers)
-			}},
-		{name: "exit-with", usage: "exit when the process with this pid exits, such as the gunicorn master that started notifyd (default none)",
-			set: func(c *config, v string) (err error) {
-				if v == "" {
-					return nil
-				}
-				if c.exitWith, err = strconv.Atoi(v); err != nil || c.exitWith <= 0 {
-					return errors.New("must be a process id, a whole number above 0")
-				}
-				return nil
-			}},
+		{"dir", protocol.RuntimeDirectory(), "directory of the state files", false,
+			text(&c.dir, func(v string) bool { return v != "" }, "must name a directory")},
+		{"filename", ".gunicorn.worker.{}", "state file name; {} stands for the pid", false,
+			func(v string) error { c.filename = v; return registry.ValidateFilename(v) }},
+		{"log-level", "info", "debug, info, warn or error", false, func(v string) error {
+			return check(c.logLevel.UnmarshalText([]byte(v)) == nil, "must be debug, info, warn or error")
+		}},
+		{"access", "same-uid", "who may name which pid: same-uid, root or all", false, parsed(&c.access, registry.ParseAccess)},
+		{"exit-detection", "auto", "how worker exits are seen: auto, pidfd or sweep", false, parsed(&c.detection, registry.ParseDetection)},
+		{"reap-interval", "1s", "sweep interval, used only when exits are found by sweeping", false, func(v string) (err error) {
+			c.reapInterval, err = time.ParseDuration(v)
+			return check(err == nil && c.reapInterval > 0, "must be a positive duration such as 1s or 250ms")
+		}},
+		{"watchdog-usec", "0", "heartbeat deadline in µs for workers that declare none; 0 is off", false, func(v string) (err error) {
+			c.watchdogUSec, err = strconv.ParseUint(v, 10, 64)
+			return check(err == nil, "must be a whole number of microseconds, 0 for off")
+		}},
+		{"systemd-ready", readyWhenListening, "when to tell systemd READY=1: listening, or workers once --require are ready", false,
+			text(&c.systemdReady, oneOf(readyWhenListening, readyWhenWorkers), "must be listening or workers")},
+		{"exit-with", "", "exit when the process with this pid exits, such as the gunicorn master that started notifyd (default none)", false,
+			unlessEmpty(func(v string) (err error) {
+				c.exitWith, err = strconv.Atoi(v)
+				return check(err == nil && c.exitWith > 0, "must be a process id, a whole number above 0")
+			})},
 	}
+}
+
+// text stores a value that ok accepts.
+func text(field *string, ok func(string) bool, allowed string) func(string) error {
+	return func(v string) error {
+		*field = v
+		return check(ok(v), allowed)
+	}
+}
+
+// whole stores a whole number from min to max; max -1 is no maximum.
+func whole(field *int, min, max int) func(string) error {
+	allowed := "must be a whole number, 0 or more"
+	if max >= 0 {
+		allowed = fmt.Sprintf("must be a whole percentage from %d to %d", min, max)
+	}
+	return func(v string) (err error) {
+		*field, err = strconv.Atoi(v)
+		return check(err == nil && *field >= min && (max < 0 || *field <= max), allowed)
+	}
+}
+
+// parsed stores what parse makes of a value; parse's error says what is
+// allowed.
+func parsed[T any](field *T, parse func(string) (T, error)) func(string) error {
+	return func(v string) (err error) {
+		*field, err = parse(v)
+		return err
+	}
+}
+
+// unlessEmpty leaves an empty value, which means "none", to the default.
+func unlessEmpty(set func(string) error) func(string) error {
+	return func(v string) error {
+		if v == "" {
+			return nil
+		}
+		return set(v)
+	}
+}
+
+func check(ok bool, allowed string) error {
+	if ok {
+		return nil
+	}
+	return errors.New(allowed)
+}
+
+func oneOf(allowed ...string) func(string) bool {
+	return func(v string) bool { return slices.Contains(allowed, v) }
+}
+
+func isHostPort(v string) bool {
+	_, _, err := net.SplitHostPort(v)
+	return err == nil
 }
 
 // errHelp is returned for --help and --version, once they have printed.
@@ -200,7 +183,8 @@ func (e *usageError) Error() string { return e.msg }
 // environment; a flag wins over its variable. Every error is one line naming
 // the flag (or variable), the value and what is allowed.
 func parseConfig(args []string, stdout io.Writer) (config, error) {
-	opts := options()
+	c := config{socketGID: -1}
+	opts := c.options()
 	fs := flag.NewFlagSet("notifyd", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	given := map[string][]string{} // values from the command line, by flag
@@ -229,13 +213,12 @@ func parseConfig(args []string, stdout io.Writer) (config, error) {
 		return config{}, &usageError{fmt.Sprintf("unexpected argument %q: notifyd takes only flags (see notifyd --help)", fs.Arg(0))}
 	}
 
-	c := config{socketGID: -1}
 	where := map[string]string{} // where each option's value came from
 	for _, o := range opts {
 		var values []string
 		where[o.name], values = o.source(given[o.name])
 		for _, v := range values {
-			if err := o.set(&c, v); err != nil {
+			if err := o.set(v); err != nil {
 				return c, &usageError{fmt.Sprintf("%s %q: %s", where[o.name], v, err)}
 			}
 		}
@@ -284,30 +267,6 @@ func envName(flagName string) string {
 // listenConfig describes the notify socket notifyd creates.
 func (c config) listenConfig() protocol.ListenConfig {
 	return protocol.ListenConfig{Path: c.socket, Mode: c.socketMode, GID: c.socketGID}
-}
-
-func hostPort(v, msg string) error {
-	if _, _, err := net.SplitHostPort(v); err != nil {
-		return errors.New(msg)
-	}
-	return nil
-}
-
-func count(v string) (int, error) {
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 0 {
-		return 0, errors.New("must be a whole number, 0 or more")
-	}
-	return n, nil
-}
-
-func oneOf(v, msg string, allowed ...string) error {
-	for _, a := range allowed {
-		if v == a {
-			return nil
-		}
-	}
-	return errors.New(msg)
 }
 
 func lookupGroup(name string) (int, error) {

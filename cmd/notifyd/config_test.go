@@ -159,7 +159,7 @@ func TestParseConfigHelpAndVersion(t *testing.T) {
 	if _, err := parseConfig([]string{"--help"}, &out); !errors.Is(err, errHelp) {
 		t.Fatalf("--help = %v", err)
 	}
-	for _, o := range options() {
+	for _, o := range (&config{}).options() {
 		if !strings.Contains(out.String(), "  --"+o.name+" ") {
 			t.Errorf("--help does not list --%s:\n%s", o.name, out.String())
 		}
