@@ -105,9 +105,11 @@ func (m *mirror) run() {
 	defer close(m.exit)
 	retry := time.NewTimer(m.every)
 	retry.Stop()
+	armed := false // retry will fire: failures wait at most one interval
 	gather := time.NewTimer(gatherTime)
 	gather.Stop()
 	for {
+		retrying := false
 		select {
 		case <-m.kick:
 			gather.Reset(gatherTime)
@@ -121,40 +123,46 @@ func (m *mirror) run() {
 			}
 		case <-m.hurry:
 		case <-retry.C:
+			retrying, armed = true, false
 		case <-m.stop:
 			m.finish()
 			return
 		}
-		m.flush()
-		if len(m.retry) > 0 {
+		m.flush(retrying)
+		if len(m.retry) > 0 && !armed {
 			retry.Reset(m.every)
+			armed = true
 		}
 	}
 }
 
 // finish writes what is pending a last time and releases every sync.
 func (m *mirror) finish() {
-	m.flush()
+	m.flush(true)
 	m.mu.Lock()
 	m.closed = true
 	m.settled.Broadcast()
 	m.mu.Unlock()
 }
 
-// flush takes every pending change, and every earlier failure that no newer
-// change replaces, and applies them to the directory. The ones that fail
-// are kept for the next retry.
-func (m *mirror) flush() {
+// flush takes every pending change and applies it to the directory. With
+// retrying, it tries again every earlier failure that no newer change
+// replaces; otherwise those wait for the retry timer, so that each failing
+// change is tried once per interval however often the mirror wakes. The
+// ones that fail are kept for the next retry.
+func (m *mirror) flush(retrying bool) {
 	m.mu.Lock()
 	batch, upto := m.pending, m.queued
 	m.pending = make(map[int]*Worker, len(batch))
 	m.mu.Unlock()
 	for pid, w := range m.retry {
-		if _, newer := batch[pid]; !newer {
+		if _, newer := batch[pid]; !newer && retrying {
 			batch[pid] = w
 		}
+		if _, newer := batch[pid]; newer {
+			delete(m.retry, pid)
+		}
 	}
-	m.retry = nil
 	for pid, w := range batch {
 		err := m.apply(pid, w)
 		if err == nil {

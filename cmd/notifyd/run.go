@@ -38,10 +38,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer signal.Stop(drains)
 
 	// Opened first: notifyd whose process is already gone starts nothing.
-	var watch *exitWatch
+	var watch *registry.ExitWatch
 	if cfg.exitWith != 0 {
-		if watch, err = watchExit(cfg.exitWith); err != nil {
-			return err
+		if watch, err = registry.WatchExit(cfg.exitWith); errors.Is(err, registry.ErrNoProcess) {
+			return &usageError{fmt.Sprintf("--exit-with %d: no such process", cfg.exitWith)}
+		} else if err != nil {
+			return fmt.Errorf("--exit-with %d: %w", cfg.exitWith, err)
 		}
 		defer watch.Close()
 	}
@@ -98,7 +100,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		drainSignals(reg, drains),
 	}
 	if watch != nil {
-		parts = append(parts, watch.Run(log))
+		parts = append(parts, func(ctx context.Context) error {
+			if exited, err := watch.Wait(ctx); exited {
+				log.Info("the process notifyd exits with has exited; stopping", "exit_with", cfg.exitWith)
+			} else if err != nil {
+				return fmt.Errorf("--exit-with %d: %w", cfg.exitWith, err)
+			}
+			return nil
+		})
 	}
 
 	started := []any{"socket", conn.Addr(), "bind", ln.Addr().String()}

@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -108,7 +107,10 @@ func listen(cfg config, inherited inheritedSockets, log *slog.Logger) (*protocol
 			log.Info("using the notify socket passed by systemd", "socket", conn.Addr())
 		}
 	} else if conn, err = protocol.Listen(cfg.listenConfig()); err == nil {
-		noteQueueLength(log, queueLengthFile)
+		if n, short := protocol.ShortQueue(); short {
+			log.Info("short notify socket queue: a burst of workers waits for room; raise net.unix.max_dgram_qlen before notifyd starts",
+				"net.unix.max_dgram_qlen", n, "systemd_sets", protocol.SystemdQueueLength)
+		}
 	}
 	if err != nil {
 		return nil, nil, err
@@ -217,29 +219,4 @@ func (n *systemdNotifier) send(state string) {
 	if _, err := daemon.SdNotify(false, state); err != nil && !errors.Is(err, os.ErrNotExist) {
 		n.log.Warn("could not notify systemd", "error", err)
 	}
-}
-
-// systemdQueueLength is the net.unix.max_dgram_qlen systemd sets at boot.
-const systemdQueueLength = 512
-
-// queueLengthFile holds the queue length a new datagram socket gets.
-const queueLengthFile = "/proc/sys/net/unix/max_dgram_qlen"
-
-// noteQueueLength says at start when the notify socket notifyd has just made
-// queues fewer datagrams than under systemd, reading the length from file.
-// The kernel's default is 10, and a container with a network namespace of
-// its own starts with it: a sender then waits whenever ten datagrams are
-// queued, so a master starting many workers at once registers them more
-// slowly.
-func noteQueueLength(log *slog.Logger, file string) {
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || n >= systemdQueueLength {
-		return
-	}
-	log.Info("short notify socket queue: a burst of workers waits for room; raise net.unix.max_dgram_qlen before notifyd starts",
-		"net.unix.max_dgram_qlen", n, "systemd_sets", systemdQueueLength)
 }
