@@ -11,6 +11,13 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/notifyd/notifyd/internal/proctest"
+)
+
+// Shared with the other packages' tests: internal/proctest.
+var (
+	shortDir = proctest.ShortDir
 )
 
 // settle is how long a test waits for handshakes the kernel completes on its
@@ -80,17 +87,6 @@ func listenUnix(tb testing.TB, path string, backlog int) {
 	if err := unix.Listen(fd, backlog); err != nil {
 		tb.Fatalf("listen: %v", err)
 	}
-}
-
-// shortDir returns a directory short enough for Unix socket paths.
-func shortDir(tb testing.TB) string {
-	tb.Helper()
-	dir, err := os.MkdirTemp("", "nd")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
 }
 
 // dial opens n connections to addr ("tcp" or "unix") and keeps them open

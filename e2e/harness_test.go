@@ -18,6 +18,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/notifyd/notifyd/internal/proctest"
+)
+
+// Shared with the other packages' tests: internal/proctest.
+var (
+	waitFor  = proctest.Eventually
+	shortDir = proctest.ShortDir
+	sleeper  = proctest.Sleeper
 )
 
 // bin holds the notifyd and notify binaries built once for the whole run.
@@ -64,31 +73,6 @@ func need(t *testing.T, tool string) string {
 	}
 	t.Skipf("%s is not installed", tool)
 	return ""
-}
-
-// waitFor polls cond until it holds, failing the test if it never does. The
-// deadline is generous: it only stops a broken test from hanging.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// shortDir makes a directory with a short path, so that socket paths in it
-// stay under the 108-byte sun_path limit.
-func shortDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "nd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
 }
 
 // daemon is a running notifyd.
@@ -299,17 +283,6 @@ func notify(t *testing.T, args ...string) (int, string) {
 		t.Fatal(err)
 	}
 	return 0, string(out)
-}
-
-// sleeper starts a child that lives until the test ends or it is killed.
-func sleeper(t *testing.T) *exec.Cmd {
-	t.Helper()
-	cmd := exec.Command("sleep", "1000")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	return cmd
 }
 
 // alive reports whether pid is a live process (not gone, not a zombie).

@@ -15,6 +15,14 @@ import (
 	"github.com/notifyd/notifyd/httpapi"
 	"github.com/notifyd/notifyd/protocol"
 	"github.com/notifyd/notifyd/registry"
+
+	"github.com/notifyd/notifyd/internal/proctest"
+)
+
+// Shared with the other packages' tests: internal/proctest.
+var (
+	eventually = proctest.Eventually
+	sleeper    = proctest.Sleeper
 )
 
 // waitLimit bounds how long a test polls for an asynchronous effect. It only
@@ -50,21 +58,6 @@ func newRegistry(t *testing.T) *registry.Registry {
 		reg.Close()
 	})
 	return reg
-}
-
-// sleeper starts a real "sleep 1000" child, killed and reaped when the test
-// ends.
-func sleeper(t *testing.T) *exec.Cmd {
-	t.Helper()
-	cmd := exec.Command("sleep", "1000")
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start sleep: %v", err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	return cmd
 }
 
 // send applies m to reg as root and fails the test if it is rejected.
@@ -138,16 +131,4 @@ func startTime(t *testing.T, pid int) uint64 {
 		t.Fatalf("start time of %d: %v", pid, err)
 	}
 	return n
-}
-
-// eventually polls cond until it holds or waitLimit passes.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitLimit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }

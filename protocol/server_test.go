@@ -21,6 +21,11 @@ import (
 	"github.com/notifyd/notifyd/internal/proctest"
 )
 
+// Shared with the other packages' tests: internal/proctest.
+var (
+	sockDir = proctest.ShortDir
+)
+
 // waitLimit bounds every wait for the server; nothing asserts how fast it is.
 const waitLimit = 10 * time.Second
 
@@ -98,17 +103,6 @@ func (r *recorder) check(t *testing.T, want []record) {
 
 func self() Credentials {
 	return Credentials{PID: os.Getpid(), UID: os.Getuid(), GID: os.Getgid()}
-}
-
-// sockDir returns a new directory short enough for socket paths.
-func sockDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "nd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
 }
 
 // serve runs a Server with handler h on a new socket until the test ends,

@@ -15,6 +15,13 @@ import (
 	"time"
 
 	"github.com/notifyd/notifyd/protocol"
+
+	"github.com/notifyd/notifyd/internal/proctest"
+)
+
+// Shared with the other packages' tests: internal/proctest.
+var (
+	eventually = proctest.Eventually
 )
 
 // waitFor is how long a test waits for an asynchronous effect before it
@@ -136,19 +143,6 @@ func waitZombie(tb testing.TB, pid int) {
 		state, _ := procStat(tb, pid)
 		return state == "Z"
 	})
-}
-
-// eventually polls cond until it holds, and fails the test if it does not
-// hold within waitFor.
-func eventually(tb testing.TB, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(waitFor)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // testConfig is a Config for a fresh private state directory.

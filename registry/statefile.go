@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/notifyd/notifyd/protocol"
 )
 
 // tmpSuffix marks a state file that is being written. A file of that name
@@ -95,10 +97,10 @@ func (s stateFiles) match(name string) (pid int, tmp, ok bool) {
 	if digits, found = strings.CutSuffix(digits, s.suffix); !found {
 		return 0, false, false
 	}
-	if digits == "" || digits[0] == '0' || !isDigits(digits) {
-		return 0, false, false
+	if strings.HasPrefix(digits, "0") {
+		return 0, false, false // not a name notifyd writes
 	}
-	pid, err := strconv.Atoi(digits)
+	pid, err := protocol.ParsePID(digits)
 	return pid, false, err == nil
 }
 
@@ -208,15 +210,6 @@ func decodeState(b []byte) (savedState, error) {
 		}
 	}
 	return st, nil
-}
-
-func isDigits(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return true
 }
 
 // readState reads one state file, refusing to follow a symlink.
