@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -274,9 +275,16 @@ func stateFiles(t *testing.T, dir string) []int {
 // notify runs the notify client and returns its exit code and output.
 func notify(t *testing.T, args ...string) (int, string) {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(bin, "notify"), args...)
+	return exitCode(t, exec.Command(filepath.Join(bin, "notify"), args...))
+}
+
+// exitCode runs cmd to its end and returns its exit code and its combined
+// output. A command that could not be run fails the test.
+func exitCode(t *testing.T, cmd *exec.Cmd) (int, string) {
+	t.Helper()
 	out, err := cmd.CombinedOutput()
-	if ee, ok := err.(*exec.ExitError); ok {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
 		return ee.ExitCode(), string(out)
 	}
 	if err != nil {

@@ -96,15 +96,7 @@ func notifyEnv(t *testing.T, env []string, args ...string) (int, string) {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(bin, "notify"), args...)
 	cmd.Env = append(os.Environ(), env...)
-	out, err := cmd.CombinedOutput()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode(), string(out)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return 0, string(out)
+	return exitCode(t, cmd)
 }
 
 // drainMarked reports whether the drain mark is in dir.

@@ -51,15 +51,7 @@ func runAsNobody(t *testing.T, setpriv string, args ...string) (int, string) {
 	full := append([]string{"--reuid=65534", "--regid=65534", "--clear-groups"}, args...)
 	cmd := exec.Command(setpriv, full...)
 	cmd.Dir = "/"
-	out, err := cmd.CombinedOutput()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode(), string(out)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return 0, string(out)
+	return exitCode(t, cmd)
 }
 
 // sleeperAs starts a sleep that runs as uid and gid id, and kills it at the
