@@ -35,7 +35,9 @@ type Server struct {
 	limiter logLimiter
 	apply1  sync.Mutex // held while one datagram is applied
 	readers sync.WaitGroup
-	failed  chan error // a read error of the current socket
+	failed  chan error    // a read error of the current socket
+	closing chan struct{} // closed by Close
+	close1  sync.Once
 
 	mu      sync.Mutex
 	conn    *Conn // the socket at the path
@@ -50,6 +52,7 @@ func NewServer(conn *Conn, h Handler, log *slog.Logger) *Server {
 	return &Server{
 		conn:    conn,
 		failed:  make(chan error, 1),
+		closing: make(chan struct{}),
 		handler: h,
 		log:     log,
 		limiter: logLimiter{burst: 5, every: time.Second},
@@ -57,10 +60,10 @@ func NewServer(conn *Conn, h Handler, log *slog.Logger) *Server {
 	}
 }
 
-// Serve reads and applies datagrams until ctx is cancelled, then closes the
-// sockets and removes the socket file. Meanwhile it re-creates the socket
-// file whenever it is removed. It returns nil after a cancellation and the
-// read error of the current socket otherwise.
+// Serve reads and applies datagrams until ctx is cancelled or Close is
+// called, then closes the sockets and removes the socket file. Meanwhile it
+// re-creates the socket file whenever it is removed. It returns nil after a
+// cancellation or Close, and the read error of the current socket otherwise.
 func (s *Server) Serve(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -77,6 +80,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	var err error
 	select {
 	case <-ctx.Done():
+	case <-s.closing:
 	case err = <-s.failed:
 	}
 	cancel() // the keeper first: it must not re-create what is closed here
@@ -89,6 +93,22 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.mu.Unlock()
 	s.readers.Wait()
 	return err
+}
+
+// Close stops Serve, or makes it return at once if it has not begun, and
+// closes the sockets. It is idempotent.
+func (s *Server) Close() error {
+	s.close1.Do(func() { close(s.closing) })
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.serving {
+		s.stopped = true
+		s.conn.Close()
+		if s.retired != nil {
+			s.retired.Close()
+		}
+	}
+	return nil
 }
 
 // replace makes c the socket at the path. The one it replaces is kept and

@@ -632,3 +632,43 @@ func TestServerKeepsItsSocket(t *testing.T) {
 		t.Fatalf("%d messages delivered, want 3", got)
 	}
 }
+
+// TestServerClose: Close stops a serving Server, which removes its socket
+// file and returns nil, and a Server closed before Serve returns at once.
+// Close may be called again.
+func TestServerClose(t *testing.T) {
+	for _, before := range []bool{false, true} {
+		name := map[bool]string{false: "while serving", true: "before Serve"}[before]
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(sockDir(t), "n.sock")
+			conn, err := Listen(ListenConfig{Path: path, Mode: 0o660, GID: -1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := NewServer(conn, &recorder{}, slog.New(slog.DiscardHandler))
+			if before {
+				srv.Close()
+			}
+			done := make(chan error, 1)
+			go func() { done <- srv.Serve(context.Background()) }()
+			if !before {
+				barrier(t, dial(t, path)) // serving
+				srv.Close()
+			}
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("Serve after Close = %v, want nil", err)
+				}
+			case <-time.After(waitLimit):
+				t.Fatal("Serve did not return after Close")
+			}
+			if err := srv.Close(); err != nil {
+				t.Fatalf("second Close = %v", err)
+			}
+			if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("socket file after Close: %v, want it removed", err)
+			}
+		})
+	}
+}
