@@ -40,7 +40,7 @@ func serveBare(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fmt.Fprintf(stdout, "bare server listening at http://%s\n", ln.Addr())
 	// notifyd's own HTTP server, timeouts and all, with a handler that
 	// answers a constant: both answer under the same conditions.
-	if err := httpapi.Serve(ctx, ln, newConstant(*body), slog.New(slog.DiscardHandler)); err != nil {
+	if err := httpapi.NewServer(ln, newConstant(*body), slog.New(slog.DiscardHandler)).Serve(ctx); err != nil {
 		return fmt.Errorf("%s: %w", bareCommand, err)
 	}
 	return nil

@@ -95,7 +95,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	parts := []func(context.Context) error{
 		reg.Run,
 		srv.Serve,
-		func(ctx context.Context) error { return httpapi.Serve(ctx, ln, handler, httpLog) },
+		httpapi.NewServer(ln, handler, httpLog).Serve,
 		notifier.Run,
 		drainSignals(reg, drains),
 	}
