@@ -37,14 +37,16 @@ type config struct {
 	expect       int
 	agentBind    string // "" is off
 	listenQueues []backlog.Addr
-	agentWeight  string
+	weighByIdle  bool // the agent weight follows idle workers
+	weighByQueue bool // and is scaled down as the listen queues fill
 	agentFloor   int
 }
 
-// The --agent-weight modes.
+// The --agent-weight modes. idle and queue combine: "idle,queue".
 const (
 	weightByCapacity = "capacity" // ready * 100 / expect
-	weightByQueue    = "queue"    // and scaled down as the listen queues fill
+	weightByIdle     = "idle"     // scaled down by the share of busy workers
+	weightByQueue    = "queue"    // scaled down as the listen queues fill
 )
 
 // listFlag is a repeatable flag. Its environment twin is a comma-separated
@@ -91,8 +93,8 @@ func parseConfig(args []string, stdout io.Writer) (config, error) {
 	def("require", "1", "workers that must be ready for the health check to answer 200")
 	def("expect", "", "workers the server is configured to run, the capacity agent weights follow (default --require)")
 	def("agent-bind", "", "address of the HAProxy agent-check, such as 127.0.0.1:8002 (default off)")
-	def("agent-weight", weightByCapacity, "agent weight: capacity, or queue to scale it down as the application's listen queues fill")
-	def("agent-weight-floor", "10", "with --agent-weight queue: the lowest weight in percent a full queue brings")
+	def("agent-weight", weightByCapacity, "agent weight: capacity; idle to scale it down by the share of busy workers; queue to scale it down as the application's listen queues fill; or idle,queue for both")
+	def("agent-weight-floor", "10", "with --agent-weight idle or queue: the lowest weight in percent busy workers or a full queue bring")
 	queues := &listFlag{}
 	fs.Var(queues, "listen-queue", "an address the application listens on, to report its accept queue: 127.0.0.1:8000, [::1]:8000 or unix:/run/app.sock (repeatable)")
 	def("dir", protocol.RuntimeDirectory(), "directory of the state files")
@@ -204,14 +206,11 @@ func parseConfig(args []string, stdout io.Writer) (config, error) {
 		}
 		c.listenQueues = append(c.listenQueues, addr)
 	}
-	switch c.agentWeight = *v["agent-weight"]; c.agentWeight {
-	case weightByCapacity:
-	case weightByQueue:
-		if len(c.listenQueues) == 0 {
-			return c, bad("agent-weight", "needs at least one --listen-queue to weigh by")
-		}
-	default:
-		return c, bad("agent-weight", "must be capacity or queue")
+	if c.weighByIdle, c.weighByQueue, err = parseWeight(*v["agent-weight"]); err != nil {
+		return c, bad("agent-weight", err.Error())
+	}
+	if c.weighByQueue && len(c.listenQueues) == 0 {
+		return c, bad("agent-weight", "needs at least one --listen-queue to weigh by")
 	}
 	if c.agentFloor, err = strconv.Atoi(*v["agent-weight-floor"]); err != nil || c.agentFloor < 0 || c.agentFloor > 100 {
 		return c, bad("agent-weight-floor", "must be a whole percentage from 0 to 100")
@@ -222,6 +221,25 @@ func parseConfig(args []string, stdout io.Writer) (config, error) {
 		return c, bad("systemd-ready", "must be listening or workers")
 	}
 	return c, nil
+}
+
+// parseWeight reads --agent-weight: capacity, or idle and queue, alone or
+// together separated by a comma, each at most once.
+func parseWeight(s string) (idle, queue bool, err error) {
+	if s == weightByCapacity {
+		return false, false, nil
+	}
+	for mode := range strings.SplitSeq(s, ",") {
+		switch {
+		case mode == weightByIdle && !idle:
+			idle = true
+		case mode == weightByQueue && !queue:
+			queue = true
+		default:
+			return false, false, errors.New("must be capacity, idle, queue, or idle,queue")
+		}
+	}
+	return idle, queue, nil
 }
 
 // envName is a flag's environment twin: --socket-mode is NOTIFYD_SOCKET_MODE.
