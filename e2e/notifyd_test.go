@@ -35,6 +35,9 @@ func TestBadFlagsStopStartWithOneLine(t *testing.T) {
 		{"bad bind", []string{"--bind", "8001"}, "", `--bind "8001"`},
 		{"bad reap interval", []string{"--reap-interval", "0s"}, "", `--reap-interval "0s"`},
 		{"unknown flag", []string{"--frobnicate"}, "", "flag provided but not defined: -frobnicate"},
+		{"bad agent weight", []string{"--agent-weight", "busy"}, "", `--agent-weight "busy": must be capacity, idle, queue, or idle,queue`},
+		{"agent weight twice", []string{"--agent-weight", "idle,idle"}, "", `--agent-weight "idle,idle": must be capacity, idle, queue, or idle,queue`},
+		{"agent weight queue without a queue", []string{"--agent-weight", "idle,queue"}, "", `--agent-weight "idle,queue": needs at least one --listen-queue to weigh by`},
 		{"bad environment twin", nil, "NOTIFYD_REQUIRE=lots", `NOTIFYD_REQUIRE "lots": must be a whole number, 0 or more`},
 	}
 	for _, tt := range tests {

@@ -127,7 +127,7 @@ func TestOperatorExpectInStatusAndVerbose(t *testing.T) {
 			d.waitStarted(t)
 			wantStatusFields(t, d, map[string]any{"ready": 0, "required": tt.required, "expected": tt.expected, "healthy": false, "draining": false})
 			code, body := httpGet(t, "http://"+d.addr+"/?verbose")
-			want := fmt.Sprintf("[-]workers failed: 0/%d ready\n[-]capacity failed: 0/%d expected (does not affect the status)\nhealthz check failed\n", tt.required, tt.expected)
+			want := fmt.Sprintf("[-]workers failed: 0/%d ready\n[-]capacity failed: 0/%d expected (does not affect the status)\n[+]activity ok: 0/0 workers busy, 0 requests in flight\nhealthz check failed\n", tt.required, tt.expected)
 			if code != 500 || body != want {
 				t.Fatalf("GET /?verbose = %d %q, want 500 %q", code, body, want)
 			}
@@ -143,7 +143,7 @@ func TestOperatorExpectInStatusAndVerbose(t *testing.T) {
 			if tt.expected > 2 {
 				capacity = fmt.Sprintf("[-]capacity failed: 2/%d expected (does not affect the status)\n", tt.expected)
 			}
-			want = fmt.Sprintf("[+]workers ok: 2/%d ready\n%shealthz check passed\n", tt.required, capacity)
+			want = fmt.Sprintf("[+]workers ok: 2/%d ready\n%s[+]activity ok: 0/2 workers busy, 0 requests in flight\nhealthz check passed\n", tt.required, capacity)
 			if code != 200 || body != want {
 				t.Fatalf("GET /?verbose = %d %q, want 200 %q", code, body, want)
 			}

@@ -67,15 +67,35 @@ func QueueWeight(capacity int, queues []backlog.Queue, floor int) int {
 	return max(int(float64(capacity)*(1-fill)), min(capacity, floor))
 }
 
+// IdleWeight scales a capacity weight (percent) down by the share of ready
+// workers that are busy, those with at least one request in flight:
+//
+//	weight = capacity × (1 − busy/ready), and never below min(capacity, floor)
+//
+// So HAProxy sends new connections where workers are idle. As with
+// QueueWeight, the floor keeps an instance whose every worker is busy in
+// rotation: busy is not broken. busy is clamped to ready, and no ready
+// worker leaves the capacity as it is.
+func IdleWeight(capacity, ready, busy, floor int) int {
+	if ready <= 0 {
+		return capacity
+	}
+	busy = min(max(busy, 0), ready)
+	return max(capacity*(ready-busy)/ready, min(capacity, floor))
+}
+
 // Agent answers HAProxy agent checks.
 type Agent struct {
 	Source             Source
 	Required, Expected int
+	// Idle scales the weight with IdleWeight (--agent-weight=idle).
+	Idle bool
 	// Queues, when set, scales the weight with QueueWeight
-	// (--agent-weight=queue); Floor is its floor in percent.
+	// (--agent-weight=queue), after Idle when both are set.
 	Queues *backlog.Reader
-	Floor  int
-	Log    *slog.Logger
+	// Floor is the lowest weight in percent Idle and Queues bring.
+	Floor int
+	Log   *slog.Logger
 }
 
 // queueMaxAge bounds how old a listen-queue reading the agent may use.
@@ -85,11 +105,20 @@ const queueMaxAge = 100 * time.Millisecond
 func (a *Agent) Reply() string {
 	s := a.Source.Summary()
 	weight := capacityWeight(s, a.Expected)
-	if a.Queues != nil && !s.Draining && s.Ready >= a.Required {
+	if s.Draining || s.Ready < a.Required {
+		return agentReply(s, a.Required, weight)
+	}
+	if a.Idle {
+		weight = IdleWeight(weight, s.Ready, a.Source.Activity().BusyWorkers, a.Floor)
+	}
+	// The queue scales what the idle weight left. Its floor is then
+	// min(idle weight, floor), which is min(capacity, floor) again, since
+	// the idle weight never goes below that.
+	if a.Queues != nil {
 		if queues, err := a.Queues.Cached(queueMaxAge); err == nil {
 			weight = QueueWeight(weight, queues, a.Floor)
 		} else {
-			a.Log.Debug("listen queues not read; weight by capacity alone", "error", err)
+			a.Log.Debug("listen queues not read; weight without them", "error", err)
 		}
 	}
 	return agentReply(s, a.Required, weight)

@@ -20,6 +20,10 @@ type Source interface {
 	Exits() uint64
 	// StateFileErrors counts state file writes and removals that failed.
 	StateFileErrors() uint64
+	// Activity is the instance's requests in flight, busy workers and
+	// counters, without a lock. Only information lines and the agent's
+	// idle weight read it, never the health status.
+	Activity() registry.Totals
 }
 
 // Header values shared by every answer; net/http only reads them.
@@ -77,6 +81,7 @@ func (h *Health) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 //
 //	[+]workers ok: 3/2 ready
 //	[-]capacity failed: 3/4 expected (does not affect the status)
+//	[+]activity ok: 2/3 workers busy, 5 requests in flight
 //	healthz check passed
 //
 // The capacity check asserts that every worker the server is configured to
@@ -105,11 +110,24 @@ func (h *Health) verbose(b []byte, s registry.Summary) []byte {
 	if s.Draining {
 		b = append(b, "[-]drain failed: draining; notify --undrain or SIGUSR2 ends it\n"...)
 	}
+	b = activityLine(b, h.src.Activity(), s)
 	b = h.queueLines(b)
 	if healthy(s, h.required) {
 		return append(b, "healthz check passed\n"...)
 	}
 	return append(b, "healthz check failed\n"...)
+}
+
+// activityLine reports how busy the workers are. It is information only,
+// as the listen queue is: busy is not broken.
+func activityLine(b []byte, a registry.Totals, s registry.Summary) []byte {
+	b = append(b, "[+]activity ok: "...)
+	b = strconv.AppendInt(b, int64(a.BusyWorkers), 10)
+	b = append(b, '/')
+	b = strconv.AppendInt(b, int64(s.Workers), 10)
+	b = append(b, " workers busy, "...)
+	b = strconv.AppendUint(b, a.InFlight, 10)
+	return append(b, " requests in flight\n"...)
 }
 
 // queueLines reports the application's listen queues. They are information

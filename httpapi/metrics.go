@@ -31,6 +31,11 @@ var (
 	descFileError = prometheus.NewDesc("notifyd_state_file_errors_total", "State file writes and removals that failed.", nil, nil)
 	descQueueLen  = prometheus.NewDesc("notifyd_listen_queue_length", "Connections waiting in the application's listen queue for a worker to accept them.", []string{"addr"}, nil)
 	descQueueMax  = prometheus.NewDesc("notifyd_listen_queue_limit", "The listen queue's limit, the backlog as the kernel capped it.", []string{"addr"}, nil)
+	descInFlight  = prometheus.NewDesc("notifyd_requests_in_flight", "Requests the registered workers are serving now, as they last reported.", nil, nil)
+	descBusy      = prometheus.NewDesc("notifyd_workers_busy", "Registered workers with at least one request in flight.", nil, nil)
+	descRequests  = prometheus.NewDesc("notifyd_requests_total", "Requests the workers finished, as they reported them; workers that left included.", nil, nil)
+	descBusyTime  = prometheus.NewDesc("notifyd_busy_seconds_total", "Seconds the workers spent with at least one request in flight, summed over workers; workers that left included.", nil, nil)
+	descBackwards = prometheus.NewDesc("notifyd_activity_backwards_total", "Activity reports ignored because a counter went backwards for the same worker.", nil, nil)
 	descListening = prometheus.NewDesc("notifyd_listen_queue_listening", "1 when something listens on the address, else 0.", []string{"addr"}, nil)
 )
 
@@ -38,7 +43,8 @@ var (
 var states = []registry.State{registry.Starting, registry.Ready, registry.Reloading, registry.Hung, registry.Failed}
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descWorkers, descRequired, descExpected, descHealthy, descDraining, descMessages, descExits, descFileError, descQueueLen, descQueueMax, descListening} {
+	for _, d := range []*prometheus.Desc{descWorkers, descRequired, descExpected, descHealthy, descDraining, descMessages, descExits, descFileError,
+		descInFlight, descBusy, descRequests, descBusyTime, descBackwards, descQueueLen, descQueueMax, descListening} {
 		ch <- d
 	}
 }
@@ -63,6 +69,12 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descExits, prometheus.CounterValue, float64(c.reg.Exits()))
 	ch <- prometheus.MustNewConstMetric(descFileError, prometheus.CounterValue, float64(c.reg.StateFileErrors()))
+	a := c.reg.Activity()
+	ch <- prometheus.MustNewConstMetric(descInFlight, prometheus.GaugeValue, float64(a.InFlight))
+	ch <- prometheus.MustNewConstMetric(descBusy, prometheus.GaugeValue, float64(a.BusyWorkers))
+	ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(a.Requests))
+	ch <- prometheus.MustNewConstMetric(descBusyTime, prometheus.CounterValue, seconds(a.BusyUSec))
+	ch <- prometheus.MustNewConstMetric(descBackwards, prometheus.CounterValue, float64(a.Backwards))
 	c.collectQueues(ch)
 }
 

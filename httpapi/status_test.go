@@ -14,8 +14,8 @@ import (
 )
 
 var (
-	statusKeys = []string{"draining", "expected", "healthy", "listen_queues", "ready", "required", "workers"}
-	workerKeys = []string{"last_watchdog", "pid", "ready_at", "start_time", "state", "status"}
+	statusKeys = []string{"busy_workers", "draining", "expected", "healthy", "in_flight", "listen_queues", "ready", "required", "workers"}
+	workerKeys = []string{"busy_seconds", "in_flight", "last_watchdog", "pid", "ready_at", "requests", "start_time", "state", "status"}
 )
 
 // getStatus fetches /status and decodes it, numbers kept exact.

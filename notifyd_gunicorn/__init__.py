@@ -6,9 +6,10 @@ Usage, at the end of a gunicorn config file:
     notifyd_socket = '/run/myapp/notify.sock'
     notifyd_gunicorn.install(globals())
 
-install() chains after the post_worker_init, worker_exit and child_exit hooks
-that the file already defines, so it must come after them: a hook defined
-after the call replaces ours, and that worker event is then never sent.
+install() chains after the post_worker_init, worker_exit, child_exit,
+pre_request and post_request hooks that the file already defines, so it must
+come after them: a hook defined after the call replaces ours, and that worker
+event is then never sent.
 
 The socket is notifyd_socket, else $NOTIFYD_SOCKET, else
 $RUNTIME_DIRECTORY/notify.sock, else ./notify.sock; '@name' is an abstract
@@ -26,20 +27,34 @@ The hooks never raise because of notifyd. If notifyd is down or too slow, the
 hook logs one warning and gunicorn carries on.
 
 Each ready worker repeats its READY=1 every notifyd_reannounce seconds (10 by
-default, less up to 10% of jitter; 0 turns it off), from a daemon thread of
-its own, and one second after a send that failed. A notifyd that restarted
-without its state files, or lost a READY=1 queued in its socket, so counts
-every live worker again within one interval. notifyd takes a repeated READY=1
-from a worker it knows for one lookup, and never counts a dead or reused pid.
+default, less up to 10% of jitter; 0 turns the repetition off), from a daemon
+thread of its own, and again after a send that failed: at once, then after
+one second, doubling up to the interval. A notifyd that restarted without its
+state files, or lost a READY=1 queued in its socket, so counts every live
+worker again within one interval. notifyd takes a repeated READY=1 from a
+worker it knows for one lookup, and never counts a dead or reused pid.
+
+pre_request and post_request report the worker's activity: requests in flight
+now (with gthread, the requests its threads serve at once), requests finished
+and microseconds spent with at least one request in flight since it booted.
+Each costs one non-blocking send on a socket the worker keeps connected, and
+nothing at all while that socket is down. The values are absolute, so a
+datagram dropped on a full queue costs nothing: the next one, or the next
+READY=1, which carries them too, tells the truth. A failed send never delays
+the request: it only wakes the worker's thread, which connects again and
+re-announces.
 """
 
+import _socket
 import importlib
+import inspect
 import logging
 import os
 import random
 import socket
 import struct
 import threading
+import time
 
 from ._managed import start
 
@@ -66,6 +81,10 @@ RETRY = 1.0
 # _MARK is set on the hooks install() makes, so a second install() on the
 # same namespace recognises them and does not wrap them again.
 _MARK = '_notifyd_hook'
+
+# _COUNTED is set on a request that pre_request counted, to the reporter that
+# counted it, so that post_request ends only what pre_request began.
+_COUNTED = '_notifyd_counted'
 
 _logger = logging.getLogger(__name__)
 
@@ -144,28 +163,180 @@ def send(address, message):
 
 
 class _Announcer:
-    """Repeats one worker's READY=1 from a daemon thread.
+    """Reports one worker to notifyd: its READY=1, and its activity.
 
-    A send that fails is tried again after RETRY seconds, then after twice
-    that, up to the interval. stop() ends the repetition before the worker
-    says STOPPING=1, so that no READY=1 follows it.
+    READY=1 is sent once as the worker boots, with a blocking send, then
+    repeated from a daemon thread every interval. The request hooks call
+    begin() and end(), which update the activity and send it with one
+    non-blocking send on a socket the worker keeps connected. The repeated
+    READY=1 goes through that socket too, with the activity: every snapshot
+    is taken and sent under self.lock, so notifyd receives them in the order
+    they were taken, and no counter ever seems to go backwards.
+
+    A send that fails drops the socket and wakes the thread; until the thread
+    has connected again and re-announced, the hooks send nothing. The thread
+    re-announces at once (at most once a RETRY), and after a failure of its
+    own tries again after RETRY seconds, then after twice that, up to the
+    interval. stop() ends all of it before the worker says STOPPING=1, so
+    that nothing follows it.
     """
 
     def __init__(self, address, pid, interval, log):
         self.address, self.pid, self.interval, self.log = (
             address, pid, interval, log)
-        self.lock = threading.Lock()  # held while a READY=1 is on its way
+        # Held while the activity changes or a datagram is on its way; only
+        # non-blocking calls are made under it.
+        self.lock = threading.Lock()
         self.stopped = threading.Event()
+        self.wakeup = threading.Event()
         self.failing = False
         self.retry = RETRY
+        self.last = 0.0  # time.monotonic() of the last re-announcement
+        self.sock = None  # connected to notifyd, or None
+        self.credentials = struct.pack('3i', os.getpid(), os.getuid(),
+                                       os.getgid())
+        self.in_flight = 0
+        self.requests = 0
+        self.busy_ns = 0  # busy time up to busy_since
+        self.busy_since = 0  # time.monotonic_ns() when in_flight left 0
 
     def announce(self):
-        """Send READY=1 now and report whether it went.
+        """Send READY=1 now, as the worker boots; report whether it went.
+
+        The send blocks for up to SEND_TIMEOUT, so that many workers booting
+        at once do not lose a READY=1 to a short queue. Then the socket the
+        hooks use is connected.
+        """
+        with self.lock:
+            message = self._ready()
+        try:
+            send(self.address, message)
+        except OSError as err:
+            return self._went(err)
+        with self.lock:
+            if self.sock is None and not self.stopped.is_set():
+                try:
+                    self._connect()
+                except OSError:
+                    pass  # the next re-announcement connects
+        return self._went(None)
+
+    def start(self, sent):
+        if not sent:
+            self.failing = True
+        thread = threading.Thread(target=self._run, daemon=True,
+                                  name='notifyd-reannounce')
+        thread.start()
+
+    def begin(self):
+        """Count a request that has begun, and report it."""
+        with self.lock:
+            if self.in_flight == 0:
+                self.busy_since = time.monotonic_ns()
+            self.in_flight += 1
+            failed = self._push()
+        if failed:
+            self.wakeup.set()
+
+    def end(self):
+        """Count a request that has ended, and report it."""
+        with self.lock:
+            self.in_flight -= 1
+            self.requests += 1
+            if self.in_flight == 0:
+                self.busy_ns += time.monotonic_ns() - self.busy_since
+            failed = self._push()
+        if failed:
+            self.wakeup.set()
+
+    def stop(self):
+        """End the repetition and the reports; one on its way goes first."""
+        self.stopped.set()
+        self.wakeup.set()
+        if self.lock.acquire(timeout=SEND_TIMEOUT):
+            try:
+                self._disconnect()
+            finally:
+                self.lock.release()
+
+    def _activity(self):
+        # The caller holds self.lock. Busy time includes the request in
+        # flight so far, so a long request shows in every re-announcement.
+        busy = self.busy_ns
+        if self.in_flight:
+            busy += time.monotonic_ns() - self.busy_since
+        return ('X_NOTIFYD_IN_FLIGHT=%d\nX_NOTIFYD_REQUESTS=%d\n'
+                'X_NOTIFYD_BUSY_USEC=%d' % (self.in_flight, self.requests,
+                                            busy // 1000))
+
+    def _ready(self):
+        # The caller holds self.lock.
+        return 'READY=1\nPID=%d\n%s' % (self.pid, self._activity())
+
+    def _push(self):
+        """Send the activity if connected; return whether a send failed.
+
+        The caller holds self.lock. This is the request's whole cost: one
+        system call, or none while the socket is down.
+        """
+        if self.sock is None:
+            return False
+        try:
+            self._sendmsg(self._activity())
+        except OSError:
+            self._disconnect()
+            return True
+        return False
+
+    def _sendmsg(self, message):
+        self.sock.sendmsg(
+            [message.encode()],
+            [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, self.credentials)])
+
+    def _connect(self):
+        # The caller holds self.lock. The socket is the C module's own, which
+        # gevent and eventlet leave alone, and non-blocking: a send on it
+        # never waits and never yields to another greenlet.
+        sock = _socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.connect(_sockaddr(self.address))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+    def _disconnect(self):
+        # The caller holds self.lock.
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def _reannounce(self):
+        with self.lock:
+            if self.stopped.is_set():
+                return
+            self.last = time.monotonic()
+            try:
+                if self.sock is None:
+                    self._connect()
+                self._sendmsg(self._ready())
+                err = None
+            except OSError as e:
+                self._disconnect()
+                err = e
+        self._went(err)
+
+    def _went(self, err):
+        """Note how a READY=1 fared, and return whether it went.
 
         Only the first failure in a row is logged, and the recovery after it.
         """
-        if not _notify(self.log, self.address, 'READY=1', self.pid,
-                       warn=not self.failing):
+        if err is not None:
+            if not self.failing:
+                self.log.warning('notifyd: could not send %s for pid %s to '
+                                 '%s: %s', 'READY=1', self.pid, self.address,
+                                 err)
             self.failing = True
             return False
         if self.failing:
@@ -174,32 +345,33 @@ class _Announcer:
         self.failing, self.retry = False, RETRY
         return True
 
-    def start(self, sent):
-        if not sent:
-            self.failing = True
-        if self.interval > 0:
-            thread = threading.Thread(target=self._run, daemon=True,
-                                      name='notifyd-reannounce')
-            thread.start()
-
     def _next(self):
-        if not self.failing:
-            return self.interval * (1 - JITTER * random.random())
-        wait, self.retry = self.retry, min(self.retry * 2, self.interval)
-        return min(wait, self.interval)
+        """Return how long to wait before the next READY=1; None is never.
+
+        With the repetition off (an interval of 0), only a failure brings
+        one, retried up to every DEFAULT_REANNOUNCE seconds.
+        """
+        longest = self.interval or DEFAULT_REANNOUNCE
+        if self.failing:
+            wait, self.retry = self.retry, min(self.retry * 2, longest)
+            return min(wait, longest)
+        if not self.interval:
+            return None
+        return self.interval * (1 - JITTER * random.random())
 
     def _run(self):
-        while not self.stopped.wait(self._next()):
-            with self.lock:
-                if self.stopped.is_set():
+        while True:
+            woken = self.wakeup.wait(self._next())
+            if self.stopped.is_set():
+                return
+            self.wakeup.clear()
+            if woken:
+                # A hook's send failed: re-announce now, but not more often
+                # than every RETRY seconds.
+                pause = self.last + RETRY - time.monotonic()
+                if pause > 0 and self.stopped.wait(pause):
                     return
-                self.announce()
-
-    def stop(self):
-        """End the repetition; a READY=1 on its way is let through first."""
-        self.stopped.set()
-        if self.lock.acquire(timeout=SEND_TIMEOUT):
-            self.lock.release()
+            self._reannounce()
 
 
 # _announcer is this worker process's, once post_worker_init has run in it.
@@ -247,11 +419,82 @@ def _child_exit(previous, address, interval):
     return child_exit
 
 
+def _pre_request(previous, address, interval):
+    def pre_request(worker, req):
+        try:
+            if previous is not None:
+                previous(worker, req)
+        finally:
+            _begin(req)
+
+    return pre_request
+
+
+def _post_request(previous, address, interval):
+    arity = _post_request_arity(previous)
+
+    # gunicorn calls post_request even when pre_request raised, so the
+    # request that pre_request counted always ends here.
+    def post_request(worker, req, environ, resp):
+        try:
+            if previous is not None:
+                previous(*(worker, req, environ, resp)[:arity])
+        finally:
+            _end(req)
+
+    return post_request
+
+
 _HOOKS = {
     'post_worker_init': _post_worker_init,
     'worker_exit': _worker_exit,
     'child_exit': _child_exit,
+    'pre_request': _pre_request,
+    'post_request': _post_request,
 }
+
+
+def _begin(req):
+    """Count req as begun in this worker. Never raises."""
+    reporter = _announcer
+    if reporter is None:
+        return  # not a worker that our post_worker_init booted
+    try:
+        setattr(req, _COUNTED, reporter)
+    except Exception:
+        return  # a request that cannot be marked is not counted at all
+    reporter.begin()
+
+
+def _end(req):
+    """Count req as ended, if _begin counted it. Never raises."""
+    try:
+        reporter = getattr(req, _COUNTED, None)
+        if reporter is None:
+            return
+        delattr(req, _COUNTED)
+    except Exception:
+        return
+    reporter.end()
+
+
+def _post_request_arity(hook):
+    # gunicorn takes a post_request of 2, 3 or 4 arguments and calls it with
+    # as many; it checks ours, so we check the user's.
+    if hook is None:
+        return 4
+    try:
+        params = inspect.signature(hook).parameters.values()
+    except (TypeError, ValueError):
+        return 4  # a builtin without a signature: trust it
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return 4
+    arity = sum(1 for p in params
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+    if arity not in (2, 3, 4):
+        raise TypeError('post_request must take 2, 3 or 4 arguments '
+                        '(worker, req, environ, resp), not %d' % arity)
+    return arity
 
 
 def _notify(log, address, state, pid, warn=True):

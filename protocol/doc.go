@@ -38,12 +38,19 @@
 //	                    has been applied
 //	X_NOTIFYD_DRAIN=1   notifyd's extension: drain the instance (0 undrains);
 //	                    only root and notifyd's own user may send it
+//	X_NOTIFYD_IN_FLIGHT=n, X_NOTIFYD_REQUESTS=n, X_NOTIFYD_BUSY_USEC=n
+//	                    notifyd's extension: the worker's activity, as
+//	                    absolute values (requests in flight now, requests
+//	                    finished and microseconds busy since it booted);
+//	                    the three come together, as one snapshot
 //
 // Keys notifyd has no use for (EXTEND_TIMEOUT_USEC, MONOTONIC_USEC, FDSTORE,
-// FDNAME and any unknown key) are accepted and ignored, as systemd does. A
-// known key with a value it cannot take, a key given twice with two different
-// values, PID= and MAINPID= that disagree, or two lifecycle keys at once reject
-// the whole message.
+// FDNAME and any unknown key) are accepted and ignored, as systemd does. These
+// reject the whole message: a known key with a value it cannot take (such as
+// a negative, non-decimal or empty activity value, an in-flight count beyond
+// 32 bits or a counter beyond 64 bits), a key given twice with two different
+// values, PID= and MAINPID= that disagree, two lifecycle keys at once, and
+// only some of the three activity keys.
 //
 // # Credentials and descriptors
 //

@@ -3,6 +3,7 @@ package protocol
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -68,6 +69,26 @@ type Message struct {
 	// instance: fail the health check while the registry keeps working) or
 	// X_NOTIFYD_DRAIN=0 (undrain); nil when the message has neither.
 	Drain *bool
+
+	// Activity is the worker's activity from X_NOTIFYD_IN_FLIGHT=,
+	// X_NOTIFYD_REQUESTS= and X_NOTIFYD_BUSY_USEC=, which come together; nil
+	// when the message has none of them.
+	Activity *Activity
+}
+
+// Activity is what a worker reports about its requests, notifyd's own
+// extension to sd_notify. The values are absolute, never deltas, so a
+// datagram that is lost costs nothing: the next one carries the truth.
+type Activity struct {
+	// InFlight is the number of requests the worker is serving now. 32
+	// bits are more than any worker serves at once, and keep the sum over
+	// every possible pid within 64 bits.
+	InFlight uint32
+	// Requests is the number of requests it has finished since it booted.
+	Requests uint64
+	// BusyUSec is how many microseconds it has spent with at least one
+	// request in flight since it booted.
+	BusyUSec uint64
 }
 
 // The keys notifyd acts on. Their order is the order Encode writes them in.
@@ -83,6 +104,9 @@ const (
 	keyErrno
 	keyBarrier
 	keyDrain
+	keyInFlight
+	keyRequests
+	keyBusyUSec
 	numKeys
 )
 
@@ -98,6 +122,9 @@ var keyNames = [numKeys]string{
 	keyErrno:        "ERRNO",
 	keyBarrier:      "BARRIER",
 	keyDrain:        "X_NOTIFYD_DRAIN",
+	keyInFlight:     "X_NOTIFYD_IN_FLIGHT",
+	keyRequests:     "X_NOTIFYD_REQUESTS",
+	keyBusyUSec:     "X_NOTIFYD_BUSY_USEC",
 }
 
 func lookupKey(name string) int {
@@ -212,7 +239,8 @@ func (p *parser) assign(name, value string) error {
 
 func (p *parser) message() (Message, error) {
 	var m Message
-	lifecycles := 0
+	var activity Activity
+	lifecycles, activities := 0, 0
 	for k := range numKeys {
 		if !p.seen[k] {
 			continue
@@ -260,6 +288,17 @@ func (p *parser) message() (Message, error) {
 				err = fmt.Errorf("%w: ERRNO=%q, want a non-negative error number", ErrBadValue, v)
 			}
 			m.Failed, m.Errno = true, int(n)
+		case keyInFlight:
+			var n uint64
+			n, err = parseCount(k, v, math.MaxUint32)
+			activity.InFlight = uint32(n)
+			activities++
+		case keyRequests:
+			activity.Requests, err = parseCount(k, v, math.MaxUint64)
+			activities++
+		case keyBusyUSec:
+			activity.BusyUSec, err = parseCount(k, v, math.MaxUint64)
+			activities++
 		}
 		if err != nil {
 			return Message{}, err
@@ -274,6 +313,15 @@ func (p *parser) message() (Message, error) {
 	}
 	if p.seen[keyDrain] && p.assignments > 1 {
 		return Message{}, fmt.Errorf("%w: X_NOTIFYD_DRAIN must come alone; it is about the instance, not a worker", ErrConflict)
+	}
+	switch activities {
+	case 0:
+	case 3:
+		m.Activity = &activity
+	default:
+		// The three are one snapshot: a lone counter could not be told
+		// apart from one whose companions went backwards.
+		return Message{}, fmt.Errorf("%w: X_NOTIFYD_IN_FLIGHT, X_NOTIFYD_REQUESTS and X_NOTIFYD_BUSY_USEC come together or not at all", ErrConflict)
 	}
 	if lifecycles > 1 {
 		return Message{}, fmt.Errorf("%w: at most one of READY=1, RELOADING=1 and STOPPING=1 per message", ErrConflict)
@@ -294,6 +342,16 @@ func wantOne(k int, v string) error {
 		return fmt.Errorf("%w: %s=%q, want 1", ErrBadValue, keyNames[k], v)
 	}
 	return nil
+}
+
+// parseCount parses the value of an activity key: decimal digits only, no
+// sign, from 0 to limit.
+func parseCount(k int, v string, limit uint64) (uint64, error) {
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil || !isDigits(v) || n > limit {
+		return 0, fmt.Errorf("%w: %s=%q, want a whole number from 0 to %d", ErrBadValue, keyNames[k], v, limit)
+	}
+	return n, nil
 }
 
 // checkStatus refuses STATUS= text that would not show as one clean line in
@@ -374,6 +432,11 @@ func (m Message) Encode() ([]byte, error) {
 		} else {
 			add(keyWatchdog, "trigger")
 		}
+	}
+	if a := m.Activity; a != nil {
+		add(keyInFlight, strconv.FormatUint(uint64(a.InFlight), 10))
+		add(keyRequests, strconv.FormatUint(a.Requests, 10))
+		add(keyBusyUSec, strconv.FormatUint(a.BusyUSec, 10))
 	}
 	if m.Barrier {
 		add(keyBarrier, "1")

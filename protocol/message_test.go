@@ -23,14 +23,22 @@ func sameMessage(a, b Message) bool {
 	if (a.Drain == nil) != (b.Drain == nil) || a.Drain != nil && *a.Drain != *b.Drain {
 		return false
 	}
-	a.Status, b.Status, a.Drain, b.Drain = nil, nil, nil, nil
+	if (a.Activity == nil) != (b.Activity == nil) || a.Activity != nil && *a.Activity != *b.Activity {
+		return false
+	}
+	a.Status, b.Status, a.Drain, b.Drain, a.Activity, b.Activity = nil, nil, nil, nil, nil, nil
 	return a == b
 }
 
 func describe(m Message) string {
-	status := "<nil>"
+	status, activity := "<nil>", "<nil>"
 	if m.Status != nil {
 		status = strconv.Quote(*m.Status)
+	}
+	if a := m.Activity; a != nil {
+		activity = "{InFlight:" + strconv.FormatUint(uint64(a.InFlight), 10) +
+			" Requests:" + strconv.FormatUint(a.Requests, 10) +
+			" BusyUSec:" + strconv.FormatUint(a.BusyUSec, 10) + "}"
 	}
 	return "{Lifecycle:" + m.Lifecycle.String() +
 		" PID:" + strconv.Itoa(m.PID) +
@@ -39,7 +47,12 @@ func describe(m Message) string {
 		" WatchdogUSec:" + strconv.FormatUint(m.WatchdogUSec, 10) +
 		" Failed:" + strconv.FormatBool(m.Failed) +
 		" Errno:" + strconv.Itoa(m.Errno) +
-		" Barrier:" + strconv.FormatBool(m.Barrier) + "}"
+		" Barrier:" + strconv.FormatBool(m.Barrier) +
+		" Activity:" + activity + "}"
+}
+
+func activityOf(inFlight uint32, requests, busyUSec uint64) *Activity {
+	return &Activity{InFlight: inFlight, Requests: requests, BusyUSec: busyUSec}
 }
 
 // statusOfLen returns a STATUS= datagram exactly n bytes long.
@@ -93,6 +106,17 @@ func TestParse(t *testing.T) {
 		{name: "errno with watchdog trigger", in: "ERRNO=5\nWATCHDOG=trigger", want: Message{Failed: true, Errno: 5}},
 		{name: "everything at once", in: "STOPPING=1\nSTATUS=bye\nMAINPID=9\nWATCHDOG=1\nWATCHDOG_USEC=5\nERRNO=3",
 			want: Message{Lifecycle: Stopping, PID: 9, Status: strptr("bye"), Watchdog: true, WatchdogUSec: 5, Failed: true, Errno: 3}},
+
+		// Activity.
+		{name: "activity", in: "X_NOTIFYD_IN_FLIGHT=2\nX_NOTIFYD_REQUESTS=40\nX_NOTIFYD_BUSY_USEC=6000123", want: Message{Activity: activityOf(2, 40, 6000123)}},
+		{name: "activity of an idle worker", in: "X_NOTIFYD_IN_FLIGHT=0 X_NOTIFYD_REQUESTS=0 X_NOTIFYD_BUSY_USEC=0", want: Message{Activity: activityOf(0, 0, 0)}},
+		{name: "activity in any order", in: "X_NOTIFYD_BUSY_USEC=3\nX_NOTIFYD_IN_FLIGHT=1\nX_NOTIFYD_REQUESTS=2", want: Message{Activity: activityOf(1, 2, 3)}},
+		{name: "activity with ready and pid", in: "READY=1\nPID=77\nX_NOTIFYD_IN_FLIGHT=1\nX_NOTIFYD_REQUESTS=5\nX_NOTIFYD_BUSY_USEC=9",
+			want: Message{Lifecycle: Ready, PID: 77, Activity: activityOf(1, 5, 9)}},
+		{name: "activity at the largest values", in: "X_NOTIFYD_IN_FLIGHT=4294967295\nX_NOTIFYD_REQUESTS=18446744073709551615\nX_NOTIFYD_BUSY_USEC=18446744073709551615",
+			want: Message{Activity: activityOf(4294967295, 18446744073709551615, 18446744073709551615)}},
+		{name: "activity with leading zeros", in: "X_NOTIFYD_IN_FLIGHT=01\nX_NOTIFYD_REQUESTS=002\nX_NOTIFYD_BUSY_USEC=0003", want: Message{Activity: activityOf(1, 2, 3)}},
+		{name: "activity key repeated with the same value", in: "X_NOTIFYD_IN_FLIGHT=1\nX_NOTIFYD_IN_FLIGHT=1\nX_NOTIFYD_REQUESTS=2\nX_NOTIFYD_BUSY_USEC=3", want: Message{Activity: activityOf(1, 2, 3)}},
 
 		// Unknown keys.
 		{name: "unknown key ignored", in: "READY=1\nFOO=bar", want: Message{Lifecycle: Ready}},
@@ -148,6 +172,18 @@ func TestParse(t *testing.T) {
 		{name: "ERRNO=x", in: "ERRNO=x", err: ErrBadValue},
 		{name: "ERRNO beyond 32 bits", in: "ERRNO=2147483648", err: ErrBadValue},
 
+		{name: "in flight negative", in: "X_NOTIFYD_IN_FLIGHT=-1\nX_NOTIFYD_REQUESTS=0\nX_NOTIFYD_BUSY_USEC=0", err: ErrBadValue},
+		{name: "requests negative", in: "X_NOTIFYD_IN_FLIGHT=0\nX_NOTIFYD_REQUESTS=-5\nX_NOTIFYD_BUSY_USEC=0", err: ErrBadValue},
+		{name: "busy usec with a plus sign", in: "X_NOTIFYD_IN_FLIGHT=0\nX_NOTIFYD_REQUESTS=0\nX_NOTIFYD_BUSY_USEC=+5", err: ErrBadValue},
+		{name: "in flight not digits", in: "X_NOTIFYD_IN_FLIGHT=two\nX_NOTIFYD_REQUESTS=0\nX_NOTIFYD_BUSY_USEC=0", err: ErrBadValue},
+		{name: "requests in hex", in: "X_NOTIFYD_IN_FLIGHT=0\nX_NOTIFYD_REQUESTS=0x10\nX_NOTIFYD_BUSY_USEC=0", err: ErrBadValue},
+		{name: "busy usec as a fraction", in: "X_NOTIFYD_IN_FLIGHT=0\nX_NOTIFYD_REQUESTS=0\nX_NOTIFYD_BUSY_USEC=1.5", err: ErrBadValue},
+		{name: "requests empty", in: "X_NOTIFYD_IN_FLIGHT=0\nX_NOTIFYD_REQUESTS=\nX_NOTIFYD_BUSY_USEC=0", err: ErrBadValue},
+		{name: "in flight overflows 32 bits", in: "X_NOTIFYD_IN_FLIGHT=4294967296\nX_NOTIFYD_REQUESTS=0\nX_NOTIFYD_BUSY_USEC=0", err: ErrBadValue},
+		{name: "requests overflow uint64", in: "X_NOTIFYD_IN_FLIGHT=0\nX_NOTIFYD_REQUESTS=18446744073709551616\nX_NOTIFYD_BUSY_USEC=0", err: ErrBadValue},
+		{name: "busy usec huge", in: "X_NOTIFYD_IN_FLIGHT=0\nX_NOTIFYD_REQUESTS=0\nX_NOTIFYD_BUSY_USEC=99999999999999999999999999", err: ErrBadValue},
+		{name: "bad activity spoils a ready", in: "READY=1\nX_NOTIFYD_IN_FLIGHT=x\nX_NOTIFYD_REQUESTS=0\nX_NOTIFYD_BUSY_USEC=0", err: ErrBadValue},
+
 		// Conflicts.
 		{name: "PID and MAINPID agree", in: "PID=42\nMAINPID=42", want: Message{PID: 42}},
 		{name: "PID and MAINPID disagree", in: "PID=42\nMAINPID=43", err: ErrConflict},
@@ -159,6 +195,10 @@ func TestParse(t *testing.T) {
 		{name: "READY and RELOADING", in: "READY=1 RELOADING=1", err: ErrConflict},
 		{name: "RELOADING and STOPPING", in: "RELOADING=1\nSTOPPING=1", err: ErrConflict},
 		{name: "WATCHDOG 1 and trigger", in: "WATCHDOG=1\nWATCHDOG=trigger", err: ErrConflict},
+		{name: "in flight alone", in: "X_NOTIFYD_IN_FLIGHT=1", err: ErrConflict},
+		{name: "activity without busy time", in: "READY=1\nX_NOTIFYD_IN_FLIGHT=1\nX_NOTIFYD_REQUESTS=2", err: ErrConflict},
+		{name: "activity key repeated with different values", in: "X_NOTIFYD_IN_FLIGHT=1\nX_NOTIFYD_IN_FLIGHT=2\nX_NOTIFYD_REQUESTS=2\nX_NOTIFYD_BUSY_USEC=3", err: ErrConflict},
+		{name: "activity with drain", in: "X_NOTIFYD_DRAIN=1\nX_NOTIFYD_IN_FLIGHT=1\nX_NOTIFYD_REQUESTS=2\nX_NOTIFYD_BUSY_USEC=3", err: ErrConflict},
 
 		// Barrier.
 		{name: "BARRIER=1 alone", in: "BARRIER=1", want: Message{Barrier: true}},
@@ -173,6 +213,7 @@ func TestParse(t *testing.T) {
 		{name: "BARRIER=1 with READY=1", in: "BARRIER=1\nREADY=1", err: ErrBarrier},
 		{name: "BARRIER=1 with PID", in: "BARRIER=1 PID=5", err: ErrBarrier},
 		{name: "BARRIER=1 with STATUS", in: "STATUS=x\nBARRIER=1", err: ErrBarrier},
+		{name: "BARRIER=1 with activity", in: "BARRIER=1\nX_NOTIFYD_IN_FLIGHT=1\nX_NOTIFYD_REQUESTS=2\nX_NOTIFYD_BUSY_USEC=3", err: ErrBarrier},
 		{name: "BARRIER=2", in: "BARRIER=2", err: ErrBadValue},
 
 		// STATUS text.
@@ -320,6 +361,12 @@ func TestEncodeRoundTrip(t *testing.T) {
 		{name: "heartbeat and errno zero", m: Message{Watchdog: true, Failed: true}, want: "WATCHDOG=1\nERRNO=0"},
 		{name: "heartbeat and errno", m: Message{Watchdog: true, Failed: true, Errno: 5}, want: "WATCHDOG=1\nERRNO=5"},
 		{name: "barrier", m: Message{Barrier: true}, want: "BARRIER=1"},
+		{name: "activity", m: Message{Activity: activityOf(3, 42, 6000000)},
+			want: "X_NOTIFYD_IN_FLIGHT=3\nX_NOTIFYD_REQUESTS=42\nX_NOTIFYD_BUSY_USEC=6000000"},
+		{name: "re-announcement", m: Message{Lifecycle: Ready, PID: 12, Activity: activityOf(0, 0, 0)},
+			want: "READY=1\nPID=12\nX_NOTIFYD_IN_FLIGHT=0\nX_NOTIFYD_REQUESTS=0\nX_NOTIFYD_BUSY_USEC=0"},
+		{name: "largest activity", m: Message{Activity: activityOf(4294967295, 18446744073709551615, 18446744073709551615)},
+			want: "X_NOTIFYD_IN_FLIGHT=4294967295\nX_NOTIFYD_REQUESTS=18446744073709551615\nX_NOTIFYD_BUSY_USEC=18446744073709551615"},
 		{name: "everything", m: Message{Lifecycle: Stopping, PID: 9, Status: strptr("bye"), Watchdog: true, WatchdogUSec: 7, Failed: true, Errno: 3},
 			want: "STOPPING=1\nSTATUS=bye\nPID=9\nWATCHDOG=1\nWATCHDOG_USEC=7\nERRNO=3"},
 		{name: "largest status", m: Message{Status: strptr(strings.Repeat("a", MaxDatagramSize-len("STATUS=")))},

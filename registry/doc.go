@@ -28,6 +28,13 @@
 // still the same process and deletes the others. A directory that cannot be
 // written costs the files, never the answer: the registry lives in memory.
 //
+// Workers may report their activity (requests in flight, requests finished,
+// busy time), which the registry keeps per worker and sums for the instance
+// (Activity). The sums count what workers reported to this notifyd, so they
+// never go down when a worker leaves. Activity never registers a worker,
+// never writes a state file and never changes the health answer: a busy
+// worker is not a broken one.
+//
 // The health answer reads Summary, which is one atomic load: it never waits
-// for the disk or for a lock held during I/O.
+// for the disk or for a lock held during I/O. Activity is atomic loads too.
 package registry

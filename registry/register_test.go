@@ -225,6 +225,9 @@ func TestRejectionChangesNothing(t *testing.T) {
 		{name: "failure for a reaped pid", msg: func(gone int) protocol.Message {
 			return protocol.Message{PID: gone, Failed: true, Errno: 5}
 		}},
+		{name: "activity for a reaped pid", msg: func(gone int) protocol.Message {
+			return protocol.Message{PID: gone, Activity: &protocol.Activity{InFlight: 1, Requests: 2, BusyUSec: 3}}
+		}},
 		{name: "ready from a sender whose pid is gone", msg: func(int) protocol.Message {
 			return protocol.Message{Lifecycle: protocol.Ready}
 		}},

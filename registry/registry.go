@@ -29,6 +29,7 @@ type Registry struct {
 	draining bool
 
 	summary    atomic.Pointer[Summary]
+	totals     totals
 	exits      atomic.Uint64
 	fileErrors atomic.Uint64
 	closeOnce  sync.Once
@@ -41,6 +42,9 @@ type entry struct {
 	beat  time.Time // last sign of life the heartbeat deadline counts from
 	timer *time.Timer
 	saved bool // the worker should have a state file, and the mirror was told
+	// reported is set once the worker has sent its activity: the first
+	// report only sets where the totals count from.
+	reported bool
 }
 
 // counts reports whether the worker counts towards the health answer.
@@ -222,6 +226,8 @@ func (r *Registry) pinned(pid int) *entry {
 
 // changesWorker reports whether m would change a worker's record, so that a
 // message carrying none of the keys notifyd keeps registers nothing.
+// Activity alone is not such a change: it is kept for a registered worker,
+// but never registers one.
 func changesWorker(m protocol.Message) bool {
 	return m.Lifecycle != protocol.NoLifecycle || m.Status != nil || m.Watchdog ||
 		m.WatchdogUSec != 0 || m.Failed
@@ -259,8 +265,16 @@ func (r *Registry) add(pid int, startTime uint64, pinned int) (*entry, error) {
 }
 
 // apply changes e as m says, then mirrors the change to the state file, the
-// heartbeat timer and the summary.
+// heartbeat timer and the summary. Activity touches none of those three: a
+// message that carries only activity costs no file write, no timer and no
+// new summary.
 func (r *Registry) apply(e *entry, m protocol.Message, now time.Time) {
+	if m.Activity != nil {
+		r.record(e, *m.Activity)
+	}
+	if !changesWorker(m) {
+		return
+	}
 	before, was := e.counts(), e.Worker
 	if m.Status != nil {
 		e.Status = *m.Status
@@ -304,9 +318,9 @@ func (r *Registry) apply(e *entry, m protocol.Message, now time.Time) {
 }
 
 // filed is the part of w that its state file records: not the state (a
-// file stands for ready and hung alike), nor the heartbeats.
+// file stands for ready and hung alike), nor the heartbeats, nor activity.
 func filed(w Worker) Worker {
-	w.State, w.LastWatchdog, w.Errno = 0, time.Time{}, 0
+	w.State, w.LastWatchdog, w.Errno, w.Activity = 0, time.Time{}, 0, protocol.Activity{}
 	return w
 }
 
@@ -432,6 +446,7 @@ func (r *Registry) drop(e *entry, why leaving) {
 	if why != stopped {
 		r.exits.Add(1)
 	}
+	r.retire(e)
 	e.State = Starting
 	r.settle(e, before)
 	if e.pidfd >= 0 {

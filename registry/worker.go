@@ -1,6 +1,10 @@
 package registry
 
-import "time"
+import (
+	"time"
+
+	"github.com/notifyd/notifyd/protocol"
+)
 
 // State is where a worker is in its life, as far as notifyd knows.
 type State uint8
@@ -48,6 +52,9 @@ type Worker struct {
 	LastWatchdog time.Time
 	// Errno is the ERRNO= a failed worker sent, if any.
 	Errno int
+	// Activity is the worker's last activity report, absolute since it
+	// booted; zero until it sends one. It never affects State.
+	Activity protocol.Activity
 }
 
 // Summary is the registry's state in numbers. The registry publishes a new

@@ -29,7 +29,8 @@ type config struct {
 	require      int
 	expect       int // -1 until set: --require
 	agentBind    string
-	agentWeight  string
+	weighByIdle  bool // the agent weight follows idle workers
+	weighByQueue bool // and is scaled down as the listen queues fill
 	agentFloor   int
 	listenQueues []backlog.Addr
 	dir          string
@@ -43,10 +44,11 @@ type config struct {
 	exitWith     int // 0: none
 }
 
-// The --agent-weight modes.
+// The --agent-weight modes. idle and queue combine: "idle,queue".
 const (
 	weightByCapacity = "capacity" // ready * 100 / expect
-	weightByQueue    = "queue"    // and scaled down as the listen queues fill
+	weightByIdle     = "idle"     // scaled down by the share of busy workers
+	weightByQueue    = "queue"    // scaled down as the listen queues fill
 )
 
 // option is one flag and its environment twin. set checks a value and
@@ -79,9 +81,12 @@ func (c *config) options() []option {
 			func(v string) error { c.expect = -1; return unlessEmpty(whole(&c.expect, 0, -1))(v) }},
 		{"agent-bind", "", "address of the HAProxy agent-check, such as 127.0.0.1:8002 (default off)", false,
 			text(&c.agentBind, func(v string) bool { return v == "" || isHostPort(v) }, "must be host:port, such as 127.0.0.1:8002")},
-		{"agent-weight", weightByCapacity, "agent weight: capacity, or queue to scale it down as the application's listen queues fill", false,
-			text(&c.agentWeight, oneOf(weightByCapacity, weightByQueue), "must be capacity or queue")},
-		{"agent-weight-floor", "10", "with --agent-weight queue: the lowest weight in percent a full queue brings", false,
+		{"agent-weight", weightByCapacity, "agent weight: capacity; idle to scale it down by the share of busy workers; queue to scale it down as the application's listen queues fill; or idle,queue for both", false,
+			func(v string) (err error) {
+				c.weighByIdle, c.weighByQueue, err = parseWeight(v)
+				return err
+			}},
+		{"agent-weight-floor", "10", "with --agent-weight idle or queue: the lowest weight in percent busy workers or a full queue bring", false,
 			whole(&c.agentFloor, 0, 100)},
 		{"listen-queue", "", "an address the application listens on, to report its accept queue: 127.0.0.1:8000, [::1]:8000 or unix:/run/app.sock (repeatable)", true,
 			func(v string) error {
@@ -114,6 +119,25 @@ func (c *config) options() []option {
 				return check(err == nil && c.exitWith > 0, "must be a process id, a whole number above 0")
 			})},
 	}
+}
+
+// parseWeight reads --agent-weight: capacity, or idle and queue, alone or
+// together separated by a comma, each at most once.
+func parseWeight(s string) (idle, queue bool, err error) {
+	if s == weightByCapacity {
+		return false, false, nil
+	}
+	for mode := range strings.SplitSeq(s, ",") {
+		switch {
+		case mode == weightByIdle && !idle:
+			idle = true
+		case mode == weightByQueue && !queue:
+			queue = true
+		default:
+			return false, false, errors.New("must be capacity, idle, queue, or idle,queue")
+		}
+	}
+	return idle, queue, nil
 }
 
 // text stores a value that ok accepts.
@@ -213,7 +237,9 @@ func parseConfig(args []string, stdout io.Writer) (config, error) {
 		return config{}, &usageError{fmt.Sprintf("unexpected argument %q: notifyd takes only flags (see notifyd --help)", fs.Arg(0))}
 	}
 
-	where := map[string]string{} // where each option's value came from
+	// Where each option's value came from, and the value, for errors that
+	// weigh one option against another.
+	where, value := map[string]string{}, map[string]string{}
 	for _, o := range opts {
 		var values []string
 		where[o.name], values = o.source(given[o.name])
@@ -221,13 +247,14 @@ func parseConfig(args []string, stdout io.Writer) (config, error) {
 			if err := o.set(v); err != nil {
 				return c, &usageError{fmt.Sprintf("%s %q: %s", where[o.name], v, err)}
 			}
+			value[o.name] = v
 		}
 	}
 	if c.expect < 0 {
 		c.expect = c.require
 	}
-	if c.agentWeight == weightByQueue && len(c.listenQueues) == 0 {
-		return c, &usageError{fmt.Sprintf("%s %q: needs at least one --listen-queue to weigh by", where["agent-weight"], c.agentWeight)}
+	if c.weighByQueue && len(c.listenQueues) == 0 {
+		return c, &usageError{fmt.Sprintf("%s %q: needs at least one --listen-queue to weigh by", where["agent-weight"], value["agent-weight"])}
 	}
 	return c, nil
 }

@@ -35,7 +35,7 @@ func TestParseConfigDefaults(t *testing.T) {
 	}
 	want := config{
 		socket: "notify.sock", socketMode: 0o660, socketGID: -1, bind: "127.0.0.1:8001",
-		require: 1, expect: 1, agentWeight: weightByCapacity, agentFloor: 10, dir: ".",
+		require: 1, expect: 1, agentFloor: 10, dir: ".",
 		filename: ".gunicorn.worker.{}", logLevel: slog.LevelInfo, access: registry.SameUID,
 		detection: registry.Auto, reapInterval: time.Second, systemdReady: readyWhenListening,
 	}
@@ -69,7 +69,9 @@ func TestParseConfig(t *testing.T) {
 				return len(c.listenQueues) == 1 && c.listenQueues[0] == mustAddr("127.0.0.1:9000")
 			}},
 		{"queue weight", nil, []string{"--agent-weight", "queue", "--listen-queue", "127.0.0.1:8000", "--agent-weight-floor", "0"},
-			func(c config) bool { return c.agentWeight == weightByQueue && c.agentFloor == 0 }},
+			func(c config) bool { return c.weighByQueue && !c.weighByIdle && c.agentFloor == 0 }},
+		{"idle and queue weight", nil, []string{"--agent-weight", "idle,queue", "--listen-queue", "127.0.0.1:8000"},
+			func(c config) bool { return c.weighByQueue && c.weighByIdle }},
 		{"exit with", map[string]string{"NOTIFYD_EXIT_WITH": "1"}, nil, func(c config) bool { return c.exitWith == 1 }},
 		{"runtime directory", map[string]string{"RUNTIME_DIRECTORY": "/run/a:/run/b"}, nil,
 			func(c config) bool { return c.dir == "/run/a" && c.socket == "/run/a/notify.sock" }},
@@ -117,7 +119,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"bad require from the twin", map[string]string{"NOTIFYD_REQUIRE": "x"}, nil, `NOTIFYD_REQUIRE "x": must be a whole number, 0 or more`},
 		{"bad expect", nil, []string{"--expect", "two"}, `--expect "two": must be a whole number, 0 or more`},
 		{"bad agent bind", nil, []string{"--agent-bind", "8002"}, `--agent-bind "8002": must be host:port, such as 127.0.0.1:8002`},
-		{"bad weight", nil, []string{"--agent-weight", "load"}, `--agent-weight "load": must be capacity or queue`},
+		{"bad weight", nil, []string{"--agent-weight", "load"}, `--agent-weight "load": must be capacity, idle, queue, or idle,queue`},
 		{"queue weight without a queue", nil, []string{"--agent-weight", "queue"}, `--agent-weight "queue": needs at least one --listen-queue to weigh by`},
 		{"queue weight from the twin without a queue", map[string]string{"NOTIFYD_AGENT_WEIGHT": "queue"}, nil, `NOTIFYD_AGENT_WEIGHT "queue": needs at least one --listen-queue to weigh by`},
 		{"floor above 100", nil, []string{"--agent-weight-floor", "101"}, `--agent-weight-floor "101": must be a whole percentage from 0 to 100`},
@@ -163,5 +165,39 @@ func TestParseConfigHelpAndVersion(t *testing.T) {
 		if !strings.Contains(out.String(), "  --"+o.name+" ") {
 			t.Errorf("--help does not list --%s:\n%s", o.name, out.String())
 		}
+	}
+}
+func TestParseWeight(t *testing.T) {
+	tests := []struct {
+		in          string
+		idle, queue bool
+		bad         bool
+	}{
+		{in: "capacity"},
+		{in: "idle", idle: true},
+		{in: "queue", queue: true},
+		{in: "idle,queue", idle: true, queue: true},
+		{in: "queue,idle", idle: true, queue: true},
+		{in: "", bad: true},
+		{in: "busy", bad: true},
+		{in: "idle,idle", bad: true},
+		{in: "capacity,idle", bad: true},
+		{in: "idle,", bad: true},
+		{in: "idle, queue", bad: true},
+		{in: "IDLE", bad: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			idle, queue, err := parseWeight(tt.in)
+			if tt.bad {
+				if err == nil || err.Error() != "must be capacity, idle, queue, or idle,queue" {
+					t.Fatalf("parseWeight(%q) = %v, %v, %v; want the error", tt.in, idle, queue, err)
+				}
+				return
+			}
+			if err != nil || idle != tt.idle || queue != tt.queue {
+				t.Fatalf("parseWeight(%q) = %v, %v, %v; want %v, %v, nil", tt.in, idle, queue, err, tt.idle, tt.queue)
+			}
+		})
 	}
 }

@@ -118,9 +118,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		defer agent.Close()
 		started = append(started, "agent", agent.Addr().String())
-		a := &httpapi.Agent{Source: reg, Required: cfg.require, Expected: cfg.expect, Log: httpLog}
-		if cfg.agentWeight == weightByQueue {
-			a.Queues, a.Floor = queues, cfg.agentFloor
+		a := &httpapi.Agent{Source: reg, Required: cfg.require, Expected: cfg.expect, Idle: cfg.weighByIdle, Floor: cfg.agentFloor, Log: httpLog}
+		if cfg.weighByQueue {
+			a.Queues = queues
 		}
 		parts = append(parts, func(ctx context.Context) error { return a.Serve(ctx, agent) })
 	}

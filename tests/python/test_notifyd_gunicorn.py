@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 import urllib.request
@@ -112,7 +113,11 @@ def call(ns, name, worker, server=None):
 
 EXIT_HOOKS = ('worker_exit', 'child_exit')
 ALL_HOOKS = ('post_worker_init',) + EXIT_HOOKS
-READY = b'READY=1\nPID=4321'
+REQUEST_HOOKS = ('pre_request', 'post_request')
+# IDLE is the activity of a worker that has served nothing yet; every READY=1
+# carries the worker's activity.
+IDLE = b'X_NOTIFYD_IN_FLIGHT=0\nX_NOTIFYD_REQUESTS=0\nX_NOTIFYD_BUSY_USEC=0'
+READY = b'READY=1\nPID=4321\n' + IDLE
 MESSAGES = {
     'post_worker_init': READY,
     'worker_exit': b'STOPPING=1\nPID=4321',
@@ -190,10 +195,11 @@ class HookTest(SocketTestCase):
         self.assertEqual(data, READY)
         self.assertEqual(credentials, OUR_CREDENTIALS)
 
-    def test_install_adds_only_the_three_hooks(self):
+    def test_install_adds_only_its_five_hooks(self):
         notifyd_gunicorn.install(self.ns)
         self.assertEqual(sorted(self.ns),
-                         sorted(('notifyd_socket',) + ALL_HOOKS))
+                         sorted(('notifyd_socket',) + ALL_HOOKS
+                                + REQUEST_HOOKS))
 
     def test_user_hook_runs_first_and_once(self):
         for name in ALL_HOOKS:
@@ -216,7 +222,7 @@ class HookTest(SocketTestCase):
         notifyd_gunicorn.install(self.ns)
         first = dict(self.ns)
         notifyd_gunicorn.install(self.ns)
-        for name in ALL_HOOKS:
+        for name in ALL_HOOKS + REQUEST_HOOKS:
             self.assertIs(self.ns[name], first[name], name)
         call(self.ns, 'post_worker_init', FakeWorker())
         self.assertEqual(calls, [WORKER_PID])
@@ -275,7 +281,7 @@ class HookTest(SocketTestCase):
 
         notifyd_gunicorn.install(self.ns)
         config = Config()
-        for name in ALL_HOOKS:
+        for name in ALL_HOOKS + REQUEST_HOOKS:
             config.set(name, self.ns[name])
             self.assertIs(getattr(config, name), self.ns[name])
 
@@ -438,6 +444,270 @@ class ReannounceTest(SocketTestCase):
             {'notifyd_reannounce': 4}), 4.0)
 
 
+def activity_of(data):
+    """Return (in_flight, requests, busy_usec) from a datagram's activity.
+
+    None when the datagram carries none.
+    """
+    fields = dict(line.split(b'=', 1) for line in data.split(b'\n'))
+    keys = (b'X_NOTIFYD_IN_FLIGHT', b'X_NOTIFYD_REQUESTS',
+            b'X_NOTIFYD_BUSY_USEC')
+    if not any(k in fields for k in keys):
+        return None
+    return tuple(int(fields[k]) for k in keys)
+
+
+class Request:
+    """Stands for gunicorn's Request, which the hooks may mark."""
+
+
+class ActivityTest(SocketTestCase):
+    """pre_request and post_request report the worker's activity."""
+
+    def setUp(self):
+        super().setUp()
+        self.path = os.path.join(self.dir, 'notify.sock')
+        self.notifyd = self.receiver(self.path)
+        retry = mock.patch.object(notifyd_gunicorn, 'RETRY', 0.02)
+        retry.start()
+        self.addCleanup(retry.stop)
+
+    def boot(self, ns=None, reannounce=3600):
+        """Install the hooks and boot a worker, as gunicorn would."""
+        self.ns = ns if ns is not None else {}
+        self.ns.setdefault('notifyd_socket', self.path)
+        self.ns.setdefault('notifyd_reannounce', reannounce)
+        notifyd_gunicorn.install(self.ns)
+        self.worker = FakeWorker()
+        call(self.ns, 'post_worker_init', self.worker)
+        self.assertEqual(self.notifyd.receive()[0], READY)
+
+    def pre(self, req):
+        self.assertIsNone(self.ns['pre_request'](self.worker, req))
+
+    def post(self, req):
+        self.assertIsNone(
+            self.ns['post_request'](self.worker, req, {}, None))
+
+    def next_activity(self):
+        data, credentials = self.notifyd.receive()
+        self.assertEqual(credentials, OUR_CREDENTIALS)
+        return data, activity_of(data)
+
+    def test_a_request_is_reported_as_it_begins_and_ends(self):
+        self.boot()
+        req = Request()
+        before = time.monotonic()
+        self.pre(req)
+        data, (in_flight, requests, busy) = self.next_activity()
+        # Nothing but the activity: the sender is the worker itself.
+        self.assertEqual(data.split(b'\n')[:2], [b'X_NOTIFYD_IN_FLIGHT=1',
+                                                 b'X_NOTIFYD_REQUESTS=0'])
+        self.assertEqual(len(data.split(b'\n')), 3)
+        # Busy time so far: the request has just begun.
+        self.assertLessEqual(busy, (time.monotonic() - before) * 1e6)
+        time.sleep(0.05)
+        self.post(req)
+        elapsed = time.monotonic() - before
+        _, (in_flight, requests, busy) = self.next_activity()
+        self.assertEqual((in_flight, requests), (0, 1))
+        # Busy time covers the request, and no more than the test took.
+        self.assertGreaterEqual(busy, 50000)
+        self.assertLessEqual(busy, elapsed * 1e6)
+        self.assertEqual(self.notifyd.pending(), [])
+        self.assertEqual(self.worker.log.warnings, [])
+
+    def test_concurrent_requests_count_once_in_busy_time(self):
+        # As in a gthread worker: three requests overlap.
+        self.boot()
+        reqs = [Request() for _ in range(3)]
+        seen = []
+        start = time.monotonic()
+        for req in reqs:
+            self.pre(req)
+            seen.append(self.next_activity()[1])
+        time.sleep(0.05)
+        for req in reqs:
+            self.post(req)
+            seen.append(self.next_activity()[1])
+        elapsed = time.monotonic() - start
+        self.assertEqual([(f, r) for f, r, _ in seen],
+                         [(1, 0), (2, 0), (3, 0), (2, 1), (1, 2), (0, 3)])
+        busy = [b for _, _, b in seen]
+        self.assertEqual(busy, sorted(busy))
+        # Wall time with a request in flight, not the sum over requests.
+        self.assertGreaterEqual(busy[-1], 50000)
+        self.assertLessEqual(busy[-1], elapsed * 1e6)
+
+    def test_threads_converge_through_a_full_queue(self):
+        # Eight threads serve 800 requests while the receiver reads nothing:
+        # its short queue fills, sends fail, and the worker's re-announcement
+        # carries the truth once notifyd reads again. Snapshots arrive in
+        # the order they were taken, so no counter ever goes backwards.
+        # A short interval caps the retries' back-off.
+        self.boot(reannounce=0.5)
+        threads, per_thread = 8, 100
+
+        def serve():
+            for _ in range(per_thread):
+                req = Request()
+                self.ns['pre_request'](self.worker, req)
+                self.ns['post_request'](self.worker, req, {}, None)
+
+        workers = [threading.Thread(target=serve) for _ in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(GUARD)
+            self.assertFalse(w.is_alive(), 'a request hook blocked')
+        want = (0, threads * per_thread)
+        last = (0, 0, 0)
+        reports = 0
+        while last[:2] != want:
+            data, snapshot = self.next_activity()
+            reports += not data.startswith(b'READY=1\n')
+            self.assertGreaterEqual(snapshot[1], last[1], data)
+            self.assertGreaterEqual(snapshot[2], last[2], data)
+            last = snapshot
+        self.assertLess(reports, 2 * threads * per_thread,
+                        'nothing was lost: the test proves nothing about '
+                        'recovery')
+
+    def test_notifyd_gone_and_back(self):
+        self.boot()
+        self.notifyd.close()
+        os.unlink(self.path)
+        req = Request()
+        self.pre(req)  # refused: the request goes on, the thread wakes
+        self.post(req)
+        # The thread's re-announcement fails too, and says so once.
+        deadline = time.monotonic() + GUARD
+        while not self.worker.log.warnings:
+            self.assertLess(time.monotonic(), deadline, 'no warning')
+            time.sleep(0.01)
+        notifyd = self.receiver(self.path)
+        data, _ = notifyd.receive()
+        self.assertTrue(data.startswith(b'READY=1\nPID=4321\n'), data)
+        self.assertEqual(activity_of(data)[:2], (0, 1))
+        self.assertEqual(len(self.worker.log.warnings), 1,
+                         self.worker.log.warnings)
+        self.assertIn('could not send READY=1 for pid 4321',
+                      self.worker.log.warnings[0])
+        self.assertEqual(self.worker.log.infos,
+                         ['notifyd: READY=1 for pid 4321 reached %s'
+                          % self.path])
+        # Connected again: the next request is reported at once.
+        req = Request()
+        self.pre(req)
+        self.assertEqual(activity_of(notifyd.receive()[0])[:2], (1, 1))
+
+    def test_post_without_pre_counts_nothing(self):
+        self.boot()
+        self.post(Request())
+        req = Request()
+        self.pre(req)
+        self.assertEqual(self.next_activity()[1][:2], (1, 0))
+        self.post(req)
+        self.post(req)  # twice: only the first ends it
+        self.assertEqual(self.next_activity()[1][:2], (0, 1))
+        self.assertEqual(self.notifyd.pending(), [])
+
+    def test_a_request_that_cannot_be_marked_is_not_counted(self):
+        self.boot()
+        req = object()  # takes no attributes
+        self.pre(req)
+        self.post(req)
+        self.assertEqual(self.notifyd.pending(), [])
+
+    def test_outside_a_booted_worker_nothing_is_sent(self):
+        # As in the master, where post_worker_init never ran.
+        ns = {'notifyd_socket': self.path}
+        notifyd_gunicorn.install(ns)
+        req = Request()
+        self.assertIsNone(ns['pre_request'](FakeWorker(), req))
+        self.assertIsNone(ns['post_request'](FakeWorker(), req, {}, None))
+        self.assertEqual(self.notifyd.pending(), [])
+
+    def test_nothing_follows_stopping(self):
+        self.boot()
+        req = Request()
+        self.pre(req)
+        self.next_activity()
+        call(self.ns, 'worker_exit', self.worker)
+        self.assertEqual(self.notifyd.receive()[0], MESSAGES['worker_exit'])
+        self.post(req)
+        self.pre(Request())
+        self.assertEqual(self.notifyd.pending(), [])
+
+    def test_reannouncement_carries_the_activity(self):
+        self.boot(reannounce=0.02)
+        req = Request()
+        self.pre(req)
+        self.post(req)
+        self.pre(Request())
+        while True:
+            data, snapshot = self.next_activity()
+            if data.startswith(b'READY=1\nPID=4321\n'):
+                break
+        self.assertEqual(snapshot[:2], (1, 1))
+
+    def test_user_hooks_run_first_and_see_their_arguments(self):
+        calls = []
+
+        def two(worker, req):
+            calls.append(('post', 2, worker, req))
+
+        def three(worker, req, environ):
+            calls.append(('post', 3, worker, req, environ))
+
+        def four(worker, req, environ, resp):
+            calls.append(('post', 4, worker, req, environ, resp))
+
+        def spread(*args):
+            calls.append(('post', '*') + args)
+
+        def pre(worker, req):
+            calls.append(('pre', worker, req, self.notifyd.pending()))
+
+        for user, want in [(two, 2), (three, 3), (four, 4), (spread, '*')]:
+            with self.subTest(arity=want):
+                del calls[:]
+                self.boot({'pre_request': pre, 'post_request': user})
+                req, environ, resp = Request(), {'PATH_INFO': '/'}, object()
+                self.pre(req)
+                self.assertEqual(calls, [('pre', self.worker, req, [])])
+                self.next_activity()
+                self.ns['post_request'](self.worker, req, environ, resp)
+                args = (self.worker, req, environ, resp)
+                arity = 4 if want == '*' else want
+                self.assertEqual(calls[1], ('post', want) + args[:arity])
+                self.assertEqual(self.next_activity()[1][:2], (0, 1))
+                self.stop_announcer()
+
+    def test_post_request_of_another_arity_is_refused(self):
+        for hook in (lambda worker: None, lambda a, b, c, d, e: None):
+            with self.subTest(hook=hook):
+                with self.assertRaisesRegex(TypeError, 'post_request'):
+                    notifyd_gunicorn.install({'post_request': hook})
+
+    def test_request_is_counted_when_user_hooks_raise(self):
+        def pre(worker, req):
+            raise RuntimeError('user pre_request failed')
+
+        def post(worker, req, environ, resp):
+            raise RuntimeError('user post_request failed')
+
+        self.boot({'pre_request': pre, 'post_request': post})
+        req = Request()
+        # gunicorn calls post_request even when pre_request raised.
+        with self.assertRaisesRegex(RuntimeError, 'user pre_request'):
+            self.ns['pre_request'](self.worker, req)
+        self.assertEqual(self.next_activity()[1][:2], (1, 0))
+        with self.assertRaisesRegex(RuntimeError, 'user post_request'):
+            self.ns['post_request'](self.worker, req, {}, None)
+        self.assertEqual(self.next_activity()[1][:2], (0, 1))
+
+
 class SocketResolutionTest(SocketTestCase):
 
     def test_resolution_order(self):
@@ -569,7 +839,8 @@ class GunicornTest(SocketTestCase):
         first = self.collect(notifyd, lambda d: len(ready(d)) == 2, show_log)
         self.assertEqual(len(first), 2, first)
         for data, credentials in first:
-            self.assertEqual(data, b'READY=1\nPID=%d' % credentials[0])
+            self.assertEqual(data, b'READY=1\nPID=%d\n%s'
+                             % (credentials[0], IDLE))
             self.assertEqual(parent_of(credentials[0]), master)
         old = ready(first)
 
@@ -594,9 +865,10 @@ class GunicornTest(SocketTestCase):
         self.assertEqual(proc.wait(GUARD), 0, show_log())
         # A worker may repeat its READY=1 before it stops.
         rest = notifyd.pending()
-        stopping = sorted(d for d in rest if not d.startswith(b'READY=1\n'))
+        stopping = sorted(d for d in rest if d.startswith(b'STOPPING=1\n'))
         self.assertEqual({d for d in rest if d.startswith(b'READY=1\n')}
-                         - {b'READY=1\nPID=%d' % pid for pid in new}, set())
+                         - {b'READY=1\nPID=%d\n%s' % (pid, IDLE)
+                            for pid in new}, set())
         self.assertEqual(
             stopping, sorted([b'STOPPING=1\nPID=%d' % pid for pid in new] * 2),
             show_log())

@@ -1,0 +1,105 @@
+package registry
+
+import (
+	"math"
+	"sync/atomic"
+
+	"github.com/notifyd/notifyd/protocol"
+)
+
+// Totals is the instance's activity. None of it bears on the health answer:
+// a busy worker is not a broken one.
+type Totals struct {
+	// InFlight is the sum of the registered workers' requests in flight.
+	InFlight uint64
+	// BusyWorkers is the number of registered workers with at least one
+	// request in flight.
+	BusyWorkers int
+	// Requests and BusyUSec count every request finished and every
+	// microsecond busy that workers reported to this notifyd, gone workers
+	// included: they never go down, and stop at the largest uint64.
+	Requests, BusyUSec uint64
+	// Backwards counts activity reports ignored because a counter went
+	// backwards for the same process.
+	Backwards uint64
+}
+
+// totals is Totals as the registry keeps it: written under Registry.mu,
+// read without a lock, so that no reader ever waits for the registry.
+type totals struct {
+	inFlight    atomic.Int64
+	busyWorkers atomic.Int64
+	requests    atomic.Uint64
+	busyUSec    atomic.Uint64
+	backwards   atomic.Uint64
+}
+
+// Activity returns the instance's activity. It takes no lock and does no
+// I/O; the fields are read one by one, so they may be a report apart.
+func (r *Registry) Activity() Totals {
+	t := &r.totals
+	return Totals{
+		InFlight:    uint64(t.inFlight.Load()),
+		BusyWorkers: int(t.busyWorkers.Load()),
+		Requests:    t.requests.Load(),
+		BusyUSec:    t.busyUSec.Load(),
+		Backwards:   t.backwards.Load(),
+	}
+}
+
+// record applies an activity report to e. The caller holds r.mu.
+//
+// The values are absolute since the worker booted, so the totals grow by
+// the difference to the worker's previous report. Its first report only
+// sets where that counting starts: what a worker did before this notifyd
+// heard of it, before a restart of notifyd say, is never counted again, so
+// a restart shows no burst of past work. A counter lower than the one
+// before, from the same process, is a stale or forged report: it is
+// ignored whole and counted.
+func (r *Registry) record(e *entry, a protocol.Activity) {
+	was := e.Activity
+	switch {
+	case !e.reported:
+		was.Requests, was.BusyUSec = a.Requests, a.BusyUSec
+	case a.Requests < was.Requests || a.BusyUSec < was.BusyUSec:
+		r.totals.backwards.Add(1)
+		r.log.Debug("activity went backwards; ignored", "pid", e.PID,
+			"requests", a.Requests, "was", was.Requests, "busy_usec", a.BusyUSec, "was_busy_usec", was.BusyUSec)
+		return
+	}
+	r.gauge(was.InFlight, a.InFlight)
+	addSaturating(&r.totals.requests, a.Requests-was.Requests)
+	addSaturating(&r.totals.busyUSec, a.BusyUSec-was.BusyUSec)
+	e.Activity, e.reported = a, true
+}
+
+// retire takes a leaving worker's requests in flight out of the gauges. Its
+// counts stay in the totals, which hold every report already. The caller
+// holds r.mu.
+func (r *Registry) retire(e *entry) {
+	r.gauge(e.Activity.InFlight, 0)
+}
+
+// gauge moves the in-flight gauges from a worker's old count to its new one.
+func (r *Registry) gauge(was, now uint32) {
+	r.totals.inFlight.Add(int64(now) - int64(was))
+	switch {
+	case was == 0 && now > 0:
+		r.totals.busyWorkers.Add(1)
+	case was > 0 && now == 0:
+		r.totals.busyWorkers.Add(-1)
+	}
+}
+
+// addSaturating adds n to a total that only the registry writes, under its
+// lock, and stops at the largest uint64 rather than wrap around: a counter
+// that went down would read as a restart.
+func addSaturating(total *atomic.Uint64, n uint64) {
+	t := total.Load()
+	if t > math.MaxUint64-n {
+		t = math.MaxUint64
+	} else {
+		t += n
+	}
+	total.Store(t)
+}
