@@ -179,8 +179,8 @@ func queueOf(t *testing.T, limit, queued int) *backlog.Reader {
 func TestAgentIdleWeight(t *testing.T) {
 	reg := newRegistry(t)
 	log := slog.New(slog.DiscardHandler)
-	idle := &httpapi.Agent{Source: reg, Required: 2, Expected: 4, Idle: true, Floor: 10, Log: log}
-	both := &httpapi.Agent{Source: reg, Required: 2, Expected: 4, Idle: true, Floor: 10, Log: log, Queues: queueOf(t, 4, 2)}
+	idle := httpapi.NewAgent(nil, httpapi.AgentConfig{Source: reg, Required: 2, Expected: 4, Idle: true, Floor: 10, Log: log})
+	both := httpapi.NewAgent(nil, httpapi.AgentConfig{Source: reg, Required: 2, Expected: 4, Idle: true, Floor: 10, Log: log, Queues: queueOf(t, 4, 2)})
 	wantReply := func(a *httpapi.Agent, want string) {
 		t.Helper()
 		// A queue reading may be up to 100 ms old; this one never changes.

@@ -84,8 +84,8 @@ func IdleWeight(capacity, ready, busy, floor int) int {
 	return max(capacity*(ready-busy)/ready, min(capacity, floor))
 }
 
-// Agent answers HAProxy agent checks.
-type Agent struct {
+// AgentConfig says what an Agent answers and how it weighs.
+type AgentConfig struct {
 	Source             Source
 	Required, Expected int
 	// Idle scales the weight with IdleWeight (--agent-weight=idle).
@@ -96,6 +96,20 @@ type Agent struct {
 	// Floor is the lowest weight in percent Idle and Queues bring.
 	Floor int
 	Log   *slog.Logger
+}
+
+// Agent answers HAProxy agent checks on one listener.
+type Agent struct {
+	AgentConfig
+	ln net.Listener
+}
+
+// NewAgent returns an Agent that answers on ln as cfg says.
+func NewAgent(ln net.Listener, cfg AgentConfig) *Agent {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Agent{AgentConfig: cfg, ln: ln}
 }
 
 // queueMaxAge bounds how old a listen-queue reading the agent may use.
@@ -124,15 +138,10 @@ func (a *Agent) Reply() string {
 	return agentReply(s, a.Required, weight)
 }
 
-// ServeAgent answers HAProxy agent checks on ln with capacity weights until
-// ctx is cancelled.
-func ServeAgent(ctx context.Context, ln net.Listener, src Source, required, expected int, log *slog.Logger) error {
-	return (&Agent{Source: src, Required: required, Expected: expected, Log: log}).Serve(ctx, ln)
-}
-
-// Serve answers agent checks on ln until ctx is cancelled: each connection
-// gets one Reply line and is closed.
-func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
+// Serve answers agent checks until ctx is cancelled or Close is called:
+// each connection gets one Reply line and is closed. It returns nil then.
+func (a *Agent) Serve(ctx context.Context) error {
+	ln := a.ln
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	var backoff time.Duration
@@ -160,4 +169,12 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
 		}
 		conn.Close()
 	}
+}
+
+// Close stops Serve and closes the listener. It is idempotent.
+func (a *Agent) Close() error {
+	if err := a.ln.Close(); !errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	return nil
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"syscall"
 	"testing"
@@ -70,7 +69,7 @@ func agentLine(t *testing.T, addr string) string {
 	return line
 }
 
-func TestServeAgentOverTCP(t *testing.T) {
+func TestAgentOverTCP(t *testing.T) {
 	reg := newRegistry(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -81,7 +80,7 @@ func TestServeAgentOverTCP(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		done <- httpapi.ServeAgent(ctx, ln, reg, 2, 4, slog.New(slog.DiscardHandler))
+		done <- httpapi.NewAgent(ln, httpapi.AgentConfig{Source: reg, Required: 2, Expected: 4}).Serve(ctx)
 	}()
 
 	if got, want := agentLine(t, addr), "ready down #0/2 workers ready\n"; got != want {
@@ -108,16 +107,16 @@ func TestServeAgentOverTCP(t *testing.T) {
 	select {
 	case err := <-done:
 		if err != nil {
-			t.Fatalf("ServeAgent after cancel = %v, want nil", err)
+			t.Fatalf("Serve after cancel = %v, want nil", err)
 		}
 	case <-time.After(waitLimit):
-		t.Fatal("ServeAgent did not return after its context was cancelled")
+		t.Fatal("Serve did not return after its context was cancelled")
 	}
 	if c, err := net.Dial("tcp", addr); err == nil {
 		c.Close()
-		t.Fatalf("dial %s after ServeAgent returned: connected, want refused", addr)
+		t.Fatalf("dial %s after Serve returned: connected, want refused", addr)
 	} else if !errors.Is(err, syscall.ECONNREFUSED) {
-		t.Fatalf("dial %s after ServeAgent returned: %v, want connection refused", addr, err)
+		t.Fatalf("dial %s after Serve returned: %v, want connection refused", addr, err)
 	}
 }
 
@@ -151,5 +150,34 @@ func TestQueueWeight(t *testing.T) {
 				t.Fatalf("QueueWeight(%d, %+v, %d) = %d, want %d", tt.capacity, tt.queues, tt.floor, got, tt.want)
 			}
 		})
+	}
+}
+
+// TestAgentClose: Close ends Serve, which returns nil, and may be called
+// again.
+func TestAgentClose(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := httpapi.NewAgent(ln, httpapi.AgentConfig{Source: newRegistry(t), Required: 1, Expected: 1})
+	done := make(chan error, 1)
+	go func() { done <- a.Serve(context.Background()) }()
+	if got := agentLine(t, ln.Addr().String()); got != "ready down #0/1 workers ready\n" {
+		t.Fatalf("agent line %q", got)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Serve after Close = %v, want nil", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return after Close")
+	}
+	if err := a.Close(); err != nil {
+		t.Fatalf("second Close = %v", err)
 	}
 }

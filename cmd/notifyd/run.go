@@ -118,11 +118,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		defer agent.Close()
 		started = append(started, "agent", agent.Addr().String())
-		a := &httpapi.Agent{Source: reg, Required: cfg.require, Expected: cfg.expect, Idle: cfg.weighByIdle, Floor: cfg.agentFloor, Log: httpLog}
+		weigh := httpapi.AgentConfig{Source: reg, Required: cfg.require, Expected: cfg.expect,
+			Idle: cfg.weighByIdle, Floor: cfg.agentFloor, Log: httpLog}
 		if cfg.weighByQueue {
-			a.Queues = queues
+			weigh.Queues = queues
 		}
-		parts = append(parts, func(ctx context.Context) error { return a.Serve(ctx, agent) })
+		parts = append(parts, httpapi.NewAgent(agent, weigh).Serve)
 	}
 	log.Info("notifyd started", append(started, "require", cfg.require, "expect", cfg.expect,
 		"dir", cfg.dir, "ready", reg.Summary().Ready, "draining", reg.Draining())...)
