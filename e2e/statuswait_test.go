@@ -116,7 +116,7 @@ func TestNotifyStatusTable(t *testing.T) {
 	d := startNotifyd(t, shortDir(t), "--require", "2", "--expect", "3")
 	u := "--url=http://" + d.addr + "/"
 
-	wantNotify(t, 0, "no workers registered\nunhealthy: 0 ready, 2 required, 3 expected, not draining\n", "status", u)
+	wantNotify(t, 0, "no workers registered\nunhealthy: 0 ready, 2 required, 3 expected, not draining, 0 busy, 0 in flight\n", "status", u)
 
 	a, b := sleeper(t), sleeper(t)
 	if a.Process.Pid > b.Process.Pid {
@@ -127,15 +127,16 @@ func TestNotifyStatusTable(t *testing.T) {
 	wantNotify(t, 0, "", "--socket", d.socket, "--pid", strconv.Itoa(b.Process.Pid), "--status", "loading the model")
 	code, out := notify(t, "status", u)
 	got := fields(out)
-	if code != 0 || len(got) != 4 || strings.Join(got[0], " ") != "PID STATE READY FOR STATUS" ||
-		strings.Join(got[3], " ") != "unhealthy: 1 ready, 2 required, 3 expected, not draining" {
+	if code != 0 || len(got) != 4 || strings.Join(got[0], " ") != "PID STATE READY FOR IN FLIGHT REQUESTS STATUS" ||
+		strings.Join(got[3], " ") != "unhealthy: 1 ready, 2 required, 3 expected, not draining, 0 busy, 0 in flight" {
 		t.Fatalf("notify status = %d %q, want a header, two workers and an unhealthy summary", code, out)
 	}
-	if w := got[1]; len(w) != 6 || w[0] != strconv.Itoa(a.Process.Pid) || w[1] != "ready" || !readyFor.MatchString(w[2]) || strings.Join(w[3:], " ") != "serving on :8000" {
-		t.Fatalf("ready worker's line %q, want pid %d, ready, an age and its status", w, a.Process.Pid)
+	// The sleepers report no requests: their activity reads 0 and 0.
+	if w := got[1]; len(w) != 8 || w[0] != strconv.Itoa(a.Process.Pid) || w[1] != "ready" || !readyFor.MatchString(w[2]) || strings.Join(w[3:], " ") != "0 0 serving on :8000" {
+		t.Fatalf("ready worker's line %q, want pid %d, ready, an age, 0, 0 and its status", w, a.Process.Pid)
 	}
-	if w := got[2]; strings.Join(w, " ") != strconv.Itoa(b.Process.Pid)+" starting - loading the model" {
-		t.Fatalf("starting worker's line %q, want pid %d, starting, - and its status", w, b.Process.Pid)
+	if w := got[2]; strings.Join(w, " ") != strconv.Itoa(b.Process.Pid)+" starting - 0 0 loading the model" {
+		t.Fatalf("starting worker's line %q, want pid %d, starting, -, 0, 0 and its status", w, b.Process.Pid)
 	}
 	wantAligned(t, out, 2)
 	if strings.ContainsAny(out, "\x1b\r") {
@@ -145,13 +146,13 @@ func TestNotifyStatusTable(t *testing.T) {
 	registerReady(t, d, b)
 	code, out = notify(t, "status", u)
 	if lines := fields(out); code != 0 || len(lines) != 4 || lines[2][1] != "ready" ||
-		strings.Join(lines[3], " ") != "healthy: 2 ready, 2 required, 3 expected, not draining" {
+		strings.Join(lines[3], " ") != "healthy: 2 ready, 2 required, 3 expected, not draining, 0 busy, 0 in flight" {
 		t.Fatalf("notify status with both ready = %d %q", code, out)
 	}
 	wantNotify(t, 0, "", "--socket", d.socket, "--drain")
 	code, out = notify(t, "status", u)
 	if lines := fields(out); code != 0 || len(lines) != 4 ||
-		strings.Join(lines[3], " ") != "unhealthy: 2 ready, 2 required, 3 expected, draining" {
+		strings.Join(lines[3], " ") != "unhealthy: 2 ready, 2 required, 3 expected, draining, 0 busy, 0 in flight" {
 		t.Fatalf("notify status while draining = %d %q", code, out)
 	}
 

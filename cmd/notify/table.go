@@ -122,7 +122,26 @@ func summary(doc statusDoc, term terminal) string {
 	if doc.InFlight != nil {
 		parts = append(parts, fmt.Sprintf("%d in flight", *doc.InFlight))
 	}
-	return verdict + ": " + strings.Join(parts, ", ") + "\n"
+	// On a terminal too narrow for one line, the parts go on indented
+	// continuation lines rather than past the edge.
+	var b strings.Builder
+	b.WriteString(verdict + ":")
+	used := utf8.RuneCountInString(verdict) + 1
+	if term.colour {
+		used -= len(colour) + len(reset)
+	}
+	for i, p := range parts {
+		if i < len(parts)-1 {
+			p += ","
+		}
+		if n := utf8.RuneCountInString(p) + 1; term.width > 0 && used+n > term.width && used > 2 {
+			b.WriteString("\n ")
+			used = 1
+		}
+		b.WriteString(" " + p)
+		used += utf8.RuneCountInString(p) + 1
+	}
+	return b.String() + "\n"
 }
 
 // readyFor is how long a ready worker has been ready, or "-".

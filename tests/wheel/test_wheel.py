@@ -311,9 +311,10 @@ class WheelTest(unittest.TestCase):
         self.wait_health(url, 200, '2 workers ready\n')
         workers = self.workers(master.pid)
         self.assertEqual(len(workers), 2)
-        self.assertEqual(
-            sorted(os.listdir(self.state)),
-            sorted('worker-%d.state' % w for w in workers))
+        # The state files trail the health answer by a moment.
+        want = sorted('worker-%d.state' % w for w in workers)
+        wait_for('state files for %s' % want,
+                 lambda: sorted(os.listdir(self.state)) == want)
         sock = re.search(r'notify socket (\S+)', self.log()).group(1)
         self.assertEqual(os.stat(os.path.dirname(sock)).st_mode & 0o777,
                          0o700)
