@@ -19,6 +19,11 @@ import (
 
 func TestBadFlagsStopStartWithOneLine(t *testing.T) {
 	dir := shortDir(t)
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	dead := strconv.Itoa(gone.Process.Pid)
 	tests := []struct {
 		name string
 		args []string
@@ -39,6 +44,11 @@ func TestBadFlagsStopStartWithOneLine(t *testing.T) {
 		{"agent weight twice", []string{"--agent-weight", "idle,idle"}, "", `--agent-weight "idle,idle": must be capacity, idle, queue, or idle,queue`},
 		{"agent weight queue without a queue", []string{"--agent-weight", "idle,queue"}, "", `--agent-weight "idle,queue": needs at least one --listen-queue to weigh by`},
 		{"bad environment twin", nil, "NOTIFYD_REQUIRE=lots", `NOTIFYD_REQUIRE "lots": must be a whole number, 0 or more`},
+		// --exit-with refuses what is not a live process before the socket is made.
+		{"exit-with not a number", []string{"--exit-with", "master"}, "", `--exit-with "master": must be a process id, a whole number above 0`},
+		{"exit-with zero", []string{"--exit-with", "0"}, "", `--exit-with "0": must be a process id`},
+		{"exit-with negative twin", nil, "NOTIFYD_EXIT_WITH=-5", `NOTIFYD_EXIT_WITH "-5": must be a process id`},
+		{"exit-with no such process", []string{"--exit-with", dead}, "", "--exit-with " + dead + ": no such process"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

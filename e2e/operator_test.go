@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/notifyd/notifyd/internal/proctest"
 )
 
 // drainMark is the file that keeps a drain across restarts of notifyd.
@@ -420,36 +421,13 @@ func TestOperatorQueueLengthNote(t *testing.T) {
 	}
 }
 
-// rawListener listens on a loopback port chosen by the kernel with exactly
-// backlog as its listen queue's limit, which net.Listen does not let a
-// caller choose. Nothing ever accepts on it.
-func rawListener(t *testing.T, backlog int) string {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(fd, backlog); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
-}
-
 // TestOperatorMetricsNamedInREADME scrapes a notifyd that watches a listen
 // queue holding exactly three connections nobody accepted, and checks the
 // listen-queue metrics, every metric the README names, and promtool.
 func TestOperatorMetricsNamedInREADME(t *testing.T) {
 	promtool := need(t, "promtool")
 	const backlog, waiting = 5, 3
-	app := rawListener(t, backlog)
+	app := proctest.ListenTCP(t, netip.MustParseAddr("127.0.0.1"), backlog, false).String()
 	for range waiting {
 		c, err := net.DialTimeout("tcp", app, 10*time.Second)
 		if err != nil {

@@ -5,14 +5,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os/exec"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/notifyd/notifyd/backlog"
 	"github.com/notifyd/notifyd/httpapi"
+	"github.com/notifyd/notifyd/internal/proctest"
 	"github.com/notifyd/notifyd/protocol"
 	"github.com/notifyd/notifyd/registry"
 )
@@ -138,22 +138,7 @@ func TestIdleWeight(t *testing.T) {
 // exactly queued/limit.
 func queueOf(t *testing.T, limit, queued int) *backlog.Reader {
 	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(fd, limit); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
+	addr := proctest.ListenTCP(t, netip.MustParseAddr("127.0.0.1"), limit, false).String()
 	for range queued {
 		c, err := net.DialTimeout("tcp", addr, waitLimit)
 		if err != nil {

@@ -1,7 +1,8 @@
 // Package proctest holds what notifyd's tests share: real processes to
-// register, short directories for Unix socket paths, and a bounded wait for
-// an effect that happens asynchronously. Tests use real things; nothing here
-// stands in for the kernel.
+// register, short directories for Unix socket paths, listeners whose queue
+// nobody accepts from, and a bounded wait for an effect that happens
+// asynchronously. Tests use real things; nothing here stands in for the
+// kernel.
 package proctest
 
 import (
