@@ -1,15 +1,147 @@
 package httpapi_test
 
 import (
+	"bufio"
 	"context"
+	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/notifyd/notifyd/httpapi"
 )
+
+// startServe runs Serve on a fresh loopback listener with a handler that
+// answers "ok\n", and returns its address, the cancel that stops it and the
+// channel its result arrives on. If the test has not taken the result, the
+// cleanup does.
+func startServe(t *testing.T) (string, context.CancelFunc, chan error) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- httpapi.NewServer(ln, h, slog.New(slog.DiscardHandler)).Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(waitLimit):
+			t.Error("Serve did not return after its context was cancelled")
+		}
+	})
+	return ln.Addr().String(), cancel, done
+}
+
+// dial connects to addr, closed when the test ends.
+func dial(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	c.SetDeadline(time.Now().Add(waitLimit))
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// ask sends one GET on c and returns the response, whose body is read.
+func ask(t *testing.T, c net.Conn, r *bufio.Reader) (*http.Response, string) {
+	t.Helper()
+	if _, err := io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: notifyd\r\n\r\n"); err != nil {
+		t.Fatalf("send request: %v", err)
+	}
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatalf("read response: %v", err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("read body: %v", err)
+	}
+	return resp, string(body)
+}
+
+// waitRefused polls until a connection to addr is refused: the listener is
+// closed.
+func waitRefused(t *testing.T, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(waitLimit)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return
+		}
+		if err == nil {
+			c.Close()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dial %s: %v, want connection refused once Serve stops", addr, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// waitServe waits for Serve's result and hands it back for the cleanup.
+func waitServe(t *testing.T, done chan error) {
+	t.Helper()
+	select {
+	case err := <-done:
+		done <- err
+		if err != nil {
+			t.Fatalf("Serve after cancel = %v, want nil", err)
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("Serve did not return after its context was cancelled")
+	}
+}
+
+// A connection accepted before the stop whose request comes after it is
+// answered, not closed unanswered: a probe that reached notifyd is never
+// cut.
+func TestServeAnswersAcceptedConnectionAtStop(t *testing.T) {
+	addr, cancel, done := startServe(t)
+	early := dial(t, addr)
+	// The kernel hands out connections in the order they were made, so once
+	// a later one is answered, the early one has been accepted.
+	later := dial(t, addr)
+	if resp, body := ask(t, later, bufio.NewReader(later)); resp.StatusCode != 200 || body != "ok\n" {
+		t.Fatalf("before the stop: %d %q, want 200 \"ok\\n\"", resp.StatusCode, body)
+	}
+	cancel()
+	waitRefused(t, addr)
+	resp, body := ask(t, early, bufio.NewReader(early))
+	if resp.StatusCode != 200 || body != "ok\n" {
+		t.Fatalf("request after the stop on a connection accepted before it: %d %q, want 200 \"ok\\n\"", resp.StatusCode, body)
+	}
+	if !resp.Close {
+		t.Error("answer during the stop lacks Connection: close")
+	}
+	waitServe(t, done)
+}
+
+// A connection idle between requests is closed at the stop, and Serve does
+// not wait for it.
+func TestServeClosesIdleConnectionAtStop(t *testing.T) {
+	addr, cancel, done := startServe(t)
+	idle := dial(t, addr)
+	r := bufio.NewReader(idle)
+	if resp, body := ask(t, idle, r); resp.StatusCode != 200 || body != "ok\n" || resp.Close {
+		t.Fatalf("first request: %d %q close=%v, want a kept-alive 200 \"ok\\n\"", resp.StatusCode, body, resp.Close)
+	}
+	cancel()
+	waitServe(t, done)
+	if n, err := r.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("read from the idle connection after Serve returned: %d bytes, %v; want EOF", n, err)
+	}
+}
 
 // TestServerServeAndClose answers on a real listener until Close, which
 // makes Serve return nil and may be called again.

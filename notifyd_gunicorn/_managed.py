@@ -41,10 +41,16 @@ How it runs, and why:
 - A HUP reload runs the config file again, and start() with it; notifyd
   keeps running, and is restarted on the same sockets only when a setting
   changed (the held health socket is replaced when healthcheck_bind did).
-- USR2: the new master inherits both sockets, stops the old master's
-  notifyd and starts its own on them, so one health endpoint answers all
-  along and the two masters never bind the port twice. If the new master
-  goes away before the old one, the old master runs notifyd again.
+- USR2: the new master inherits both sockets, tells the old master's
+  notifyd to stop and starts its own on them, so one health endpoint
+  answers all along and the two masters never bind the port twice. If the
+  new master goes away before the old one, the old master runs notifyd
+  again.
+- Whenever a notifyd is replaced (USR2, a changed setting), the old one
+  gets SIGTERM before the new one starts: it stops reading datagrams and
+  accepting at once, then answers every probe it had accepted, while the
+  new one already accepts. No probe is refused or cut, and no datagram
+  goes to a notifyd that is about to exit.
 """
 
 import fcntl
@@ -444,17 +450,28 @@ class _Manager:
             server.log.error('notifyd: notify socket %s: %s; notifyd is not '
                              'started', self.path, err)
             return
+        # The notifyd being replaced is told to stop first, so that it
+        # reads no datagram once its successor runs; it is waited for only
+        # after the successor is started, so that the probes it finishes
+        # answering do not hold the health port's queue up meanwhile.
+        old_master_notifyd = None
         if running is not None:
             server.log.info('notifyd: settings changed; restarting notifyd')
-            self._stop(running)
-        old = self.retired_http
-        if old is not None:
-            old.close()
-            self.retired_http = None
+            self._terminate(running)
         if self.old_notifyd:
-            self._take_over(server)
+            old_master_notifyd = self._take_over(server)
         self.failures, self.given_up = 0, False
         self._spawn()
+        if running is not None:
+            self._await(running)
+        if old_master_notifyd is not None:
+            self._await_old(server, *old_master_notifyd)
+        old = self.retired_http
+        if old is not None:
+            # Only now: what its notifyd left queued there had no one else
+            # to answer it.
+            old.close()
+            self.retired_http = None
 
     def pre_exec(self, server):
         # In the child of a USR2, just before it becomes the new master.
@@ -582,12 +599,23 @@ class _Manager:
                  self.process.pid, host, port, self.path)
 
     def _stop(self, proc):
-        # The wrapper reaps it if its SIGCHLD comes first.
+        self._terminate(proc)
+        self._await(proc)
+
+    def _terminate(self, proc):
+        # SIGTERM: notifyd stops reading datagrams and accepting at once,
+        # then answers the connections it has accepted. The wrapper reaps it
+        # if its SIGCHLD comes first.
         if proc is self.process:
             self.process = None
         self.retired.append(proc)
         try:
             os.kill(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def _await(self, proc):
+        try:
             if not proc.wait(STOP_TIMEOUT):
                 self.server.log.warning('notifyd: notifyd (pid %d) did not '
                                         'stop; killing it', proc.pid)
@@ -605,17 +633,25 @@ class _Manager:
                 self._stop(proc)
 
     def _take_over(self, server):
-        # The old master's notifyd reads the same sockets: stop it first,
-        # so that no datagram goes to a notifyd that is about to exit.
+        # The old master's notifyd reads the same sockets: it is told to
+        # stop before ours starts, so that no datagram goes to a notifyd
+        # that is about to exit. Returns (pid, pidfd) to wait on, or None.
         pid, self.old_notifyd = self.old_notifyd, None
         try:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
-            return
+            return None
+        server.log.info('notifyd: taking over from notifyd (pid %d) of '
+                        'the old master', pid)
         try:
-            server.log.info('notifyd: taking over from notifyd (pid %d) of '
-                            'the old master', pid)
             os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        return pid, pidfd
+
+    def _await_old(self, server, pid, pidfd):
+        # It is the old master's child, which reaps it.
+        try:
             if not select.select([pidfd], [], [], STOP_TIMEOUT)[0]:
                 server.log.warning('notifyd: old notifyd (pid %d) did not '
                                    'stop; killing it', pid)

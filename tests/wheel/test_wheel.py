@@ -11,6 +11,7 @@ venv/bin/python -m gunicorn with PATH lacking the venv's bin, as a systemd
 unit runs it. Every port is chosen by the kernel.
 """
 
+import http.client
 import os
 import re
 import shutil
@@ -105,22 +106,25 @@ def elf_machine(path):
 
 class Prober:
     """Probes a health URL every 50 ms in a thread of the test, each probe
-    on a new connection, and keeps every outcome."""
+    on a new connection, and keeps every outcome. While the test holds
+    between(), no probe is in flight."""
 
     def __init__(self, url):
         self.url = url
         self.answers = []
         self.failures = []
+        self.between = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self):
         while not self._stop.is_set():
-            try:
-                self.answers.append(get(self.url))
-            except OSError as err:
-                self.failures.append(repr(err))
+            with self.between:
+                try:
+                    self.answers.append(get(self.url))
+                except OSError as err:
+                    self.failures.append(repr(err))
             self._stop.wait(0.05)
 
     def stop(self):
@@ -259,6 +263,16 @@ class WheelTest(unittest.TestCase):
             self.fail('health never became %d %r; last %r'
                       % (status, body, last))
 
+    def state_files(self, pids):
+        """Wait until the state directory holds exactly the files of pids:
+        a file trails its worker's count by a moment."""
+        want = sorted('worker-%d.state' % p for p in pids)
+        try:
+            wait_for('state files', lambda: sorted(os.listdir(self.state))
+                     == want)
+        except AssertionError:
+            self.assertEqual(sorted(os.listdir(self.state)), want)
+
     def error_lines(self):
         return [line for line in self.log().splitlines()
                 if '[ERROR] notifyd: ' in line]
@@ -311,10 +325,7 @@ class WheelTest(unittest.TestCase):
         self.wait_health(url, 200, '2 workers ready\n')
         workers = self.workers(master.pid)
         self.assertEqual(len(workers), 2)
-        # The state files trail the health answer by a moment.
-        want = sorted('worker-%d.state' % w for w in workers)
-        wait_for('state files for %s' % want,
-                 lambda: sorted(os.listdir(self.state)) == want)
+        self.state_files(workers)
         sock = re.search(r'notify socket (\S+)', self.log()).group(1)
         self.assertEqual(os.stat(os.path.dirname(sock)).st_mode & 0o777,
                          0o700)
@@ -336,7 +347,11 @@ class WheelTest(unittest.TestCase):
         # and counts the workers from their re-announcement alone.
         prober = Prober(url)
         mark = len(self.log())
-        os.kill(pid, signal.SIGSTOP)
+        # Stopped between two probes: a probe it had accepted would be cut
+        # by the SIGKILL, which no stop can prevent. Probes sent from here on
+        # wait in the queue of the port the master holds.
+        with prober.between:
+            os.kill(pid, signal.SIGSTOP)
         for name in os.listdir(self.state):
             os.remove(os.path.join(self.state, name))
         os.kill(pid, signal.SIGKILL)
@@ -353,11 +368,19 @@ class WheelTest(unittest.TestCase):
 
         # A HUP that changes a setting applies it.
         self.config(healthcheck_require_workers=3)
+        before = set(self.workers(master.pid))
         mark = len(self.log())
         master.send_signal(signal.SIGHUP)
         changed, url = self.notifyd_started(after=mark)
         self.assertNotEqual(changed, again)
         self.wait_health(url, 500, '2 workers ready\n')
+        # The reload's workers are ready before the TERM: a worker still
+        # booting has not set up its signal handlers, and gunicorn would
+        # wait its graceful timeout for it.
+        def reloaded():
+            now = self.workers(master.pid)
+            return len(now) == 2 and not before & set(now) and now
+        self.state_files(wait_for('the reload\'s workers', reloaded))
 
         # TERM: nothing holds the health port, and the socket is gone.
         master.send_signal(signal.SIGTERM)
@@ -382,12 +405,26 @@ class WheelTest(unittest.TestCase):
         master = self.gunicorn()
         pid, url = self.notifyd_started()
         self.wait_health(url, 200, '2 workers ready\n')
+        # A connection the old notifyd has accepted, whose request comes
+        # only after the new notifyd has started: the old one answers it.
+        # Connections are accepted in the order they were made, so once a
+        # later probe is answered, the old notifyd has accepted this one.
+        host, port = url[len('http://'):-1].rsplit(':', 1)
+        early = socket.create_connection((host, int(port)), timeout=DEADLINE)
+        self.addCleanup(early.close)
+        self.assertEqual(get(url), (200, '2 workers ready\n'))
         prober = Prober(url)
         mark = len(self.log())
         master.send_signal(signal.SIGUSR2)
         new_pid, new_url = self.notifyd_started(after=mark)
         self.assertEqual(new_url, url)
         self.assertIn('taking over from notifyd (pid %d)' % pid, self.log())
+        early.sendall(b'GET / HTTP/1.1\r\nHost: health\r\n\r\n')
+        answer = http.client.HTTPResponse(early)
+        answer.begin()  # raises RemoteDisconnected on a cut connection
+        self.assertEqual((answer.status, answer.read().decode()),
+                         (200, '2 workers ready\n'))
+        self.assertTrue(answer.will_close)
         new_master = next(p for p in children(master.pid)
                           if new_pid in children(p))
         self.strays = [new_master]
@@ -397,6 +434,7 @@ class WheelTest(unittest.TestCase):
         master.send_signal(signal.SIGTERM)
         master.wait(DEADLINE)
         self.wait_health(url, 200, '2 workers ready\n')
+        self.state_files(self.workers(new_master))
         prober.stop()
         self.assertEqual(prober.failures, [])
         self.assertEqual(self.notifyd_children(new_master), [new_pid])
