@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -39,6 +40,7 @@ type config struct {
 	listenQueues []backlog.Addr
 	agentWeight  string
 	agentFloor   int
+	addressFile  string // "" is off
 }
 
 // The --agent-weight modes.
@@ -102,6 +104,7 @@ func parseConfig(args []string, stdout io.Writer) (config, error) {
 	def("exit-detection", "auto", "how worker exits are seen: auto, pidfd or sweep")
 	def("reap-interval", "1s", "sweep interval, used only when exits are found by sweeping")
 	def("watchdog-usec", "0", "heartbeat deadline in µs for workers that declare none; 0 is off")
+	def("address-file", "", "once every listener is bound, write the HTTP and agent addresses and the socket path to this file as JSON (default off)")
 	def("systemd-ready", readyWhenListening, "when to tell systemd READY=1: listening, or workers once --require are ready")
 
 	// Environment first, so that flags parsed after it win.
@@ -215,6 +218,14 @@ func parseConfig(args []string, stdout io.Writer) (config, error) {
 	}
 	if c.agentFloor, err = strconv.Atoi(*v["agent-weight-floor"]); err != nil || c.agentFloor < 0 || c.agentFloor > 100 {
 		return c, bad("agent-weight-floor", "must be a whole percentage from 0 to 100")
+	}
+	if c.addressFile = *v["address-file"]; c.addressFile != "" {
+		if fi, err := os.Stat(filepath.Dir(c.addressFile)); err != nil || !fi.IsDir() {
+			return c, bad("address-file", "its directory does not exist")
+		}
+		if fi, err := os.Stat(c.addressFile); err == nil && fi.IsDir() {
+			return c, bad("address-file", "is a directory; name a file")
+		}
 	}
 	switch c.systemdReady = *v["systemd-ready"]; c.systemdReady {
 	case readyWhenListening, readyWhenWorkers:

@@ -14,6 +14,7 @@ import (
 
 	"github.com/notifyd/notifyd/backlog"
 	"github.com/notifyd/notifyd/httpapi"
+	"github.com/notifyd/notifyd/internal/addrfile"
 	"github.com/notifyd/notifyd/protocol"
 	"github.com/notifyd/notifyd/registry"
 )
@@ -91,18 +92,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 
 	started := []any{"socket", conn.Addr(), "bind", ln.Addr().String()}
+	addrs := addrfile.Addresses{HTTP: ln.Addr().String(), Socket: conn.Addr()}
 	if cfg.agentBind != "" {
 		agent, err := net.Listen("tcp", cfg.agentBind)
 		if err != nil {
 			return fmt.Errorf("listen on --agent-bind %s: %w", cfg.agentBind, err)
 		}
 		defer agent.Close()
-		started = append(started, "agent", agent.Addr().String())
+		addrs.Agent = agent.Addr().String()
+		started = append(started, "agent", addrs.Agent)
 		a := &httpapi.Agent{Source: reg, Required: cfg.require, Expected: cfg.expect, Log: httpLog}
 		if cfg.agentWeight == weightByQueue {
 			a.Queues, a.Floor = queues, cfg.agentFloor
 		}
 		parts = append(parts, func(ctx context.Context) error { return a.Serve(ctx, agent) })
+	}
+	if cfg.addressFile != "" {
+		if err := addrfile.Write(cfg.addressFile, addrs); err != nil {
+			return err
+		}
+		defer os.Remove(cfg.addressFile)
 	}
 	log.Info("notifyd started", append(started, "require", cfg.require, "expect", cfg.expect,
 		"dir", cfg.dir, "ready", reg.Summary().Ready, "draining", reg.Draining())...)
