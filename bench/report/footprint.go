@@ -99,8 +99,8 @@ func memoryFootprint(ctx context.Context, l *lab, o options) (*section, error) {
 		return nil, err
 	}
 	idleND, idleBare := cpu1[0]-cpu0[0], cpu1[1]-cpu0[1]
-	s.p("\nWith %d registered `sleep` workers, the same two notifyd instances hold the same workers; the peak now\n", o.many)
-	s.p("includes their registration, and the burst comes after %s of idling:\n\n", o.idle)
+	s.p("\nWith %d registered `sleep` workers: two notifyd instances, one with the default and one with `GOGC=400`, hold\n", o.many)
+	s.p("the same workers. The peak includes their registration, and the burst comes after the idle window below:\n\n")
 	s.p("| runtime setting | resident before the burst | peak | requests/s in the burst |\n| --- | ---: | ---: | ---: |\n")
 	var peaks []float64
 	for _, sv := range []struct {

@@ -57,7 +57,7 @@ func main() {
 	out := flag.String("out", "docs", "directory for PERFORMANCE.md and saturation.csv")
 	quick := flag.Bool("quick", false, "every measurement briefly, to check the machinery")
 	flag.Parse()
-	o := options{rounds: 5, round: 3 * time.Second, probe: 30 * time.Second, burst: 5 * time.Second,
+	o := options{rounds: 9, round: 2 * time.Second, probe: 30 * time.Second, burst: 5 * time.Second,
 		idle: 60 * time.Second, many: 10000, boots: 5, deaths: 500, bootSize: 64}
 	if *quick {
 		o = options{quick: true, rounds: 1, round: time.Second, probe: 3 * time.Second, burst: time.Second,
@@ -203,6 +203,17 @@ func median[T ~int64 | ~float64](xs []T) T {
 		return s[len(s)/2]
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// paired is the median of a[i]/b[i]: each round of a contender against the
+// round of its floor that came right after it, so that a change in the
+// machine's other load between rounds weighs on both sides of a ratio.
+func paired(a, b []float64) float64 {
+	rs := make([]float64, len(a))
+	for i := range a {
+		rs[i] = a[i] / b[i]
+	}
+	return median(rs)
 }
 
 // ms writes a duration in milliseconds, with a precision that suits it.
