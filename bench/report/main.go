@@ -57,7 +57,7 @@ func main() {
 	out := flag.String("out", "docs", "directory for PERFORMANCE.md and saturation.csv")
 	quick := flag.Bool("quick", false, "every measurement briefly, to check the machinery")
 	flag.Parse()
-	o := options{rounds: 9, round: 2 * time.Second, probe: 30 * time.Second, burst: 5 * time.Second,
+	o := options{rounds: 15, round: time.Second, probe: 30 * time.Second, burst: 5 * time.Second,
 		idle: 60 * time.Second, many: 10000, boots: 5, deaths: 500, bootSize: 64}
 	if *quick {
 		o = options{quick: true, rounds: 1, round: time.Second, probe: 3 * time.Second, burst: time.Second,
