@@ -119,6 +119,9 @@ func memoryFootprint(ctx context.Context, l *lab, o options) (*section, error) {
 		if err != nil {
 			return nil, err
 		}
+		// The kernel updates VmHWM from counters it batches, so that right
+		// after a quiet spell it can read a little below VmRSS.
+		hwm = max(hwm, rss)
 		peaks = append(peaks, hwm)
 		s.p("| %s | %.1f MiB | %.1f MiB | %.0f |\n", sv.name, rss, hwm, r)
 	}
@@ -167,7 +170,7 @@ func burst(ctx context.Context, l *lab, st setting, ws workers, d time.Duration)
 		return 0, 0, 0, err
 	}
 	peak, err = memory(sv.pid(), "VmHWM")
-	return before, peak, rate, err
+	return before, max(peak, before), rate, err
 }
 
 // cpuTimes reads the CPU time of each pid.
