@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/notifyd/notifyd/internal/addrfile"
 	"github.com/notifyd/notifyd/internal/proctest"
 )
 
@@ -85,7 +86,13 @@ type daemon struct {
 	log    *syncBuffer
 	done   chan struct{}
 	err    error
+	// addrFile is the address file launch asked notifyd to write; "" for a
+	// notifyd a test started itself, whose address is then read from its
+	// start line.
+	addrFile string
 }
+
+var boundAddr = regexp.MustCompile(`msg="notifyd started".* bind=(\S+)`)
 
 // syncBuffer collects a process's output while the test reads it.
 type syncBuffer struct {
@@ -105,11 +112,9 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-var boundAddr = regexp.MustCompile(`msg="notifyd started".* bind=(\S+)`)
-
 // startNotifyd runs notifyd with its state and socket in dir, an HTTP port
-// chosen by the kernel, and extra flags. It waits until notifyd logs that it
-// has started and stops it at the end of the test.
+// chosen by the kernel, and extra flags. It waits until notifyd has written
+// its address file and stops it at the end of the test.
 func startNotifyd(t *testing.T, dir string, args ...string) *daemon {
 	t.Helper()
 	d := launch(t, dir, nil, nil, args...)
@@ -152,7 +157,8 @@ func launch(t *testing.T, dir string, env, wrap []string, args ...string) *daemo
 	d.cmd.Env = append(os.Environ(), env...)
 	d.cmd.Stderr = d.log
 	d.cmd.Stdout = d.log
-	if err := d.cmd.Start(); err != nil {
+	d.addrFile = filepath.Join(t.TempDir(), "address.json")
+	if err := addrfile.Start(d.cmd, d.addrFile); err != nil {
 		t.Fatal(err)
 	}
 	go func() { d.err = d.cmd.Wait(); close(d.done) }()
@@ -166,9 +172,17 @@ func launch(t *testing.T, dir string, env, wrap []string, args ...string) *daemo
 	return d
 }
 
-// waitStarted waits for notifyd's "started" line and learns its HTTP address.
+// waitStarted waits until notifyd listens and learns its HTTP address.
 func (d *daemon) waitStarted(t *testing.T) {
 	t.Helper()
+	if d.addrFile != "" {
+		a, err := addrfile.Await(d.addrFile, d.done, 20*time.Second)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, d.log.String())
+		}
+		d.addr = a.HTTP
+		return
+	}
 	waitFor(t, "notifyd to start", func() bool {
 		select {
 		case <-d.done:

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"net/http"
 	"strconv"
+	"sync/atomic"
 
 	"github.com/notifyd/notifyd/backlog"
 	"github.com/notifyd/notifyd/registry"
@@ -37,6 +38,19 @@ type Health struct {
 	src                Source
 	required, expected int
 	queues             *backlog.Reader // informational lines in ?verbose; nil for none
+	last               atomic.Pointer[plainAnswer]
+}
+
+// plainAnswer is the plain answer for one count of ready workers, made once
+// and then shared by every request that finds the same count: a burst of
+// health checks then costs no allocation of the handler's own, and no
+// garbage for the collector to come back for. net/http copies the body and
+// only reads the header values.
+type plainAnswer struct {
+	ready    int
+	draining bool
+	body     []byte
+	length   []string // Content-Length
 }
 
 // NewHealth returns the health handler: 200 when src has at least required
@@ -53,28 +67,42 @@ func healthy(s registry.Summary, required int) bool {
 
 func (h *Health) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s := h.src.Summary()
-	var buf [256]byte
 	var body []byte
+	var length []string
 	if r.URL.RawQuery != "" && r.URL.Query().Has("verbose") {
-		body = h.verbose(buf[:0], s)
+		body = h.verbose(make([]byte, 0, 256), s)
+		length = []string{strconv.Itoa(len(body))}
 	} else {
-		body = strconv.AppendInt(buf[:0], int64(s.Ready), 10)
-		body = append(body, " workers ready"...)
-		if s.Draining {
-			body = append(body, ", draining"...)
-		}
-		body = append(body, '\n')
+		a := h.plain(s)
+		body, length = a.body, a.length
 	}
 	hdr := w.Header()
 	hdr["Content-Type"] = textPlain
 	hdr["Cache-Control"] = noStore
-	hdr["Content-Length"] = []string{strconv.Itoa(len(body))}
+	hdr["Content-Length"] = length
 	code := http.StatusOK
 	if !healthy(s, h.required) {
 		code = http.StatusInternalServerError
 	}
 	w.WriteHeader(code)
 	w.Write(body)
+}
+
+// plain returns the plain answer for s: "3 workers ready\n", with
+// ", draining" before the newline while the instance drains.
+func (h *Health) plain(s registry.Summary) *plainAnswer {
+	if a := h.last.Load(); a != nil && a.ready == s.Ready && a.draining == s.Draining {
+		return a
+	}
+	body := strconv.AppendInt(nil, int64(s.Ready), 10)
+	body = append(body, " workers ready"...)
+	if s.Draining {
+		body = append(body, ", draining"...)
+	}
+	body = append(body, '\n')
+	a := &plainAnswer{ready: s.Ready, draining: s.Draining, body: body, length: []string{strconv.Itoa(len(body))}}
+	h.last.Store(a)
+	return a
 }
 
 // verbose writes one Kubernetes-style line per check, then the verdict:

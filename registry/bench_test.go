@@ -1,8 +1,11 @@
 package registry
 
 import (
+	"slices"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // BenchmarkSummary measures the health path: one Summary call, with 1 and
@@ -59,5 +62,75 @@ func BenchmarkParseStat(b *testing.B) {
 		if err != nil || info.startTime != 8371634 {
 			b.Fatalf("parseStat = %+v, %v", info, err)
 		}
+	}
+}
+
+// BenchmarkExitDetection measures how soon the registry drops a worker that
+// died, in process, with no HTTP request in the way. Each iteration
+// registers a fresh sleep, kills it, and splits the time in two parts: the
+// kernel's, from SIGKILL until the benchmark's own pidfd of the child wakes
+// it (the child is a zombie, the earliest moment any exit detection can see
+// the exit), and notifyd's, from that moment until the registry publishes
+// its new Summary (OnChange, which the health answer reads). The registry
+// wakes on a pidfd of its own at the same moment, so notifyd's part can come
+// out below zero: it counts as zero then, and registry-first-% says how
+// often. It reports the median and p99 of each part as kernel-p50-ns,
+// kernel-p99-ns, notifyd-p50-ns and notifyd-p99-ns; ns/op is the whole
+// iteration, the child's start included.
+func BenchmarkExitDetection(b *testing.B) {
+	changed := make(chan time.Time, 1)
+	cfg := testConfig(b)
+	cfg.OnChange = func(s Summary) {
+		if s.Ready == 0 {
+			select {
+			case changed <- time.Now():
+			default:
+			}
+		}
+	}
+	r := startRegistry(b, cfg)
+	var kernel, notifyd []time.Duration
+	first := 0
+	for b.Loop() {
+		c := startSleep(b)
+		send(b, r, ready(c.pid()), rootCreds())
+		pidfd, err := unix.PidfdOpen(c.pid(), 0)
+		if err != nil {
+			b.Fatalf("pidfd_open: %v", err)
+		}
+		select {
+		case <-changed: // a change before this worker's registration
+		default:
+		}
+		killed := time.Now()
+		c.kill(b)
+		fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+		for {
+			if _, err := unix.Poll(fds, -1); err != unix.EINTR {
+				break
+			}
+		}
+		zombie := time.Now()
+		unix.Close(pidfd)
+		select {
+		case seen := <-changed:
+			kernel = append(kernel, zombie.Sub(killed))
+			notifyd = append(notifyd, max(0, seen.Sub(zombie)))
+			if seen.Before(zombie) {
+				first++
+			}
+		case <-time.After(waitFor):
+			b.Fatalf("the registry still counts pid %d %s after it died", c.pid(), waitFor)
+		}
+		c.reap()
+	}
+	b.ReportMetric(float64(100*first)/float64(len(kernel)), "registry-first-%")
+	for _, part := range []struct {
+		name string
+		ds   []time.Duration
+	}{{"kernel", kernel}, {"notifyd", notifyd}} {
+		slices.Sort(part.ds)
+		b.ReportMetric(float64(part.ds[len(part.ds)/2]), part.name+"-p50-ns")
+		b.ReportMetric(float64(part.ds[(len(part.ds)*99+99)/100-1]), part.name+"-p99-ns")
 	}
 }

@@ -3,11 +3,11 @@
 // logarithmic axis, with the requests that failed or timed out drawn as
 // crosses at the timeout.
 //
-// It reads the CSV that go run ./bench/saturation -csv FILE writes
+// It reads the saturation.csv that go run ./bench/report writes
 // (seconds,target,latency_ms,outcome) and writes a PNG of about 900x450
 // pixels. From the repository root:
 //
-//	(cd bench/chart && go run . -in ../../samples.csv -out ../../docs/saturation.png)
+//	(cd bench/chart && go run . -in ../../docs/saturation.csv -out ../../docs/saturation.png)
 //
 // This is a module of its own, so that the plotting library stays out of
 // notifyd's dependencies.
@@ -52,9 +52,6 @@ const (
 	dpi      = vgimg.DefaultDPI
 )
 
-// goalLatency is the goal for notifyd's p99, drawn as a reference line.
-const goalLatency = time.Millisecond
-
 // style is how one target of the benchmark is drawn.
 type style struct {
 	target, label string
@@ -67,15 +64,15 @@ var series = []style{
 	{"app", "(a) application route /", color.NRGBA{R: 210, G: 30, B: 40, A: 170}, 3},
 	{"seed", "(b) seed-style server", color.NRGBA{R: 230, G: 120, B: 20, A: 170}, 1},
 	{"notifyd", "(c) notifyd", color.NRGBA{R: 30, G: 100, B: 200, A: 170}, 2},
-	{"bare", "reference: bare net/http", color.NRGBA{R: 140, G: 140, B: 140, A: 170}, 0},
+	{"bare", "floor: bare server", color.NRGBA{R: 140, G: 140, B: 140, A: 170}, 0},
 }
 
 func run(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("chart", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	in := fs.String("in", "", "CSV written by go run ./bench/saturation -csv")
+	in := fs.String("in", "", "CSV written by go run ./bench/report (saturation.csv)")
 	out := fs.String("out", "saturation.png", "PNG to write")
-	timeout := fs.Duration("timeout", time.Second, "the probes' timeout, where failures are drawn (the saturation benchmark's -timeout)")
+	timeout := fs.Duration("timeout", time.Second, "the probes' timeout, where failures are drawn (bench/report's probe timeout)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -178,7 +175,6 @@ func render(samples []sample, timeoutMs float64, path string) error {
 		}
 	}
 	addLine(p, &leg, timeoutMs, "timeout: failures drawn as ×", color.NRGBA{A: 255}, []vg.Length{vg.Points(4), vg.Points(3)})
-	addLine(p, &leg, ms(goalLatency), strconv.FormatFloat(ms(goalLatency), 'f', -1, 64)+" ms: goal for notifyd's p99", color.NRGBA{R: 60, G: 60, B: 60, A: 255}, []vg.Length{vg.Points(1), vg.Points(2)})
 	return save(p, leg, path)
 }
 

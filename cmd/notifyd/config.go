@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/user"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -41,7 +42,8 @@ type config struct {
 	reapInterval time.Duration
 	watchdogUSec uint64
 	systemdReady string
-	exitWith     int // 0: none
+	exitWith     int    // 0: none
+	addressFile  string // "" is off
 }
 
 // The --agent-weight modes. idle and queue combine: "idle,queue".
@@ -113,6 +115,19 @@ func (c *config) options() []option {
 		}},
 		{"systemd-ready", readyWhenListening, "when to tell systemd READY=1: listening, or workers once --require are ready", false,
 			text(&c.systemdReady, oneOf(readyWhenListening, readyWhenWorkers), "must be listening or workers")},
+		{"address-file", "", "once every listener is bound, write the HTTP and agent addresses and the socket path to this file as JSON (default off)", false,
+			func(v string) error {
+				if c.addressFile = v; v == "" {
+					return nil
+				}
+				if fi, err := os.Stat(filepath.Dir(v)); err != nil || !fi.IsDir() {
+					return errors.New("its directory does not exist")
+				}
+				if fi, err := os.Stat(v); err == nil && fi.IsDir() {
+					return errors.New("is a directory; name a file")
+				}
+				return nil
+			}},
 		{"exit-with", "", "exit when the process with this pid exits, such as the gunicorn master that started notifyd (default none)", false,
 			unlessEmpty(func(v string) (err error) {
 				c.exitWith, err = strconv.Atoi(v)

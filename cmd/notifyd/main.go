@@ -12,21 +12,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime/debug"
+
+	"github.com/notifyd/notifyd/internal/footprint"
 )
 
-// gcPercent is notifyd's GOGC unless the environment sets one. Each health
-// answer allocates a little, and with thousands of workers registered the
-// live heap is large, so at Go's default of 100 the collector would mark it
-// over and over under load: the answer's throughput at 10000 workers was 0.88
-// of that at 1, and 0.98 with 400 (docs/PERFORMANCE.md). The price is a heap
-// of up to five times the live one, a few tens of MB at 10000 workers.
-const gcPercent = 400
-
 func main() {
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(gcPercent)
-	}
+	footprint.Set()
 	err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr)
 	var usage *usageError
 	switch {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/notifyd/notifyd/backlog"
 	"github.com/notifyd/notifyd/httpapi"
+	"github.com/notifyd/notifyd/internal/addrfile"
 	"github.com/notifyd/notifyd/protocol"
 	"github.com/notifyd/notifyd/registry"
 )
@@ -111,19 +112,27 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 
 	started := []any{"socket", conn.Addr(), "bind", ln.Addr().String()}
+	addrs := addrfile.Addresses{HTTP: ln.Addr().String(), Socket: conn.Addr()}
 	if cfg.agentBind != "" {
 		agent, err := net.Listen("tcp", cfg.agentBind)
 		if err != nil {
 			return fmt.Errorf("listen on --agent-bind %s: %w", cfg.agentBind, err)
 		}
 		defer agent.Close()
-		started = append(started, "agent", agent.Addr().String())
+		addrs.Agent = agent.Addr().String()
+		started = append(started, "agent", addrs.Agent)
 		weigh := httpapi.AgentConfig{Source: reg, Required: cfg.require, Expected: cfg.expect,
 			Idle: cfg.weighByIdle, Floor: cfg.agentFloor, Log: httpLog}
 		if cfg.weighByQueue {
 			weigh.Queues = queues
 		}
 		parts = append(parts, httpapi.NewAgent(agent, weigh).Serve)
+	}
+	if cfg.addressFile != "" {
+		if err := addrfile.Write(cfg.addressFile, addrs); err != nil {
+			return err
+		}
+		defer os.Remove(cfg.addressFile)
 	}
 	log.Info("notifyd started", append(started, "require", cfg.require, "expect", cfg.expect,
 		"dir", cfg.dir, "ready", reg.Summary().Ready, "draining", reg.Draining())...)

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+var hooksInstalled = regexp.MustCompile(`notifyd hooks installed: (.*)`)
+
+// hookConns is wrk's connections against 2 sync workers: enough to keep
+// both busy.
+const hookConns = 4
+
+func hookOverhead(ctx context.Context, l *lab, o options) (*section, error) {
+	nd, err := l.startNotifyd(nil, "--require", strconv.Itoa(appWorkers))
+	if err != nil {
+		return nil, err
+	}
+	defer nd.stop()
+	var urls []string
+	var installed string
+	for _, withHooks := range []bool{true, false} {
+		cmd := exec.Command("gunicorn", "--config", filepath.Join(l.root, seedConfig),
+			"--chdir", filepath.Join(l.root, "examples/gunicorn"), "--bind", "127.0.0.1:0",
+			"--workers", strconv.Itoa(appWorkers), "--worker-class", "sync", "hello:app")
+		cmd.Env = append(cleanEnv(), "PYTHONDONTWRITEBYTECODE=1")
+		if withHooks {
+			cmd.Env = append(cmd.Env, "NOTIFYD_SOCKET="+nd.socket)
+		}
+		g, err := l.start(cmd, syscall.SIGTERM, "")
+		if err != nil {
+			return nil, err
+		}
+		defer g.stop()
+		addr, err := g.awaitLog(gunicornListens)
+		if err != nil {
+			return nil, err
+		}
+		if withHooks {
+			if installed, err = g.awaitLog(hooksInstalled); err != nil {
+				return nil, err
+			}
+			if err := awaitAnswer(nd.url, fmt.Sprintf("%d workers ready\n", appWorkers)); err != nil {
+				return nil, err
+			}
+		}
+		urls = append(urls, "http://"+addr+"/")
+	}
+	for _, u := range urls {
+		if err := awaitAnswer(u, "hello\n"); err != nil {
+			return nil, err
+		}
+		if _, err := wrk(ctx, u, hookConns, time.Second, false); err != nil {
+			return nil, err
+		}
+	}
+	runs := make([][]float64, 2)
+	for range o.rounds {
+		for i, u := range urls {
+			r, err := wrk(ctx, u, hookConns, o.round, false)
+			if err != nil {
+				return nil, err
+			}
+			runs[i] = append(runs[i], r)
+		}
+	}
+	with, without := median(runs[0]), median(runs[1])
+	ratio := paired(runs[0], runs[1])
+	s := &section{}
+	s.p("## What the gunicorn hooks cost a request\n\n")
+	s.p("Two gunicorn instances run `hello.py` (`/` answers `hello`) with %d sync workers each, one with the hooks of\n", appWorkers)
+	s.p("`notifyd_gunicorn.install()` reporting to a notifyd, one without (the floor); `%s` alternates between them,\n", wrkCommand(hookConns, o.round, false))
+	s.p("%d rounds each, after a warm-up; the ratio is the median of the rounds' ratios, each round with the hooks\n", o.rounds)
+	s.p("against the round without right after it. Measured: whatever hooks `install()` installs, in this run **%s**.\n\n", installed)
+	s.p("| instance | median requests/s | rounds |\n| --- | ---: | --- |\n")
+	s.p("| with notifyd's hooks | %.0f | %s |\n| without (the floor) | %.0f | %s |\n", with, rates(runs[0]), without, rates(runs[1]))
+	s.goal(ratio >= 0.95, "hook overhead: requests/s with notifyd's hooks ≥ 0.95× without",
+		"%.3f (medians %.0f / %.0f requests/s; hooks: %s)", ratio, with, without, installed)
+	return s, nil
+}
