@@ -11,6 +11,7 @@
 //     server counting its own pid files;
 //   - idle CPU with 10000 workers;
 //   - what notifyd's gunicorn hooks cost each request;
+//   - what the workers' re-announcement costs an idle notifyd;
 //   - health under 2000 bad clients.
 //
 // Each goal is a ratio or a median of contenders run side by side in one
@@ -121,6 +122,7 @@ func run(ctx context.Context, out string, o options) error {
 		{"death detection", deathDetection},
 		{"boot to healthy", boot},
 		{"hook overhead", hookOverhead},
+		{"self-healing's cost", reannounceCost},
 		{"health under bad clients", badClients},
 		{"micro-benchmarks", micro},
 	}
