@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,17 +27,13 @@ const (
 	adminForcedDrain = "8" // SRV_ADMF_FDRAIN: set by an agent's "drain"
 )
 
-var agentBound = regexp.MustCompile(`msg="notifyd started".* agent=(\S+)`)
-
-// agentAddr is the agent-check address notifyd logged at start, for a
-// notifyd run with --agent-bind.
+// agentAddr is the agent-check address of a notifyd run with --agent-bind.
 func (d *daemon) agentAddr(t *testing.T) string {
 	t.Helper()
-	m := agentBound.FindStringSubmatch(d.log.String())
-	if m == nil {
-		t.Fatalf("notifyd's start line names no agent address:\n%s", d.log.String())
+	if d.agent == "" {
+		t.Fatalf("notifyd's address file names no agent address:\n%s", d.log.String())
 	}
-	return m[1]
+	return d.agent
 }
 
 // agentReply is the one line notifyd's agent answers a fresh connection.

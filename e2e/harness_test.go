@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -83,16 +82,14 @@ type daemon struct {
 	dir    string // state directory
 	socket string
 	addr   string // HTTP address, as host:port
+	agent  string // agent-check address, with --agent-bind
 	log    *syncBuffer
 	done   chan struct{}
 	err    error
-	// addrFile is the address file launch asked notifyd to write; "" for a
-	// notifyd a test started itself, whose address is then read from its
-	// start line.
+	// addrFile is the address file notifyd writes once it listens: how
+	// a test learns the ports the kernel chose (see internal/addrfile).
 	addrFile string
 }
-
-var boundAddr = regexp.MustCompile(`msg="notifyd started".* bind=(\S+)`)
 
 // syncBuffer collects a process's output while the test reads it.
 type syncBuffer struct {
@@ -172,29 +169,15 @@ func launch(t *testing.T, dir string, env, wrap []string, args ...string) *daemo
 	return d
 }
 
-// waitStarted waits until notifyd listens and learns its HTTP address.
+// waitStarted waits until notifyd listens and learns its addresses from
+// its address file.
 func (d *daemon) waitStarted(t *testing.T) {
 	t.Helper()
-	if d.addrFile != "" {
-		a, err := addrfile.Await(d.addrFile, d.done, 20*time.Second)
-		if err != nil {
-			t.Fatalf("%v\n%s", err, d.log.String())
-		}
-		d.addr = a.HTTP
-		return
+	a, err := addrfile.Await(d.addrFile, d.done, 20*time.Second)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, d.log.String())
 	}
-	waitFor(t, "notifyd to start", func() bool {
-		select {
-		case <-d.done:
-			t.Fatalf("notifyd exited at start: %v\n%s", d.err, d.log.String())
-		default:
-		}
-		m := boundAddr.FindStringSubmatch(d.log.String())
-		if m != nil {
-			d.addr = m[1]
-		}
-		return m != nil
-	})
+	d.addr, d.agent = a.HTTP, a.Agent
 }
 
 // health is one answer of the health check.

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/notifyd/notifyd/internal/addrfile"
 	"github.com/notifyd/notifyd/protocol"
 )
 
@@ -208,7 +209,8 @@ func TestSocketActivationBothSockets(t *testing.T) {
 				d.cmd.ExtraFiles = []*os.File{dgramFile, httpFile}
 			}
 			d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-			if err := d.cmd.Start(); err != nil {
+			d.addrFile = filepath.Join(t.TempDir(), "address.json")
+			if err := addrfile.Start(d.cmd, d.addrFile); err != nil {
 				t.Fatal(err)
 			}
 			go func() { d.err = d.cmd.Wait(); close(d.done) }()
