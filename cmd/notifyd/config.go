@@ -338,6 +338,10 @@ over its variable.
 
 `)
 	for _, o := range opts {
+		if o.value == "" { // the usage says what none means
+			fmt.Fprintf(w, "  --%-18s %s\n", o.name, o.usage)
+			continue
+		}
 		fmt.Fprintf(w, "  --%-18s %s (default %q)\n", o.name, o.usage, o.value)
 	}
 	fmt.Fprintf(w, "  --%-18s %s\n", "version", "print the version and exit")
