@@ -94,18 +94,26 @@ type sample struct {
 	outcome     string        // the status code, "timeout" or "error"
 }
 
+// startContenders starts the application with notifyd and the seed-style
+// check, and the bare server beside it; stop ends them all.
+func startContenders(l *lab) (a *app, bare *server, stop func(), err error) {
+	if a, err = startApp(l, appWorkers); err != nil {
+		return nil, nil, nil, err
+	}
+	if bare, err = l.startBare(); err != nil {
+		a.stop()
+		a.notifyd.stop()
+		return nil, nil, nil, err
+	}
+	return a, bare, func() { bare.stop(); a.stop(); a.notifyd.stop() }, nil
+}
+
 func saturation(ctx context.Context, l *lab, o options, csvPath string) (*section, error) {
-	a, err := startApp(l, appWorkers)
+	a, bare, stop, err := startContenders(l)
 	if err != nil {
 		return nil, err
 	}
-	defer a.notifyd.stop()
-	defer a.stop()
-	bare, err := l.startBare()
-	if err != nil {
-		return nil, err
-	}
-	defer bare.stop()
+	defer stop()
 	host := func(url string) string { return url[len("http://") : len(url)-1] }
 	targets := []*target{
 		{name: "app", label: "(a) application", what: "`/` of `hello.py`, served by the busy sync workers", addr: a.addr},

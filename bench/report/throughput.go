@@ -11,17 +11,11 @@ import (
 const throughputConns = 8
 
 func throughput(ctx context.Context, l *lab, o options) (*section, error) {
-	a, err := startApp(l, appWorkers)
+	a, bare, stop, err := startContenders(l)
 	if err != nil {
 		return nil, err
 	}
-	defer a.notifyd.stop()
-	defer a.stop()
-	bare, err := l.startBare()
-	if err != nil {
-		return nil, err
-	}
-	defer bare.stop()
+	defer stop()
 	contenders := []struct{ name, url string }{{"notifyd", a.notifyd.url}, {"bare server (the floor)", bare.url}, {"seed-style", a.seedURL}}
 
 	s := &section{}
