@@ -52,11 +52,24 @@ type options struct {
 	boots    int           // gunicorn boots per contender
 	deaths   int           // death detection trials
 	bootSize int           // gunicorn workers per boot
+	only     []string      // the sections to run; every one when empty
+}
+
+// splitList splits a comma-separated list, dropping empty items.
+func splitList(s string) []string {
+	var items []string
+	for item := range strings.SplitSeq(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			items = append(items, item)
+		}
+	}
+	return items
 }
 
 func main() {
 	out := flag.String("out", "docs", "directory for PERFORMANCE.md and saturation.csv")
 	quick := flag.Bool("quick", false, "every measurement briefly, to check the machinery")
+	only := flag.String("only", "", "comma-separated `sections` to run (such as \"hook overhead,throughput\"); all when empty")
 	flag.Parse()
 	o := options{rounds: 15, round: time.Second, probe: 30 * time.Second, burst: 5 * time.Second,
 		idle: 60 * time.Second, many: 10000, boots: 5, deaths: 500, bootSize: 64}
@@ -65,6 +78,7 @@ func main() {
 			idle: 2 * time.Second, many: 200, boots: 1, deaths: 20, bootSize: 4}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	o.only = splitList(*only)
 	err := run(ctx, *out, o)
 	stop()
 	if err != nil {
@@ -112,10 +126,11 @@ func run(ctx context.Context, out string, o options) error {
 	}
 	defer l.close()
 	csv := filepath.Join(out, "saturation.csv")
-	steps := []struct {
+	type step struct {
 		name string
 		fn   func(context.Context, *lab, options) (*section, error)
-	}{
+	}
+	steps := []step{
 		{"saturation", func(ctx context.Context, l *lab, o options) (*section, error) { return saturation(ctx, l, o, csv) }},
 		{"throughput", throughput},
 		{"footprint and idle CPU", memoryFootprint},
@@ -126,8 +141,16 @@ func run(ctx context.Context, out string, o options) error {
 		{"health under bad clients", badClients},
 		{"micro-benchmarks", micro},
 	}
+	for _, name := range o.only {
+		if !slices.ContainsFunc(steps, func(st step) bool { return st.name == name }) {
+			return fmt.Errorf("-only %q: no such section", name)
+		}
+	}
 	var sections []*section
 	for _, st := range steps {
+		if len(o.only) > 0 && !slices.Contains(o.only, st.name) {
+			continue
+		}
 		progress("%s", st.name)
 		s, err := st.fn(ctx, l, o)
 		if ctx.Err() != nil {
