@@ -83,6 +83,12 @@ class BuildGo(build_scripts):
 class PlatformWheel(bdist_wheel):
     """Tags the wheel for the architecture of the binaries it holds."""
 
+    def finalize_options(self):
+        super().finalize_options()
+        # Binaries for one platform: installed as platform files, never
+        # taken for pure Python.
+        self.root_is_pure = False
+
     def get_tag(self):
         return 'py3', 'none', PLATFORMS[goarch()]
 
