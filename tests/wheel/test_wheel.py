@@ -390,8 +390,13 @@ class WheelTest(unittest.TestCase):
             run(self.python, '-m', 'gunicorn', '--config', config,
                 '--chdir', os.path.join(self.src, 'examples', 'gunicorn'),
                 'hello:app', stdin=subprocess.DEVNULL, env=env, cwd=self.dir)
-        master = int(wait_for('the pid file', lambda: os.path.exists(pidfile)
-                              and open(pidfile).read().strip()))
+        def master_pid():
+            try:
+                with open(pidfile) as f:
+                    return f.read().strip()
+            except FileNotFoundError:
+                return None
+        master = int(wait_for('the pid file', master_pid))
         self.addCleanup(self.kill_daemon, master)
 
         def text():
@@ -409,14 +414,21 @@ class WheelTest(unittest.TestCase):
         victim = self.workers(master)[0]
         os.kill(victim, signal.SIGKILL)
         death = re.compile(r'^%s\[%d\] \[DEBUG\] notifyd: worker left '
-                           r'pid=%d reason=exited$' % (stamp, pid, victim),
-                           re.M)
-        wait_for("notifyd's line on the dead worker",
-                 lambda: death.search(text()))
+                           r'component=registry pid=%d reason=exited$'
+                           % (stamp, pid, victim), re.M)
+        try:
+            wait_for("notifyd's line on the dead worker",
+                     lambda: death.search(text()))
+        except AssertionError:
+            self.fail('no line on worker %d in %s:\n%s'
+                      % (victim, errorlog, text()))
         # gunicorn's own lines are in the same file, in the same format;
         # notifyd writes no line of slog's own format.
-        self.assertRegex(text(), r'(?m)^%s\[%d\] \[INFO\] Booting worker '
-                         % (stamp, master))
+        theirs = re.compile(r'^%s\[%d\] \[WARNING\] Worker with pid %d '
+                            r'was terminated due to signal 9$'
+                            % (stamp, master, victim), re.M)
+        wait_for("gunicorn's line on the dead worker",
+                 lambda: theirs.search(text()))
         self.assertNotIn('level=', text())
         self.assertNotIn('msg=', text())
         with open(os.path.join(self.dir, 'gunicorn.log')) as f:
