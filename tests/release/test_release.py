@@ -264,6 +264,34 @@ class ReleaseTest(unittest.TestCase):
         self.assertIn('golang.org/x/sys', dict(modules))
         return modules
 
+    def test_go_run_leaves_nothing_for_git(self):
+        # README: go run ./cmd/notifyd writes ./notify.sock and its state
+        # files in the current directory; .gitignore covers both.
+        addresses = os.path.join(self.tmp, 'go-run.json')
+        daemon = subprocess.Popen(
+            ['go', 'run', './cmd/notifyd', '--bind', '127.0.0.1:0',
+             '--address-file', addresses],
+            cwd=self.src, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        self.addCleanup(daemon.wait)
+        self.addCleanup(os.killpg, daemon.pid, signal.SIGKILL)
+        wait_for('notifyd to write its addresses',
+                 lambda: os.path.exists(addresses)
+                 and os.path.getsize(addresses))
+        with open(addresses) as f:
+            self.assertEqual(json.load(f)['socket'], 'notify.sock')
+        worker = subprocess.Popen(['sleep', '600'])
+        self.addCleanup(worker.wait)
+        self.addCleanup(worker.kill)
+        run('go', 'run', './cmd/notify', '--pid', str(worker.pid), '--ready',
+            cwd=self.src)
+        self.assertTrue(os.path.exists(os.path.join(self.src, 'notify.sock')))
+        self.assertTrue(os.path.exists(os.path.join(
+            self.src, '.gunicorn.worker.%d' % worker.pid)))
+        self.assertEqual(run('git', 'status', '--porcelain',
+                             '--untracked-files=all', cwd=self.src).stdout,
+                         '')
+
     def test_aarch64_binaries_run_under_qemu(self):
         for _, arch, debarch, _ in ARCHES[1:]:
             for artifact in (wheel_name(self.version, arch),
