@@ -157,8 +157,8 @@ class ReleaseTest(unittest.TestCase):
                              path).stdout
                 self.assertIn('Type:                              EXEC',
                               header)
-                machine = int.from_bytes(open(path, 'rb').read(20)[18:20],
-                                         'little')
+                with open(path, 'rb') as f:
+                    machine = int.from_bytes(f.read(20)[18:20], 'little')
                 self.assertEqual(machine, self.machine(artifact))
                 segments = run('readelf', '--program-headers', '--wide',
                                path).stdout
