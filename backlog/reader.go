@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -40,6 +41,10 @@ type Queue struct {
 	// addresses, and where the queue came from /proc.
 	Drops uint64 `json:"drops"`
 }
+
+// CountsDrops reports whether Drops means anything for q's address: a TCP
+// listener drops, a Unix one makes clients wait.
+func (q Queue) CountsDrops() bool { return !strings.HasPrefix(q.Addr, unixPrefix) }
 
 // PeakWindow is how far back Queue.Peak looks: four scrapes at Prometheus's
 // usual 15 s interval, so that a burst between two scrapes shows in both.
