@@ -479,6 +479,16 @@ class WheelTest(unittest.TestCase):
         self.assertNotIn('notifyd_listen_queue_drops_total%s' % unix_queue,
                          get(url + 'metrics')[1])
 
+        # A HUP that changes bind: notifyd watches the new addresses.
+        other = os.path.join(self.dir, 'other.sock')
+        self.config(bind=['unix:' + other], backlog=2, timeout=30)
+        mark = len(self.log())
+        master.send_signal(signal.SIGHUP)
+        _, url = self.notifyd_started(after=mark)
+        self.assertEqual(metric('notifyd_listen_queue_listening',
+                                '{addr="unix:%s"}' % other), 1)
+        self.assertNotIn(queue, get(url + 'metrics')[1])
+
     def test_master_sigkill_takes_notifyd_along(self):
         master = self.gunicorn()
         pid, url = self.notifyd_started()
