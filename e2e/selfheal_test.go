@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -230,11 +231,17 @@ func contextSwitches(t *testing.T, pid int, all bool) uint64 {
 
 // TestIdleWithManyWorkersStaysAsleep registers 200 workers that do not
 // re-announce, as notify and systemd-notify senders do not, and checks that
-// an idle notifyd holding them is not woken: no timer, no poll, no sweep.
+// an idle notifyd holding them is not woken: no timer, no poll, no sweep,
+// and no sampling of the listen queue it watches while no worker is busy.
 func TestIdleWithManyWorkersStaysAsleep(t *testing.T) {
 	const workers = 200
 	dir := shortDir(t)
-	d := startPlainNotifyd(t, dir, "--require", strconv.Itoa(workers))
+	app, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	d := startPlainNotifyd(t, dir, "--require", strconv.Itoa(workers), "--listen-queue", app.Addr().String())
 	var ws []*exec.Cmd
 	for range workers {
 		ws = append(ws, sleeper(t))
