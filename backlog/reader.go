@@ -158,10 +158,17 @@ func NewReader(addrs []Addr) *Reader {
 // refused (seccomp, an LSM, a kernel without it), TCP queues are read from
 // /proc/net/tcp and /proc/net/tcp6 instead, with Limit 0; Unix queues have
 // no such fallback, and Read fails.
-func (r *Reader) Read() ([]Queue, error) {
+func (r *Reader) Read() ([]Queue, error) { return r.read(true) }
+
+// read is Read; without tcpAges it leaves OldestSeconds 0 for TCP addresses
+// and skips the dump of their connections. That dump walks every TCP
+// socket of the namespace, time-wait ones included, which on a busy host
+// costs milliseconds: the Sampler, which needs only lengths and the Unix
+// connections, reads ten times a second and leaves it out.
+func (r *Reader) read(tcpAges bool) ([]Queue, error) {
 	r.readMu.Lock()
 	defer r.readMu.Unlock()
-	s := &session{}
+	s := &session{noAges: !tcpAges}
 	defer s.close()
 	qs := make([]Queue, len(r.addrs))
 	icons := make([][]uint32, len(r.addrs))
@@ -242,6 +249,7 @@ type session struct {
 	connErr error // why the sock_diag socket could not be opened
 	tcp     map[int][]tcpListener
 	viaProc map[int]bool // the families whose listeners came from /proc
+	noAges  bool         // leave TCP ages out
 	unix    []unixListener
 	unixOK  bool
 }
@@ -379,7 +387,7 @@ func (s *session) tcpQueue(q *Queue, ip netip.Addr, port uint16) error {
 			}
 		}
 		if q.Listening {
-			if q.Queued > 0 && !s.viaProc[t.family] {
+			if q.Queued > 0 && !s.viaProc[t.family] && !s.noAges {
 				return s.oldest(q, t.family, t.ip, port, ls)
 			}
 			return nil

@@ -8,8 +8,9 @@ import (
 
 // SampleInterval is how often a Sampler reads while every worker is busy.
 // It bounds how short a burst Queue.Peak surely shows, and how much a Unix
-// connection's age can fall short. A read of a watched address costs tens
-// of microseconds, so ten a second cost well under 1% of a core.
+// connection's age can fall short. A sample reads the listeners and the
+// Unix connections, not the TCP ones (see Reader.read): tens of
+// microseconds, so ten a second cost well under 1% of a core.
 const SampleInterval = 100 * time.Millisecond
 
 // Workers is what a Sampler asks of whoever knows the workers' activity.
@@ -68,7 +69,7 @@ func (s *Sampler) Run(ctx context.Context, workers Workers) error {
 				continue
 			}
 			last = time.Now()
-			_, err := s.r.Read()
+			_, err := s.r.read(false)
 			switch {
 			case err != nil && !failing:
 				s.log.Warn("listen queues not sampled", "error", err)

@@ -78,7 +78,7 @@ func renderQueueTime(in, out string) error {
 	p.Add(dots, line)
 	leg := plot.NewLegend()
 	leg.Top, leg.Left = true, true
-	leg.Add("notifyd: oldest_seconds, read every 100 ms", line)
-	leg.Add("client: its own wait before service, at its end", dots)
+	leg.Add("notifyd: oldest_seconds", line)
+	leg.Add("client: its own wait, at its end", dots)
 	return save(p, leg, out)
 }
