@@ -99,12 +99,7 @@ func TestDropsTCP(t *testing.T) {
 // TestOldestUnix: a Unix connection's age counts from the first read that
 // saw it waiting, and is forgotten once it is accepted.
 func TestOldestUnix(t *testing.T) {
-	path := filepath.Join(shortDir(t), "app.sock")
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln, path := listenUnixAccepting(t)
 	r := newReader(t, "unix:"+path)
 	dial(t, "unix", path, 1)
 	before := time.Now()
@@ -123,11 +118,7 @@ func TestOldestUnix(t *testing.T) {
 	if lower := secondStart.Sub(firstDone).Seconds(); qs[0].OldestSeconds < lower || qs[0].OldestSeconds > upper {
 		t.Fatalf("oldest = %v s, want between %v and %v", qs[0].OldestSeconds, lower, upper)
 	}
-	c, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	accept(t, ln, 1)
 	if qs := readUntil(t, r, 0, 0); qs[0].OldestSeconds != 0 {
 		t.Fatalf("after accept: %+v, want an age of 0", qs[0])
 	}
@@ -158,13 +149,7 @@ func TestPeak(t *testing.T) {
 			r := newReader(t, watch)
 			dial(t, network, ln.Addr().String(), 3)
 			readUntil(t, r, 0, 3)
-			for range 3 {
-				c, err := ln.Accept()
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer c.Close()
-			}
+			accept(t, ln, 3)
 			if qs := readUntil(t, r, 0, 0); qs[0].Peak != 3 {
 				t.Fatalf("after the queue emptied: %+v, want a peak of 3", qs[0])
 			}

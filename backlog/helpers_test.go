@@ -3,6 +3,7 @@ package backlog
 import (
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -98,4 +99,29 @@ func somaxconn(tb testing.TB) uint32 {
 		tb.Fatal(err)
 	}
 	return uint32(n)
+}
+
+// accept takes n connections from ln, keeping them open until the test ends.
+func accept(tb testing.TB, ln net.Listener, n int) {
+	tb.Helper()
+	for range n {
+		c, err := ln.Accept()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { c.Close() })
+	}
+}
+
+// listenUnixAccepting listens on a Unix socket the test accepts from, and
+// returns it and its path.
+func listenUnixAccepting(tb testing.TB) (net.Listener, string) {
+	tb.Helper()
+	path := filepath.Join(shortDir(tb), "app.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ln.Close() })
+	return ln, path
 }

@@ -2,8 +2,6 @@ package backlog
 
 import (
 	"context"
-	"net"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -26,12 +24,7 @@ func (r *Reader) peakSeen(i int) uint32 {
 // its own, so a queue that forms and drains unseen by anyone else is in the
 // peak.
 func TestSamplerCatchesBurst(t *testing.T) {
-	path := filepath.Join(shortDir(t), "app.sock")
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln, path := listenUnixAccepting(t)
 	r := newReader(t, "unix:"+path)
 	s := NewSampler(r, nil)
 	var busy atomic.Bool
@@ -52,13 +45,7 @@ func TestSamplerCatchesBurst(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	busy.Store(false)
-	for range 3 {
-		c, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-	}
+	accept(t, ln, 3)
 	if qs := readUntil(t, r, 0, 0); qs[0].Peak != 3 {
 		t.Fatalf("after the burst: %+v, want a peak of 3", qs[0])
 	}
