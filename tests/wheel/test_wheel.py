@@ -580,7 +580,7 @@ class WheelTest(unittest.TestCase):
         supervisor.settimeout(DEADLINE)
         heard = []
 
-        def hear(what):
+        def hear(what, probe=True):
             """Receive datagrams until one holds what; return it and the
             health answer right after it."""
             while True:
@@ -589,7 +589,7 @@ class WheelTest(unittest.TestCase):
                 sender = struct.unpack('3i', anc[0][2][:12])[0]
                 heard.append((data.decode(), sender))
                 if what in data.decode().split('\n'):
-                    return data.decode(), sender, get(url)
+                    return data.decode(), sender, probe and get(url)
 
         master = self.gunicorn(_env={'NOTIFY_SOCKET': path})
         pid, url = self.notifyd_started()
@@ -610,7 +610,7 @@ class WheelTest(unittest.TestCase):
         self.assertEqual(answer, (200, '2 workers ready\n'))
 
         master.send_signal(signal.SIGTERM)
-        hear('STOPPING=1')
+        hear('STOPPING=1', probe=False)
         master.wait(DEADLINE)
 
     def test_preload_app_answers_every_probe_at_once(self):
@@ -631,8 +631,9 @@ class WheelTest(unittest.TestCase):
         master = self.gunicorn(_app=app, _wait=False, **settings)
         pid, url = self.notifyd_started()
         if daemon:
-            self.strays = [int(wait_for('the pid file', lambda: os.path.exists(
-                pidfile) and open(pidfile).read().strip()))]
+            # Not the pid file, written only once the application loaded.
+            with open('/proc/%d/stat' % pid) as f:
+                self.strays = [int(f.read().rpartition(')')[2].split()[1])]
         # The application imports until the test lets it go: every probe
         # meanwhile is answered within 100 ms, the bound the answer must
         # keep.
