@@ -122,3 +122,23 @@ func TestWhoIsTheMainProcess(t *testing.T) {
 		t.Fatalf("Summary() = %+v, want an instance reload and still two workers", s)
 	}
 }
+
+// TestRecoveredWorkersAreNoStart: a notifyd that recovers live workers from
+// their state files restarted, while the instance kept running.
+func TestRecoveredWorkersAreNoStart(t *testing.T) {
+	cfg := reloadConfig(t, 0, time.Hour)
+	first, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !first.Summary().Starting {
+		t.Fatalf("a fresh registry's Summary() = %+v, want starting", first.Summary())
+	}
+	w := startSleep(t)
+	send(t, first, ready(w.pid()), rootCreds())
+	first.Close()
+	again := startRegistry(t, cfg)
+	if s := again.Summary(); s.Starting || s.Ready != 1 {
+		t.Fatalf("after recovering one worker Summary() = %+v, want 1 ready and not starting", s)
+	}
+}

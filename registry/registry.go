@@ -93,6 +93,9 @@ func New(cfg Config) (*Registry, error) {
 		r.Close()
 		return nil, err
 	}
+	// Workers that were ready before notifyd started mean that the
+	// instance is not starting: notifyd is.
+	r.instance.starting = len(r.workers) == 0
 	if r.draining = files.drainMarked(); r.draining {
 		r.log.Info("draining, as before the restart", "undrain", "notify --undrain, or SIGUSR2")
 	}

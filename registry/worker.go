@@ -70,8 +70,8 @@ type Summary struct {
 	Draining bool
 	// Expected is the number of workers the server is configured to run.
 	Expected int
-	// Starting is set from notifyd's start until Ready first reaches
-	// Config.Required.
+	// Starting is set from notifyd's start, unless it recovered workers
+	// from their state files, until Ready first reaches Config.Required.
 	Starting bool
 	// Reload is the instance reload in progress, if any.
 	Reload Reload
