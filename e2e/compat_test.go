@@ -174,7 +174,7 @@ func TestAbstractSocketWithSystemdNotifyAndNotify(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("NOTIFY_SOCKET=%s systemd-notify --ready --pid=%d: %v: %s", name, a.Process.Pid, err, out)
 	}
-	wantHealth(t, d, 500, "1 workers ready, starting\n")
+	wantHealth(t, d, 500, "1 workers ready\n")
 
 	if code, out := notify(t, "--socket", name, "--ready", "--pid", pidString(b)); code != 0 || out != "" {
 		t.Fatalf("notify --socket %s = %d %q, want 0 and no output", name, code, out)

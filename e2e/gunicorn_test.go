@@ -103,7 +103,7 @@ func waitSettled(t *testing.T, d *daemon, s *server) []int {
 func TestGunicornBootCountsBothWorkers(t *testing.T) {
 	dir := shortDir(t)
 	d := startNotifyd(t, dir, "--require", "2")
-	wantHealth(t, d, 500, "0 workers ready, starting\n")
+	wantHealth(t, d, 500, "0 workers ready\n")
 
 	s := startGunicorn(t, d.socket)
 	waitSettled(t, d, s)
@@ -230,7 +230,7 @@ func TestGunicornBootsWithoutNotifydAndIsCountedLater(t *testing.T) {
 	}
 
 	d := startNotifyd(t, dir, "--require", "2")
-	wantHealth(t, d, 500, "0 workers ready, starting\n")
+	wantHealth(t, d, 500, "0 workers ready\n")
 	// Workers that announce themselves from now on are counted.
 	s.cmd.Process.Signal(syscall.SIGHUP)
 	waitSettled(t, d, s)

@@ -128,7 +128,7 @@ func TestOperatorExpectInStatusAndVerbose(t *testing.T) {
 			d.waitStarted(t)
 			wantStatusFields(t, d, map[string]any{"ready": 0, "required": tt.required, "expected": tt.expected, "healthy": false, "draining": false})
 			code, body := httpGet(t, "http://"+d.addr+"/?verbose")
-			want := fmt.Sprintf("[-]workers failed: 0/%d ready, starting\n[-]capacity failed: 0/%d expected (does not affect the status)\n[+]activity ok: 0/0 workers busy, 0 requests in flight\nhealthz check failed\n", tt.required, tt.expected)
+			want := fmt.Sprintf("[-]workers failed: 0/%d ready\n[-]capacity failed: 0/%d expected (does not affect the status)\n[+]activity ok: 0/0 workers busy, 0 requests in flight\nhealthz check failed\n", tt.required, tt.expected)
 			if code != 500 || body != want {
 				t.Fatalf("GET /?verbose = %d %q, want 500 %q", code, body, want)
 			}
@@ -343,7 +343,7 @@ func TestOperatorNotifyCheck(t *testing.T) {
 		}
 	}
 
-	check(t, nil, 1, "notify: unhealthy: 500 Internal Server Error: 0 workers ready, starting\n", "--url", url)
+	check(t, nil, 1, "notify: unhealthy: 500 Internal Server Error: 0 workers ready\n", "--url", url)
 	registerReady(t, d, sleeper(t))
 	check(t, nil, 0, "1 workers ready\n", "--url", url)
 	check(t, nil, 0, "1 workers ready\n", "--url", url, "--timeout", "10s")

@@ -116,7 +116,7 @@ func TestNotifyStatusTable(t *testing.T) {
 	d := startNotifyd(t, shortDir(t), "--require", "2", "--expect", "3")
 	u := "--url=http://" + d.addr + "/"
 
-	wantNotify(t, 0, "no workers registered\nunhealthy: 0 ready, 2 required, 3 expected, starting, not draining, 0 busy, 0 in flight\n", "status", u)
+	wantNotify(t, 0, "no workers registered\nunhealthy: 0 ready, 2 required, 3 expected, not draining, 0 busy, 0 in flight\n", "status", u)
 
 	a, b := sleeper(t), sleeper(t)
 	if a.Process.Pid > b.Process.Pid {
@@ -128,7 +128,7 @@ func TestNotifyStatusTable(t *testing.T) {
 	code, out := notify(t, "status", u)
 	got := fields(out)
 	if code != 0 || len(got) != 4 || strings.Join(got[0], " ") != "PID STATE READY FOR IN FLIGHT REQUESTS STATUS" ||
-		strings.Join(got[3], " ") != "unhealthy: 1 ready, 2 required, 3 expected, starting, not draining, 0 busy, 0 in flight" {
+		strings.Join(got[3], " ") != "unhealthy: 1 ready, 2 required, 3 expected, not draining, 0 busy, 0 in flight" {
 		t.Fatalf("notify status = %d %q, want a header, two workers and an unhealthy summary", code, out)
 	}
 	// The sleepers report no requests: their activity reads 0 and 0.

@@ -15,7 +15,7 @@ import (
 // its start through a reload, in every answer.
 func TestStartAndReloadAnswers(t *testing.T) {
 	reg, err := registry.New(registry.Config{Dir: t.TempDir(), Filename: ".gunicorn.worker.{}",
-		Detection: registry.Pidfd, Required: 2, Expected: 2, ReloadGrace: time.Hour})
+		Detection: registry.Pidfd, Required: 2, Expected: 2, ReloadGrace: time.Hour, MainPID: sleeper(t).Process.Pid})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -116,6 +116,9 @@ func TestWhoIsTheMainProcess(t *testing.T) {
 	send(t, r, ready(worker.pid()), rootCreds())
 	send(t, r, protocol.Message{Lifecycle: protocol.Reloading}, protocol.Credentials{PID: worker.pid()})
 	send(t, r, reloading(other.pid()), rootCreds())
+	if s := r.Summary(); s.Starting {
+		t.Fatalf("Summary() = %+v without a main pid, want not starting", s)
+	}
 	if s := r.Summary(); s.Reload.Active || s.Workers != 2 {
 		t.Fatalf("Summary() = %+v, want two reloading workers and no instance reload", s)
 	}
@@ -128,7 +131,7 @@ func TestWhoIsTheMainProcess(t *testing.T) {
 // TestRecoveredWorkersAreNoStart: a notifyd that recovers live workers from
 // their state files restarted, while the instance kept running.
 func TestRecoveredWorkersAreNoStart(t *testing.T) {
-	cfg := reloadConfig(t, 0, time.Hour)
+	cfg := reloadConfig(t, startSleep(t).pid(), time.Hour)
 	first, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)

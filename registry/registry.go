@@ -74,7 +74,7 @@ func New(cfg Config) (*Registry, error) {
 		return nil, err
 	}
 	r := &Registry{cfg: cfg, log: cfg.Logger, files: files, workers: make(map[int]*entry),
-		instance: instance{expected: cfg.Expected, starting: true}}
+		instance: instance{expected: cfg.Expected}}
 	switch cfg.Detection {
 	case Auto, Pidfd:
 		if pidfdSupported() {
@@ -95,9 +95,10 @@ func New(cfg Config) (*Registry, error) {
 		r.Close()
 		return nil, err
 	}
-	// Workers that were ready before notifyd started mean that the
-	// instance is not starting: notifyd is.
-	r.instance.starting = len(r.workers) == 0
+	// Only the main process's notifyd knows that the instance starts; and
+	// workers that were ready before notifyd started mean that it is
+	// notifyd that starts, not the instance.
+	r.instance.starting = cfg.MainPID != 0 && len(r.workers) == 0
 	if r.draining = files.drainMarked(); r.draining {
 		r.log.Info("draining, as before the restart", "undrain", "notify --undrain, or SIGUSR2")
 	}

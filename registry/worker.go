@@ -72,8 +72,11 @@ type Summary struct {
 	Draining bool
 	// Expected is the number of workers the server is configured to run.
 	Expected int
-	// Starting is set from notifyd's start, unless it recovered workers
-	// from their state files, until Ready first reaches Config.Required.
+	// Starting is set from notifyd's start until Ready first reaches
+	// Config.Required, when notifyd knows the main process (Config.MainPID,
+	// as in gunicorn's managed mode) and recovered no worker from its state
+	// files: a notifyd of its own cannot tell an instance that starts from
+	// one that has not said anything yet.
 	Starting bool
 	// Reload is the instance reload in progress, if any.
 	Reload Reload
