@@ -472,7 +472,10 @@ class _Manager:
         become notifyd's expected workers."""
         self.server = server
         if old is None:
-            self._sync(server)
+            # Only to start: the arbiter is half set up (no master_pid yet),
+            # and when_ready does the rest.
+            if self.wanted is not None:
+                self._sync(server)
         elif new != old and self.process is not None:
             from . import _notify_instance
             _notify_instance(server.log, self.path, 'X_NOTIFYD_EXPECT=%d'
