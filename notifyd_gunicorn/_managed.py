@@ -24,9 +24,10 @@ How it runs, and why:
   taken port is found before anything is installed, and holds it for the
   whole run: a probe that arrives while notifyd restarts waits in the
   listen queue instead of being refused.
-- When the master first sets its number of workers (nworkers_changed, in
-  Arbiter.setup, before preload_app loads the application and after
-  daemon = True has forked), the master binds the notify socket
+- Before the first worker (when_ready), or with preload_app when the master
+  first sets its number of workers (nworkers_changed, in Arbiter.setup,
+  before the application is loaded and after daemon = True has forked),
+  the master binds the notify socket
   in a directory of its own (mode 0700, owned by the workers' user), and
   runs the notifyd binary found next to the interpreter, never through
   PATH, passing both sockets as systemd's socket activation does. What
@@ -74,6 +75,7 @@ How it runs, and why:
   goes to a notifyd that is about to exit.
 """
 
+import copy
 import fcntl
 import os
 import secrets
@@ -143,11 +145,11 @@ class _Settings:
     """The settings notifyd runs with; equal settings need no restart."""
 
     __slots__ = ('bind', 'require', 'directory', 'filename', 'reload_grace',
-                 'args', 'binary')
+                 'args', 'binary', 'queues')
 
     def __init__(self, **values):
         for name in self.__slots__:
-            setattr(self, name, values[name])
+            setattr(self, name, values.get(name, ()))
 
     def _key(self):
         return tuple(getattr(self, name) for name in self.__slots__)
@@ -160,6 +162,8 @@ class _Settings:
                  '--dir', self.directory, '--filename', self.filename]
         if self.reload_grace is not None:
             flags += ['--reload-grace', '%gms' % (self.reload_grace * 1000)]
+        for address in self.queues:
+            flags += ['--listen-queue', address]
         return flags
 
 
@@ -472,9 +476,11 @@ class _Manager:
         become notifyd's expected workers."""
         self.server = server
         if old is None:
-            # Only to start: the arbiter is half set up (no master_pid yet),
-            # and when_ready does the rest.
-            if self.wanted is not None:
+            # Only with preload_app, whose import comes next in the master,
+            # and only to start: the arbiter is half set up (no master_pid
+            # and no listeners yet). when_ready does the rest, and restarts
+            # notifyd with the listen queues once gunicorn has bound them.
+            if self.wanted is not None and server.cfg.preload_app:
                 self._sync(server)
         elif new != old and self.process is not None:
             from . import _notify_instance
@@ -510,6 +516,9 @@ class _Manager:
             self._stop_all()
             self._close_sockets(server)
             return
+        # Every address gunicorn listens on, as bound now: a HUP that
+        # changed bind has already replaced the listeners.
+        self.wanted.queues = _listen_queues(server)
         running = self.process
         if running is not None and running.settings == self.wanted \
                 and self.retired_http is None:
@@ -668,7 +677,8 @@ class _Manager:
             log.error('notifyd: cannot run %s: %s; not starting it again '
                       'until a reload', settings.binary, err)
             return
-        self.process = _Process(pid, pidfd, settings)
+        # A copy: the listen queues of self.wanted are filled in later.
+        self.process = _Process(pid, pidfd, copy.copy(settings))
         host, port = self.http.getsockname()[:2]
         if ':' in host:
             host = '[%s]' % host
@@ -787,6 +797,33 @@ class _Manager:
         for level, line in self.messages:
             getattr(self.server.log, level)(line)
         self.messages = []
+
+
+def _listen_queues(server):
+    """Return gunicorn's listening addresses as notifyd's --listen-queue
+    spells them: '127.0.0.1:8000', '[::1]:8000', 'unix:/run/app.sock'.
+    Addresses notifyd cannot name (an abstract socket, an IPv6 zone) are
+    left out."""
+    addresses = []
+    for listener in getattr(server, 'LISTENERS', None) or []:
+        try:
+            sock = getattr(listener, 'sock', listener)
+            family, name = sock.family, sock.getsockname()
+        except OSError:
+            continue
+        if family == socket.AF_UNIX:
+            if isinstance(name, bytes) or not name or name.startswith('\0'):
+                continue
+            address = 'unix:' + os.path.abspath(name)
+        elif family == socket.AF_INET:
+            address = '%s:%d' % name[:2]
+        elif family == socket.AF_INET6 and '%' not in name[0]:
+            address = '[%s]:%d' % name[:2]
+        else:
+            continue
+        if address not in addresses:
+            addresses.append(address)
+    return tuple(addresses)
 
 
 def _private_path():
