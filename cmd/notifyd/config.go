@@ -37,6 +37,7 @@ type config struct {
 	dir          string
 	filename     string
 	logLevel     slog.Level
+	logFormat    string
 	access       registry.Access
 	detection    registry.Detection
 	reapInterval time.Duration
@@ -125,6 +126,8 @@ func (c *config) options() []option {
 		{"log-level", "info", "debug, info, warn or error", false, func(v string) error {
 			return check(c.logLevel.UnmarshalText([]byte(v)) == nil, "must be debug, info, warn or error")
 		}},
+		{"log-format", logText, "text, slog's key=value lines; or gunicorn, gunicorn's error log format, as managed mode asks", false,
+			text(&c.logFormat, oneOf(logText, logGunicorn), "must be text or gunicorn")},
 		{"access", "same-uid", "who may name which pid: same-uid, root or all", false, parsed(&c.access, registry.ParseAccess)},
 		{"exit-detection", "auto", "how worker exits are seen: auto, pidfd or sweep", false, parsed(&c.detection, registry.ParseDetection)},
 		{"reap-interval", "1s", "sweep interval, used only when exits are found by sweeping", false, func(v string) (err error) {
