@@ -31,7 +31,9 @@ type Datagram struct {
 	// Cred is nil when the kernel attached no credentials.
 	Cred *Credentials
 	// FDs are the descriptors that came with the datagram. The reader owns
-	// them and must close every one.
+	// them and must close every one. Server closes them after the handler
+	// returns, off its reading goroutine; a descriptor to keep is taken out
+	// of FDs first (or set to -1).
 	FDs []int
 	// pidfd is the SCM_PIDFD descriptor, or 0; it is copied into Cred.
 	pidfd int
@@ -47,9 +49,7 @@ func (d *Datagram) Close() {
 		unix.Close(d.pidfd)
 		d.pidfd = 0
 	}
-	for _, fd := range d.FDs {
-		unix.Close(fd)
-	}
+	closeFDs(d.FDs)
 	d.FDs = nil
 }
 

@@ -214,7 +214,7 @@ func TestStateFilesCatchUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "the state file to be written", func() bool { return exists(statePath(cfg.Dir, pid)) })
-	st, err := readState(statePath(cfg.Dir, pid))
+	st, _, err := readState(statePath(cfg.Dir, pid))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,99 @@
+package registry
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// lockFile is the file a notifyd locks in its state directory for its whole
+// life, so that a second notifyd never adopts, counts or deletes the first
+// one's workers. It holds the holder's pid, for the second one's error. Its
+// name holds no digits, so no state file name pattern can match it.
+const lockFile = ".notifyd.lock"
+
+// ErrDirInUse is New's error when another live notifyd holds the state
+// directory.
+var ErrDirInUse = errors.New("state directory is in use by another notifyd")
+
+// lockDir takes the state directory's lock: flock on lockFile, held until
+// the descriptor it returns is closed (by the kernel, however notifyd
+// ends). A lock file another user made is replaced by one of notifyd's
+// own, so no one else can hold notifyd off. It returns -1 and no error
+// when the directory is read-only and holds no lock file: notifyd then
+// runs unlocked, as it runs with a directory it cannot write.
+func lockDir(dir string) (int, error) {
+	path := filepath.Join(dir, lockFile)
+	fd, err := openLock(path)
+	if errors.Is(err, unix.EROFS) || errors.Is(err, unix.EACCES) && !lockExists(path) {
+		return -1, nil
+	}
+	if err != nil {
+		return -1, fmt.Errorf("lock state directory %s: %w", dir, err)
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		holder := lockHolder(fd)
+		unix.Close(fd)
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return -1, fmt.Errorf("%w: %s is locked by %s; give each notifyd its own --dir (in managed mode, its own healthcheck_directory)", ErrDirInUse, dir, holder)
+		}
+		return -1, fmt.Errorf("lock state directory %s: %w", dir, err)
+	}
+	// Best effort: a read-only lock file still locks, it only cannot say
+	// who holds it.
+	if unix.Ftruncate(fd, 0) == nil {
+		unix.Pwrite(fd, []byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return fd, nil
+}
+
+// openLock opens the lock file, creating it, or replacing one that is not
+// a regular file of notifyd's user or root.
+func openLock(path string) (int, error) {
+	for try := 0; ; try++ {
+		fd, err := openRegular(path, unix.O_RDWR|unix.O_CREAT)
+		if errors.Is(err, unix.EROFS) || errors.Is(err, unix.EACCES) {
+			fd, err = openRegular(path, unix.O_RDONLY)
+		}
+		foreign := false
+		if err == nil {
+			var st unix.Stat_t
+			if err = unix.Fstat(fd, &st); err == nil {
+				foreign = st.Uid != 0 && int(st.Uid) != os.Geteuid()
+			}
+			if err == nil && !foreign {
+				return fd, nil
+			}
+			unix.Close(fd)
+		}
+		if !foreign && !errors.Is(err, errNotRegular) && !errors.Is(err, unix.ELOOP) || try > 0 {
+			if foreign {
+				err = fmt.Errorf("%s belongs to another user and cannot be replaced", path)
+			}
+			return -1, err
+		}
+		if err := unix.Unlink(path); err != nil && !errors.Is(err, unix.ENOENT) {
+			return -1, fmt.Errorf("replace %s, which is not notifyd's: %w", path, err)
+		}
+	}
+}
+
+// lockHolder names the notifyd that holds the lock, from the pid it wrote.
+func lockHolder(fd int) string {
+	b := make([]byte, 32)
+	n, _ := unix.Pread(fd, b, 0)
+	if pid, err := strconv.Atoi(strings.TrimSpace(string(b[:max(n, 0)]))); err == nil && pid > 0 {
+		return "notifyd pid " + strconv.Itoa(pid)
+	}
+	return "another notifyd"
+}
+
+func lockExists(path string) bool {
+	var st unix.Stat_t
+	return unix.Lstat(path, &st) == nil
+}
