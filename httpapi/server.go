@@ -17,9 +17,29 @@ const (
 	readHeaderTimeout = 5 * time.Second
 	readTimeout       = 10 * time.Second
 	writeTimeout      = 10 * time.Second
-	idleTimeout       = 60 * time.Second
 	maxHeaderBytes    = 16 << 10
 	shutdownTimeout   = 5 * time.Second
+)
+
+// Keep-alive connections are cheap for a client to hold and cost notifyd
+// about 20 KB each (a goroutine and its read and write buffers), so the
+// number it keeps open is bounded, and an idle one is kept only briefly.
+// A probe, or a scrape every 5 s or more, reconnects for a handshake on
+// loopback or a LAN; in exchange, connections a client opens and leaves
+// can neither use up notifyd's descriptors nor its memory: 512 of them
+// cost about 10 MiB, well within a 64 MiB container (docs/PERFORMANCE.md,
+// "Connection cap").
+const (
+	// MaxConns is how many HTTP connections a Server keeps open. Once
+	// there are that many, each new one closes the connection that has
+	// waited longest since it last did anything: an idle keep-alive one,
+	// or one that never sent its request. A probe is answered within
+	// milliseconds of its connection, so it is never that one unless
+	// MaxConns connections moved after it.
+	MaxConns = 512
+	// IdleTimeout is how long a keep-alive connection may wait for its
+	// next request.
+	IdleTimeout = 5 * time.Second
 )
 
 // Server answers HTTP on one listener with notifyd's server settings: the
@@ -30,17 +50,21 @@ type Server struct {
 	conns *openConns
 }
 
+// SetMaxConns changes how many connections s keeps open (MaxConns by
+// default). Call it before Serve.
+func (s *Server) SetMaxConns(n int) { s.conns.limit = n }
+
 // NewServer returns a Server that answers on ln with h. Server errors (a
 // client that sent garbage, say) go to log at debug level: an outsider can
 // cause them.
 func NewServer(ln net.Listener, h http.Handler, log *slog.Logger) *Server {
-	conns := &openConns{}
+	conns := &openConns{limit: MaxConns}
 	return &Server{ln: ln, conns: conns, srv: &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       readTimeout,
 		WriteTimeout:      writeTimeout,
-		IdleTimeout:       idleTimeout,
+		IdleTimeout:       IdleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		// "OPTIONS *" is a health check like any other request.
 		DisableGeneralOptionsHandler: true,
@@ -109,30 +133,98 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// openConns counts the connections that still owe a client an answer:
+// openConns keeps every open connection in the order of its last change of
+// state, the stalest first, so that the one to close when there are too
+// many is at hand; and counts the ones that still owe a client an answer:
 // accepted and not yet read (http.StateNew), or with a request being
 // answered (http.StateActive).
 type openConns struct {
-	mu       sync.Mutex
-	busy     map[net.Conn]struct{}
-	draining bool
-	done     chan struct{} // closed once draining and none is busy
+	limit int
+
+	mu         sync.Mutex
+	conns      map[net.Conn]*openConn
+	head, tail *openConn // the stalest, the freshest
+	busy       int
+	draining   bool
+	done       chan struct{} // closed once draining and none is busy
+}
+
+// openConn is one connection in openConns' list.
+type openConn struct {
+	c          net.Conn
+	busy       bool
+	prev, next *openConn
 }
 
 // track is the server's ConnState hook.
 func (o *openConns) track(c net.Conn, state http.ConnState) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.busy == nil {
-		o.busy = make(map[net.Conn]struct{})
+	if o.conns == nil {
+		o.conns = make(map[net.Conn]*openConn)
 	}
+	e := o.conns[c]
 	switch state {
-	case http.StateNew, http.StateActive:
-		o.busy[c] = struct{}{}
-	default: // idle, hijacked or closed: nothing owed
-		delete(o.busy, c)
+	case http.StateNew:
+		if len(o.conns) >= o.limit && o.head != nil {
+			stalest := o.head
+			o.forget(stalest)
+			stalest.c.Close() // its own goroutine sees the close and ends
+		}
+		e = &openConn{c: c}
+		o.conns[c] = e
+	case http.StateActive, http.StateIdle:
+		if e == nil {
+			return // closed for a newer one
+		}
+		o.unlink(e)
+	default: // closed or hijacked
+		if e != nil {
+			o.forget(e)
+		}
+		o.check()
+		return
 	}
+	busy := state != http.StateIdle
+	switch {
+	case busy && !e.busy:
+		o.busy++
+	case !busy && e.busy:
+		o.busy--
+	}
+	e.busy = busy
+	e.prev, e.next = o.tail, nil // append: the freshest
+	if o.tail != nil {
+		o.tail.next = e
+	} else {
+		o.head = e
+	}
+	o.tail = e
 	o.check()
+}
+
+// forget takes e out of the list and the count. o.mu is held.
+func (o *openConns) forget(e *openConn) {
+	o.unlink(e)
+	delete(o.conns, e.c)
+	if e.busy {
+		o.busy--
+	}
+}
+
+// unlink takes e out of the list. o.mu is held.
+func (o *openConns) unlink(e *openConn) {
+	if e.prev != nil {
+		e.prev.next = e.next
+	} else {
+		o.head = e.next
+	}
+	if e.next != nil {
+		e.next.prev = e.prev
+	} else {
+		o.tail = e.prev
+	}
+	e.prev, e.next = nil, nil
 }
 
 // drained returns a channel closed once no connection is busy.
@@ -150,13 +242,13 @@ func (o *openConns) drained() <-chan struct{} {
 func (o *openConns) busyCount() int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return len(o.busy)
+	return o.busy
 }
 
 // check closes done when draining has begun and nothing is busy. o.mu is
 // held.
 func (o *openConns) check() {
-	if !o.draining || len(o.busy) > 0 {
+	if !o.draining || o.busy > 0 {
 		return
 	}
 	select {

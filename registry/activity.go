@@ -57,10 +57,11 @@ func (r *Registry) Activity() Totals {
 // one carries the truth, as the values are absolute. So no worker can add
 // more to the totals than a worker could really do: at that rate the
 // uint64 totals of a thousand workers last for centuries, where one report
-// of 2^64-1 used to freeze them for good.
+// of 2^64-1 used to freeze them for good. The slack is a minute: a
+// stalled notifyd, or reports queued behind a flood, read as a burst.
 const (
 	MaxActivityRate = time.Microsecond // per request, and per µs busy
-	ActivityBurst   = time.Second
+	ActivityBurst   = time.Minute
 )
 
 // record applies an activity report to e. The caller holds r.mu.
