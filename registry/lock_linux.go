@@ -52,35 +52,50 @@ func lockDir(dir string) (int, error) {
 	return fd, nil
 }
 
-// openLock opens the lock file, creating it, or replacing one that is not
-// a regular file of notifyd's user or root.
+// openLock opens the lock file, creating it, or replacing what is there
+// when it is not a regular file of notifyd's user or root. In a read-only
+// directory it opens the lock file that is there for reading: flock needs
+// no more.
 func openLock(path string) (int, error) {
+	fd, err := openOwn(path, unix.O_RDWR)
+	if errors.Is(err, unix.EROFS) || errors.Is(err, unix.EACCES) {
+		fd, err = openRegular(path, unix.O_RDONLY)
+	}
+	return fd, err
+}
+
+// openOwn opens path in the state directory, creating it: a regular file
+// of notifyd's user or root. Whatever else is at the name (a FIFO, a
+// symlink, another user's file) is removed first, which the directory's
+// owner may do even in a sticky directory.
+func openOwn(path string, flags int) (int, error) {
 	for try := 0; ; try++ {
-		fd, err := openRegular(path, unix.O_RDWR|unix.O_CREAT)
-		if errors.Is(err, unix.EROFS) || errors.Is(err, unix.EACCES) {
-			fd, err = openRegular(path, unix.O_RDONLY)
-		}
-		foreign := false
+		fd, err := openRegular(path, flags|unix.O_CREAT)
 		if err == nil {
 			var st unix.Stat_t
-			if err = unix.Fstat(fd, &st); err == nil {
-				foreign = st.Uid != 0 && int(st.Uid) != os.Geteuid()
-			}
-			if err == nil && !foreign {
+			if err = unix.Fstat(fd, &st); err == nil && ownFile(st) {
 				return fd, nil
 			}
 			unix.Close(fd)
-		}
-		if !foreign && !errors.Is(err, errNotRegular) && !errors.Is(err, unix.ELOOP) || try > 0 {
-			if foreign {
-				err = fmt.Errorf("%s belongs to another user and cannot be replaced", path)
+			if err == nil {
+				err = fmt.Errorf("%s belongs to uid %d", path, st.Uid)
 			}
+		} else if !errors.Is(err, errNotRegular) && !errors.Is(err, unix.ELOOP) {
+			return -1, err
+		}
+		if try > 0 {
 			return -1, err
 		}
 		if err := unix.Unlink(path); err != nil && !errors.Is(err, unix.ENOENT) {
 			return -1, fmt.Errorf("replace %s, which is not notifyd's: %w", path, err)
 		}
 	}
+}
+
+// ownFile reports whether a file belongs to notifyd's user or root: a file
+// no other user can have made.
+func ownFile(st unix.Stat_t) bool {
+	return st.Uid == 0 || int(st.Uid) == os.Geteuid()
 }
 
 // lockHolder names the notifyd that holds the lock, from the pid it wrote.

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/notifyd/notifyd/protocol"
 )
 
@@ -60,7 +62,7 @@ func (r *Registry) adopt(pid int, path string) (string, error) {
 	if err != nil {
 		return "unreadable: " + err.Error(), nil
 	}
-	if owner != 0 && owner != os.Geteuid() {
+	if !ownFile(unix.Stat_t{Uid: uint32(owner)}) {
 		return fmt.Sprintf("owned by uid %d, neither notifyd's user nor root", owner), nil
 	}
 	if saved.pid != 0 && saved.pid != pid {

@@ -32,7 +32,7 @@ func (s stateFiles) setDrainMark(on bool) error {
 		}
 		return nil
 	}
-	fd, err := openRegular(path, unix.O_RDONLY|unix.O_CREAT)
+	fd, err := openOwn(path, unix.O_RDONLY)
 	if err != nil {
 		return fmt.Errorf("write drain mark %s: %w", path, err)
 	}
@@ -71,7 +71,7 @@ func openRegular(path string, flags int) (int, error) {
 
 func (s stateFiles) drainMarked() bool {
 	var st unix.Stat_t
-	return unix.Lstat(filepath.Join(s.dir, drainFile), &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG
+	return unix.Lstat(filepath.Join(s.dir, drainFile), &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && ownFile(st)
 }
 
 // stateFiles names, writes and removes the per-pid state files: dir joined
