@@ -8,7 +8,10 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Server timeouts. A health check is one small request and one small
@@ -167,7 +170,7 @@ func (o *openConns) track(c net.Conn, state http.ConnState) {
 	switch state {
 	case http.StateNew:
 		if len(o.conns) >= o.limit && o.head != nil {
-			stalest := o.head
+			stalest := o.stalest()
 			o.forget(stalest)
 			stalest.c.Close() // its own goroutine sees the close and ends
 		}
@@ -201,6 +204,41 @@ func (o *openConns) track(c net.Conn, state http.ConnState) {
 	}
 	o.tail = e
 	o.check()
+}
+
+// evictScan is how many of the stalest connections stalest looks at.
+const evictScan = 64
+
+// stalest returns the connection to close for a new one: the stalest that
+// has no request waiting in the kernel. A probe's request is there from
+// the moment it connects, so a flood of connections that reconnect as fast
+// as notifyd closes them cannot push it out before notifyd reads it. When
+// every one it looks at has data waiting, it is the stalest of all. o.mu
+// is held.
+func (o *openConns) stalest() *openConn {
+	e := o.head
+	for i := 0; e != nil && i < evictScan; i, e = i+1, e.next {
+		if !waiting(e.c) {
+			return e
+		}
+	}
+	return o.head
+}
+
+// waiting reports whether c has bytes the kernel received and notifyd has
+// not read yet.
+func waiting(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	n := 0
+	raw.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+	return n > 0
 }
 
 // forget takes e out of the list and the count. o.mu is held.
