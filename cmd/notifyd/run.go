@@ -78,6 +78,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Logger:       log.With("component", "registry"),
 		OnChange:     notifier.poke,
 	})
+	if errors.Is(err, registry.ErrDirInUse) {
+		// A setting to change, as a socket in use is: managed mode then
+		// stops restarting notifyd and says why.
+		return &usageError{fmt.Sprintf("--dir %q: %v", cfg.dir, err)}
+	}
 	if err != nil {
 		return err
 	}
