@@ -53,6 +53,7 @@ type options struct {
 	deaths   int           // death detection trials
 	bootSize int           // gunicorn workers per boot
 	only     []string      // the sections to run; every one when empty
+	baseline string        // a git revision whose notifyd the connection cap section measures too
 }
 
 // splitList splits a comma-separated list, dropping empty items.
@@ -70,6 +71,7 @@ func main() {
 	out := flag.String("out", "docs", "directory for PERFORMANCE.md and saturation.csv")
 	quick := flag.Bool("quick", false, "every measurement briefly, to check the machinery")
 	only := flag.String("only", "", "comma-separated `sections` to run (such as \"hook overhead,throughput\"); all when empty")
+	baseline := flag.String("baseline", "", "a git `revision` (such as main) whose notifyd the connection cap section measures beside this one")
 	flag.Parse()
 	o := options{rounds: 15, round: time.Second, probe: 30 * time.Second, burst: 5 * time.Second,
 		idle: 60 * time.Second, many: 10000, boots: 5, deaths: 500, bootSize: 64}
@@ -78,7 +80,7 @@ func main() {
 			idle: 2 * time.Second, many: 200, boots: 1, deaths: 20, bootSize: 4}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	o.only = splitList(*only)
+	o.only, o.baseline = splitList(*only), *baseline
 	err := run(ctx, *out, o)
 	stop()
 	if err != nil {
@@ -139,6 +141,7 @@ func run(ctx context.Context, out string, o options) error {
 		{"hook overhead", hookOverhead},
 		{"self-healing's cost", reannounceCost},
 		{"health under bad clients", badClients},
+		{"connection cap", connectionCap},
 		{"micro-benchmarks", micro},
 	}
 	for _, name := range o.only {
