@@ -136,27 +136,58 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// openConns keeps every open connection in the order of its last change of
-// state, the stalest first, so that the one to close when there are too
-// many is at hand; and counts the ones that still owe a client an answer:
-// accepted and not yet read (http.StateNew), or with a request being
-// answered (http.StateActive).
+// openConns keeps every open connection in one of three lists by state,
+// each in the order the connections entered it, so that the one to close
+// when there are too many is at hand; and counts the ones that still owe a
+// client an answer: accepted and not yet read (http.StateNew), or with a
+// request being answered (http.StateActive).
 type openConns struct {
 	limit int
 
-	mu         sync.Mutex
-	conns      map[net.Conn]*openConn
-	head, tail *openConn // the stalest, the freshest
-	busy       int
-	draining   bool
-	done       chan struct{} // closed once draining and none is busy
+	mu       sync.Mutex
+	conns    map[net.Conn]*openConn
+	idle     connList // between requests: closed first, the stalest first
+	fresh    connList // no request read yet
+	active   connList // a request being answered: closed last
+	busy     int
+	draining bool
+	done     chan struct{} // closed once draining and none is busy
 }
 
-// openConn is one connection in openConns' list.
+// openConn is one connection in one of openConns' lists.
 type openConn struct {
 	c          net.Conn
-	busy       bool
+	list       *connList
 	prev, next *openConn
+}
+
+// connList is a list of connections, the oldest at head.
+type connList struct {
+	head, tail *openConn
+}
+
+func (l *connList) push(e *openConn) {
+	e.list, e.prev, e.next = l, l.tail, nil
+	if l.tail != nil {
+		l.tail.next = e
+	} else {
+		l.head = e
+	}
+	l.tail = e
+}
+
+func (l *connList) remove(e *openConn) {
+	if e.prev != nil {
+		e.prev.next = e.next
+	} else {
+		l.head = e.next
+	}
+	if e.next != nil {
+		e.next.prev = e.prev
+	} else {
+		l.tail = e.prev
+	}
+	e.list, e.prev, e.next = nil, nil, nil
 }
 
 // track is the server's ConnState hook.
@@ -167,20 +198,22 @@ func (o *openConns) track(c net.Conn, state http.ConnState) {
 		o.conns = make(map[net.Conn]*openConn)
 	}
 	e := o.conns[c]
+	var to *connList
 	switch state {
 	case http.StateNew:
-		if len(o.conns) >= o.limit && o.head != nil {
-			stalest := o.stalest()
-			o.forget(stalest)
-			stalest.c.Close() // its own goroutine sees the close and ends
+		if len(o.conns) >= o.limit {
+			if victim := o.victim(); victim != nil {
+				o.forget(victim)
+				victim.c.Close() // its own goroutine sees the close and ends
+			}
 		}
 		e = &openConn{c: c}
 		o.conns[c] = e
-	case http.StateActive, http.StateIdle:
-		if e == nil {
-			return // closed for a newer one
-		}
-		o.unlink(e)
+		to = &o.fresh
+	case http.StateActive:
+		to = &o.active
+	case http.StateIdle:
+		to = &o.idle
 	default: // closed or hijacked
 		if e != nil {
 			o.forget(e)
@@ -188,41 +221,45 @@ func (o *openConns) track(c net.Conn, state http.ConnState) {
 		o.check()
 		return
 	}
-	busy := state != http.StateIdle
-	switch {
-	case busy && !e.busy:
+	if e == nil {
+		return // closed for a newer one
+	}
+	if e.list != nil {
+		if e.list != &o.idle {
+			o.busy--
+		}
+		e.list.remove(e)
+	}
+	if to != &o.idle {
 		o.busy++
-	case !busy && e.busy:
-		o.busy--
 	}
-	e.busy = busy
-	e.prev, e.next = o.tail, nil // append: the freshest
-	if o.tail != nil {
-		o.tail.next = e
-	} else {
-		o.head = e
-	}
-	o.tail = e
+	to.push(e)
 	o.check()
 }
 
-// evictScan is how many of the stalest connections stalest looks at.
+// evictScan is how many of the stalest fresh connections victim looks at.
 const evictScan = 64
 
-// stalest returns the connection to close for a new one: the stalest that
-// has no request waiting in the kernel. A probe's request is there from
-// the moment it connects, so a flood of connections that reconnect as fast
-// as notifyd closes them cannot push it out before notifyd reads it. When
-// every one it looks at has data waiting, it is the stalest of all. o.mu
-// is held.
-func (o *openConns) stalest() *openConn {
-	e := o.head
+// victim returns the connection to close for a new one. An idle
+// keep-alive connection goes first, the one idle longest; then one that has
+// sent no request, the oldest that has none waiting in the kernel either. A
+// probe sends its request as it connects, so a flood of idle connections
+// cannot push it out before notifyd reads it. A connection whose request is
+// being answered goes last. o.mu is held.
+func (o *openConns) victim() *openConn {
+	if o.idle.head != nil {
+		return o.idle.head
+	}
+	e := o.fresh.head
 	for i := 0; e != nil && i < evictScan; i, e = i+1, e.next {
 		if !waiting(e.c) {
 			return e
 		}
 	}
-	return o.head
+	if o.fresh.head != nil {
+		return o.fresh.head
+	}
+	return o.active.head
 }
 
 // waiting reports whether c has bytes the kernel received and notifyd has
@@ -241,28 +278,15 @@ func waiting(c net.Conn) bool {
 	return n > 0
 }
 
-// forget takes e out of the list and the count. o.mu is held.
+// forget takes e out of its list, the map and the count. o.mu is held.
 func (o *openConns) forget(e *openConn) {
-	o.unlink(e)
-	delete(o.conns, e.c)
-	if e.busy {
+	if e.list != &o.idle && e.list != nil {
 		o.busy--
 	}
-}
-
-// unlink takes e out of the list. o.mu is held.
-func (o *openConns) unlink(e *openConn) {
-	if e.prev != nil {
-		e.prev.next = e.next
-	} else {
-		o.head = e.next
+	if e.list != nil {
+		e.list.remove(e)
 	}
-	if e.next != nil {
-		e.next.prev = e.prev
-	} else {
-		o.tail = e.prev
-	}
-	e.prev, e.next = nil, nil
+	delete(o.conns, e.c)
 }
 
 // drained returns a channel closed once no connection is busy.
