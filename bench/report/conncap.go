@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,7 +31,7 @@ func connectionCap(ctx context.Context, l *lab, o options) (*section, error) {
 	s.p("## Connection cap\n\n")
 	s.p("notifyd keeps at most %d HTTP connections (`httpapi.MaxConns`) and closes a keep-alive connection idle for\n", httpapi.MaxConns)
 	s.p("%s (`httpapi.IdleTimeout`). Once it holds %d, each new connection closes the stalest one that has no request\n", httpapi.IdleTimeout, httpapi.MaxConns)
-	s.p("waiting in the kernel, so a probe is answered while idle clients fill the cap.\n\n")
+	s.p("waiting in the kernel, idle keep-alive connections first, so a probe is answered while idle clients fill the cap.\n\n")
 
 	// Keep-alive throughput, paired rounds against the plainest server.
 	type contender struct {
@@ -136,7 +137,9 @@ func connectionCap(ctx context.Context, l *lab, o options) (*section, error) {
 		return nil, err
 	}
 	loaded := &target{name: fmt.Sprintf("notifyd, %d clients holding keep-alive connections", holdConns), addr: addr}
+	heldAtStart := openFDs(held.pid())
 	loaded.probe(ctx, time.Now(), 0, o.probe/2)
+	heldAtEnd := openFDs(held.pid())
 	close(h.stop)
 	h.wg.Wait()
 	peak, err := memory(held.pid(), "VmHWM")
@@ -144,11 +147,13 @@ func connectionCap(ctx context.Context, l *lab, o options) (*section, error) {
 		return nil, err
 	}
 	s.p("### Health under %d idle keep-alive connections\n\n", holdConns)
-	s.p("%d clients each open a connection, ask one health check on it and keep it idle; when notifyd closes it, the\n", holdConns)
-	s.p("client opens another a second later. Meanwhile the health check is probed every %s for %s on a new connection\n", probeEvery, o.probe/2)
-	s.p("each, %s for the whole exchange, as in the saturation section; first for %s with no other client.\n", probeTimeout, o.probe/2)
+	s.p("%d clients each open a keep-alive connection and ask a health check on it at once and every %s, within\n", holdConns, holdEvery)
+	s.p("the idle timeout; a connection notifyd closes stays closed. notifyd had %d descriptors open when the probing\n", heldAtStart)
+	s.p("began, %d at its end (its connections, and about 10 of its own). Meanwhile the health check is probed every %s\n", heldAtEnd, probeEvery)
+	s.p("for %s on a new connection each, %s for the whole exchange, as in the saturation section; first for %s with\n", o.probe/2, probeTimeout, o.probe/2)
+	s.p("no other client.\n")
 	s.p("notifyd holds 1 registered worker. Resident memory with the cap full: %.1f MiB (`VmRSS` once every client\n", rss)
-	s.p("had connected), %.1f MiB at the peak (`VmHWM`); the hostile clients reconnected %d times.\n\n", peak, h.reconnects.Load())
+	s.p("had connected), %.1f MiB at the peak (`VmHWM`).\n\n", peak)
 	s.p("| probes | requests | 200 | p50 | p99 | max | failed |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	var p99 time.Duration
 	failedUnder := 0
@@ -169,55 +174,62 @@ func connectionCap(ctx context.Context, l *lab, o options) (*section, error) {
 	return s, nil
 }
 
-// holders are hostile clients that each keep one keep-alive connection to
-// notifyd open and idle, and open another a second after notifyd closes it.
+// holders are hostile clients that each open one keep-alive connection to
+// notifyd and hold it: one health check on it at once, then one every
+// holdEvery, so that notifyd's idle timeout never closes it. A connection
+// notifyd closes stays closed.
 type holders struct {
-	addr       string
-	stop       chan struct{}
-	wg         sync.WaitGroup
-	opened     atomic.Int64 // clients that have connected once
-	reconnects atomic.Int64
+	addr   string
+	stop   chan struct{}
+	wg     sync.WaitGroup
+	opened atomic.Int64 // clients that have had their first answer, or failed
 }
 
+// openFDs is how many descriptors process pid has open, or -1.
+func openFDs(pid int) int {
+	des, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return -1
+	}
+	return len(des)
+}
+
+// holdEvery is how often a holder asks on its connection: within
+// httpapi.IdleTimeout.
+const holdEvery = httpapi.IdleTimeout / 2
+
 func (h *holders) hold() {
-	buf := make([]byte, 1)
-	for first := true; ; first = false {
-		c, err := net.DialTimeout("tcp", h.addr, 10*time.Second)
+	c, err := net.DialTimeout("tcp", h.addr, 10*time.Second)
+	if err != nil {
+		h.opened.Add(1)
+		return
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	ask := func() error {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHost: notifyd\r\n\r\n")); err != nil {
+			return err
+		}
+		resp, err := http.ReadResponse(r, nil)
 		if err == nil {
-			c.SetDeadline(time.Now().Add(10 * time.Second))
-			_, err = c.Write([]byte("GET / HTTP/1.1\r\nHost: notifyd\r\n\r\n"))
-			if err == nil {
-				var resp *http.Response
-				if resp, err = http.ReadResponse(bufio.NewReader(c), nil); err == nil {
-					resp.Body.Close()
-				}
-			}
+			resp.Body.Close()
 		}
-		if first {
-			h.opened.Add(1)
-		} else {
-			h.reconnects.Add(1)
-		}
-		if err == nil {
-			closed := make(chan struct{})
-			go func() {
-				c.SetDeadline(time.Time{})
-				c.Read(buf) // returns when notifyd closes the connection
-				close(closed)
-			}()
-			select {
-			case <-closed:
-			case <-h.stop:
-				c.Close()
-				<-closed
-				return
-			}
-			c.Close()
-		}
+		return err
+	}
+	err = ask()
+	h.opened.Add(1)
+	if err != nil {
+		return
+	}
+	for {
 		select {
 		case <-h.stop:
 			return
-		case <-time.After(time.Second):
+		case <-time.After(holdEvery):
+		}
+		if ask() != nil {
+			return
 		}
 	}
 }
