@@ -296,6 +296,9 @@ func (l *LogLimiter) Allow(now time.Time) (ok bool, suppressed int) {
 // Log writes one line at level through the limiter, with a "suppressed"
 // attribute when lines were held back before it.
 func (l *LogLimiter) Log(log *slog.Logger, level slog.Level, msg string, attrs ...any) {
+	if !log.Enabled(context.Background(), level) {
+		return
+	}
 	ok, suppressed := l.Allow(time.Now())
 	if !ok {
 		return

@@ -35,6 +35,7 @@ type Registry struct {
 	// One limiter per line a worker can cause, so that a flood of one kind
 	// never hides the other.
 	failedLog, hungLog, activityLog *protocol.LogLimiter
+	debugLog                        *protocol.LogLimiter // comings and goings, at debug level
 
 	summary    atomic.Pointer[Summary]
 	totals     totals
@@ -88,7 +89,7 @@ func New(cfg Config) (*Registry, error) {
 	}
 	r := &Registry{cfg: cfg, log: cfg.Logger, files: files, workers: make(map[int]*entry), lock: lock,
 		failedLog: protocol.NewLogLimiter(5, time.Second), hungLog: protocol.NewLogLimiter(5, time.Second),
-		activityLog: protocol.NewLogLimiter(5, time.Second)}
+		activityLog: protocol.NewLogLimiter(5, time.Second), debugLog: protocol.NewLogLimiter(100, time.Second)}
 	switch cfg.Detection {
 	case Auto, Pidfd:
 		if pidfdSupported() {
@@ -338,7 +339,7 @@ func (r *Registry) apply(e *entry, m protocol.Message, now time.Time) {
 		// again; to a notifyd that holds it, the repetition is a sign of
 		// life and nothing more.
 		if e.State != Ready {
-			r.log.Debug("worker ready", "pid", e.PID)
+			r.debugLog.Log(r.log, slog.LevelDebug, "worker ready", "pid", e.PID)
 			e.State, e.ReadyAt = Ready, now
 		}
 		e.beat = now
@@ -504,7 +505,7 @@ func (r *Registry) drop(e *entry, why leaving) {
 	if e.saved {
 		r.removeFile(e)
 	}
-	r.log.Debug("worker left", "pid", e.PID, "reason", why)
+	r.debugLog.Log(r.log, slog.LevelDebug, "worker left", "pid", e.PID, "reason", why)
 }
 
 func (r *Registry) writeFile(e *entry) {
