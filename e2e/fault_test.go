@@ -60,21 +60,7 @@ func raiseNoFile(t *testing.T, n uint64) {
 
 // rssKiB is the resident set size of process pid in KiB, VmRSS in
 // /proc/<pid>/status.
-func rssKiB(pid int) (int, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for line := range strings.Lines(string(b)) {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			f := strings.Fields(rest)
-			if len(f) == 2 && f[1] == "kB" {
-				return strconv.Atoi(f[0])
-			}
-		}
-	}
-	return 0, fmt.Errorf("/proc/%d/status has no VmRSS line", pid)
-}
+func rssKiB(pid int) (int, error) { return memoryField(pid, "VmRSS") }
 
 // metricSamples fetches /metrics and returns every sample's value by its
 // series as printed, such as notifyd_messages_total{result="accepted"}.
