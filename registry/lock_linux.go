@@ -30,8 +30,8 @@ var ErrDirInUse = errors.New("state directory is in use by another notifyd")
 func lockDir(dir string) (int, error) {
 	path := filepath.Join(dir, lockFile)
 	fd, err := openLock(path)
-	if errors.Is(err, unix.EROFS) || errors.Is(err, unix.EACCES) && !lockExists(path) {
-		return -1, nil
+	if errors.Is(err, unix.ENOENT) {
+		return -1, nil // a read-only directory without a lock file
 	}
 	if err != nil {
 		return -1, fmt.Errorf("lock state directory %s: %w", dir, err)
@@ -44,20 +44,22 @@ func lockDir(dir string) (int, error) {
 		}
 		return -1, fmt.Errorf("lock state directory %s: %w", dir, err)
 	}
-	// Best effort: a read-only lock file still locks, it only cannot say
-	// who holds it.
-	if unix.Ftruncate(fd, 0) == nil {
-		unix.Pwrite(fd, []byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	// The pid goes in through a descriptor of its own, closed at once: the
+	// lock's is read-only, so that the file system can still be remounted
+	// read-only under notifyd. Best effort: the pid only names the holder.
+	if w, err := openRegular(path, unix.O_WRONLY|unix.O_TRUNC); err == nil {
+		unix.Write(w, []byte(strconv.Itoa(os.Getpid())+"\n"))
+		unix.Close(w)
 	}
 	return fd, nil
 }
 
-// openLock opens the lock file, creating it, or replacing what is there
-// when it is not a regular file of notifyd's user or root. In a read-only
-// directory it opens the lock file that is there for reading: flock needs
-// no more.
+// openLock opens the lock file for reading, creating it, or replacing what
+// is there when it is not a regular file of notifyd's user or root. In a
+// directory notifyd cannot write, it opens the lock file that is there:
+// flock needs no more.
 func openLock(path string) (int, error) {
-	fd, err := openOwn(path, unix.O_RDWR)
+	fd, err := openOwn(path, unix.O_RDONLY)
 	if errors.Is(err, unix.EROFS) || errors.Is(err, unix.EACCES) {
 		fd, err = openRegular(path, unix.O_RDONLY)
 	}
@@ -108,7 +110,3 @@ func lockHolder(fd int) string {
 	return "another notifyd"
 }
 
-func lockExists(path string) bool {
-	var st unix.Stat_t
-	return unix.Lstat(path, &st) == nil
-}
