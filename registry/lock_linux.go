@@ -109,4 +109,3 @@ func lockHolder(fd int) string {
 	}
 	return "another notifyd"
 }
-
