@@ -29,9 +29,9 @@ const (
 // number it keeps open is bounded, and an idle one is kept only briefly.
 // A probe, or a scrape every 5 s or more, reconnects for a handshake on
 // loopback or a LAN; in exchange, connections a client opens and leaves
-// can neither use up notifyd's descriptors nor its memory: 512 of them
-// cost about 10 MiB, well within a 64 MiB container (docs/PERFORMANCE.md,
-// "Connection cap").
+// can neither use up notifyd's descriptors nor its memory: with 512 of
+// them notifyd is about 27 MiB resident, well within a 64 MiB container
+// (docs/PERFORMANCE.md, "Connection cap").
 const (
 	// MaxConns is how many HTTP connections a Server keeps open. Once
 	// there are that many, each new one closes the connection that has

@@ -12,7 +12,8 @@
 //   - idle CPU with 10000 workers;
 //   - what notifyd's gunicorn hooks cost each request;
 //   - what the workers' re-announcement costs an idle notifyd;
-//   - health under 2000 bad clients.
+//   - health under 400 bad clients;
+//   - what the cap on HTTP connections costs and buys.
 //
 // Each goal is a ratio or a median of contenders run side by side in one
 // run, alternating, so that the other work of a shared machine weighs on
