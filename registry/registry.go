@@ -33,6 +33,7 @@ type Registry struct {
 	workers  map[int]*entry
 	ready    int // workers that count, kept in step with every change
 	draining bool
+	instance instance
 
 	// One limiter per line a worker can cause, so that a flood of one kind
 	// never hides the other.
@@ -60,6 +61,9 @@ type entry struct {
 	// MaxActivityRate, as of creditAt.
 	credit   time.Duration
 	creditAt time.Time
+	// generation is the instance's generation when the worker last became
+	// ready: a reload counts only the workers of its own generation.
+	generation uint64
 }
 
 // counts reports whether the worker counts towards the health answer.
@@ -90,6 +94,7 @@ func New(cfg Config) (*Registry, error) {
 		cfg.Logger.Warn("state directory not locked: it is read-only; make sure no other notifyd uses it", "dir", cfg.Dir)
 	}
 	r := &Registry{cfg: cfg, log: cfg.Logger, files: files, workers: make(map[int]*entry), lock: lock,
+		instance:  instance{expected: cfg.Expected},
 		failedLog: protocol.NewLogLimiter(5, time.Second), hungLog: protocol.NewLogLimiter(5, time.Second),
 		activityLog: protocol.NewLogLimiter(5, time.Second), debugLog: protocol.NewLogLimiter(100, time.Second)}
 	switch cfg.Detection {
@@ -114,6 +119,10 @@ func New(cfg Config) (*Registry, error) {
 		r.Close()
 		return nil, err
 	}
+	// Only the main process's notifyd knows that the instance starts; and
+	// workers that were ready before notifyd started mean that it is
+	// notifyd that starts, not the instance.
+	r.instance.starting = cfg.MainPID != 0 && len(r.workers) == 0
 	if r.draining = files.drainMarked(); r.draining {
 		r.log.Info("draining, as before the restart", "undrain", "notify --undrain, or SIGUSR2")
 	}
@@ -202,6 +211,9 @@ func (r *Registry) HandleMessage(m protocol.Message, sender protocol.Credentials
 		// error; the drain itself has taken effect, so the message did too.
 		r.SetDraining(*m.Drain)
 		return nil
+	}
+	if done, err := r.instanceMessage(m, sender); done {
+		return err
 	}
 	a, err := r.admit(m, sender)
 	defer r.release(&a)
@@ -343,6 +355,7 @@ func (r *Registry) apply(e *entry, m protocol.Message, now time.Time) {
 		if e.State != Ready {
 			r.debugLog.Log(r.log, slog.LevelDebug, "worker ready", "pid", e.PID)
 			e.State, e.ReadyAt = Ready, now
+			e.generation = r.instance.generation
 		}
 		e.beat = now
 	case protocol.Reloading:
@@ -406,7 +419,9 @@ func (r *Registry) SetDraining(on bool) error {
 }
 
 func (r *Registry) publish() {
-	s := &Summary{Ready: r.ready, Workers: len(r.workers), Draining: r.draining}
+	r.settleInstance()
+	s := &Summary{Ready: r.ready, Workers: len(r.workers), Draining: r.draining,
+		Expected: r.instance.expected, Starting: r.instance.starting, Reload: r.instance.reload}
 	if old := r.summary.Load(); old != nil && *old == *s {
 		return
 	}
@@ -595,6 +610,9 @@ func (r *Registry) Close() error {
 		}
 		if r.watcher != nil {
 			r.watcher.close()
+		}
+		if t := r.instance.graceTimer; t != nil {
+			t.Stop()
 		}
 		r.mirror.close()
 		r.unlock() // last: the directory is in step, and the next notifyd may take it
