@@ -134,9 +134,14 @@ func (c *config) options() []option {
 			c.reapInterval, err = time.ParseDuration(v)
 			return check(err == nil && c.reapInterval > 0, "must be a positive duration such as 1s or 250ms")
 		}},
-		{"watchdog-usec", "0", "heartbeat deadline in µs for workers that declare none; 0 is off", false, func(v string) (err error) {
-			c.watchdogUSec, err = strconv.ParseUint(v, 10, 64)
-			return check(err == nil, "must be a whole number of microseconds, 0 for off")
+		{"watchdog-usec", "0", "heartbeat deadline in µs for workers that declare none; 0 (or 18446744073709551615, systemd's infinity) is off", false, func(v string) (err error) {
+			if _, err := strconv.ParseUint(v, 10, 64); err != nil {
+				return errors.New("must be a whole number of microseconds, 0 for off")
+			}
+			if c.watchdogUSec, err = protocol.ParseWatchdogUSec(v); err != nil {
+				return fmt.Errorf("must be a whole number of microseconds, 0 for off: %w", err)
+			}
+			return nil
 		}},
 		{"systemd-ready", readyWhenListening, "when to tell systemd READY=1: listening, or workers once --require are ready", false,
 			text(&c.systemdReady, oneOf(readyWhenListening, readyWhenWorkers), "must be listening or workers")},

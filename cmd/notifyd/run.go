@@ -95,6 +95,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		OnChange:     notifier.poke,
 		OnAllBusy:    onBusy,
 	})
+	if errors.Is(err, registry.ErrDirInUse) {
+		// A setting to change, as a socket in use is: managed mode then
+		// stops restarting notifyd and says why.
+		return &usageError{fmt.Sprintf("--dir %q: %v", cfg.dir, err)}
+	}
 	if err != nil {
 		return err
 	}

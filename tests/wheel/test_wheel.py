@@ -279,11 +279,15 @@ class WheelTest(unittest.TestCase):
         """Wait until the state directory holds exactly the files of pids:
         a file trails its worker's count by a moment."""
         want = sorted('worker-%d.state' % p for p in pids)
+
+        def listed():
+            # notifyd's lock on its state directory is no state file.
+            return sorted(n for n in os.listdir(self.state)
+                          if n != '.notifyd.lock')
         try:
-            wait_for('state files', lambda: sorted(os.listdir(self.state))
-                     == want)
+            wait_for('state files', lambda: listed() == want)
         except AssertionError:
-            self.assertEqual(sorted(os.listdir(self.state)), want)
+            self.assertEqual(listed(), want)
 
     def error_lines(self):
         return [line for line in self.log().splitlines()
@@ -563,6 +567,35 @@ class WheelTest(unittest.TestCase):
         wait_for('notifyd to exit', lambda: not alive(pid))
         wait_for('the health port to be free',
                  lambda: port_refused(url[len('http://'):-1]))
+
+    def test_two_masters_in_one_directory_get_a_clear_error(self):
+        # healthcheck_directory '' is the working directory: two masters
+        # started in one directory would share it.
+        self.gunicorn(healthcheck_directory='')
+        pid, url = self.notifyd_started()
+        self.wait_health(url, 200, '2 workers ready\n')
+        log_path = os.path.join(self.dir, 'second.log')
+        with open(log_path, 'w') as log:
+            env = dict(os.environ, PATH='/usr/bin:/bin')
+            env.pop('VIRTUAL_ENV', None)
+            second = subprocess.Popen(
+                [self.python, '-m', 'gunicorn', '--config',
+                 os.path.join(self.dir, 'gunicorn.conf.py'),
+                 '--chdir', os.path.join(self.src, 'examples', 'gunicorn'),
+                 'hello:app'],
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.dir,
+                start_new_session=True)
+        self.addCleanup(self.kill_all, second)
+
+        def second_log():
+            with open(log_path) as f:
+                return f.read()
+        wait_for('the second master to give up on notifyd',
+                 lambda: 'refused its arguments' in second_log())
+        self.assertIn('is locked by notifyd pid %d' % pid, second_log())
+        self.assertIn('its own healthcheck_directory', second_log())
+        self.assertEqual(self.notifyd_children(second.pid), [])
+        self.wait_health(url, 200, '2 workers ready\n')
 
     def test_usr2_keeps_one_endpoint_answering(self):
         master = self.gunicorn()
