@@ -3,24 +3,16 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"os"
 	"os/signal"
 	"sync"
 	"syscall"
-
-	"github.com/notifyd/notifyd/backlog"
-	"github.com/notifyd/notifyd/httpapi"
-	"github.com/notifyd/notifyd/internal/addrfile"
-	"github.com/notifyd/notifyd/protocol"
-	"github.com/notifyd/notifyd/registry"
 )
 
 // run starts notifyd and blocks until SIGINT or SIGTERM, or until one of its
-// parts fails. A second signal during shutdown ends the process at once.
+// parts fails. A second SIGINT or SIGTERM during the drain ends the process
+// at once.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg, err := parseConfig(args, stdout)
 	if err != nil {
@@ -32,151 +24,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	signal.Ignore(syscall.SIGHUP)
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	// Caught from the start, so that a drain signal never meets the default
-	// action, which would end the process.
-	drains := make(chan os.Signal, 1)
-	signal.Notify(drains, syscall.SIGUSR1, syscall.SIGUSR2)
-	defer signal.Stop(drains)
+	// Once the first signal has begun the drain, the next one meets the
+	// default action, which ends the process.
+	defer context.AfterFunc(ctx, func() {
+		stop()
+		log.Info("notifyd stopping; a second SIGINT or SIGTERM ends it at once")
+	})()
 
-	// Opened first: notifyd whose process is already gone starts nothing.
-	var watch *registry.ExitWatch
-	if cfg.exitWith != 0 {
-		if watch, err = registry.WatchExit(cfg.exitWith); errors.Is(err, registry.ErrNoProcess) {
-			return &usageError{fmt.Sprintf("--exit-with %d: no such process", cfg.exitWith)}
-		} else if err != nil {
-			return fmt.Errorf("--exit-with %d: %w", cfg.exitWith, err)
-		}
-		defer watch.Close()
-	}
-
-	inherited, err := takeInherited()
+	d, err := newDaemon(cfg, log)
 	if err != nil {
 		return err
 	}
-	if inherited.notify == nil {
-		if err := checkNotSystemdSocket(cfg.socket); err != nil {
-			return err
-		}
-	}
-	// The sockets come first: a path that is in use stops notifyd before it
-	// touches the state directory. Datagrams that arrive meanwhile queue.
-	conn, ln, err := listen(cfg, inherited, log)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	defer ln.Close()
-
-	// The listen queues are sampled while every worker is busy, which the
-	// registry tells as it happens.
-	var (
-		queues  *backlog.Reader
-		sampler *backlog.Sampler
-		onBusy  func()
-	)
-	if len(cfg.listenQueues) > 0 {
-		queues = backlog.NewReader(cfg.listenQueues)
-		sampler = backlog.NewSampler(queues, log.With("component", "backlog"))
-		onBusy = sampler.Wake
-	}
-	notifier := newSystemdNotifier(cfg, log.With("component", "systemd"))
-	reg, err := registry.New(registry.Config{
-		Dir:          cfg.dir,
-		Filename:     cfg.filename,
-		Access:       cfg.access,
-		Detection:    cfg.detection,
-		ReapInterval: cfg.reapInterval,
-		WatchdogUSec: cfg.watchdogUSec,
-		Required:     cfg.require,
-		Expected:     cfg.expect,
-		MainPID:      cfg.mainPID,
-		ReloadGrace:  cfg.reloadGrace,
-		Logger:       log.With("component", "registry"),
-		OnChange:     notifier.poke,
-		OnAllBusy:    onBusy,
-	})
-	if errors.Is(err, registry.ErrDirInUse) {
-		// A setting to change, as a socket in use is: managed mode then
-		// stops restarting notifyd and says why.
-		return &usageError{fmt.Sprintf("--dir %q: %v", cfg.dir, err)}
-	}
-	if err != nil {
-		return err
-	}
-	defer reg.Close()
-	notifier.summary = reg.Summary
-
-	srv := protocol.NewServer(conn, reg, log.With("component", "protocol"))
-	handler := httpapi.NewHandler(httpapi.Config{
-		Registry: reg, Required: cfg.require, MessageCounts: srv.Counts, Queues: queues,
-	})
-	httpLog := log.With("component", "http")
-	parts := []func(context.Context) error{
-		reg.Run,
-		srv.Serve,
-		httpapi.NewServer(ln, handler, httpLog).Serve,
-		notifier.Run,
-		drainSignals(reg, drains),
-	}
-	if sampler != nil {
-		parts = append(parts, func(ctx context.Context) error { return sampler.Run(ctx, reg) })
-	}
-	if watch != nil {
-		parts = append(parts, func(ctx context.Context) error {
-			if exited, err := watch.Wait(ctx); exited {
-				log.Info("the process notifyd exits with has exited; stopping", "exit_with", cfg.exitWith)
-			} else if err != nil {
-				return fmt.Errorf("--exit-with %d: %w", cfg.exitWith, err)
-			}
-			return nil
-		})
-	}
-
-	started := []any{"socket", conn.Addr(), "bind", ln.Addr().String()}
-	addrs := addrfile.Addresses{HTTP: ln.Addr().String(), Socket: conn.Addr()}
-	if cfg.agentBind != "" {
-		agent, err := net.Listen("tcp", cfg.agentBind)
-		if err != nil {
-			return fmt.Errorf("listen on --agent-bind %s: %w", cfg.agentBind, err)
-		}
-		defer agent.Close()
-		addrs.Agent = agent.Addr().String()
-		started = append(started, "agent", addrs.Agent)
-		weigh := httpapi.AgentConfig{Source: reg, Required: cfg.require,
-			Idle: cfg.weighByIdle, Floor: cfg.agentFloor, Log: httpLog}
-		if cfg.weighByQueue {
-			weigh.Queues = queues
-		}
-		parts = append(parts, httpapi.NewAgent(agent, weigh).Serve)
-	}
-	if cfg.addressFile != "" {
-		if err := addrfile.Write(cfg.addressFile, addrs); err != nil {
-			return err
-		}
-		defer os.Remove(cfg.addressFile)
-	}
-	log.Info("notifyd started", append(started, "require", cfg.require, "expect", cfg.expect,
-		"dir", cfg.dir, "ready", reg.Summary().Ready, "draining", reg.Draining())...)
-	err = runAll(ctx, parts...)
-	stop() // from here on, a second signal ends the process
-	log.Info("notifyd stopped", "ready", reg.Summary().Ready, counters("messages", srv.Counts()))
-	return err
-}
-
-// drainSignals drains the instance on SIGUSR1 and undrains it on SIGUSR2.
-func drainSignals(reg *registry.Registry, signals <-chan os.Signal) func(context.Context) error {
-	return func(ctx context.Context) error {
-		for {
-			select {
-			case <-ctx.Done():
-				return nil
-			case sig := <-signals:
-				// A drain mark that cannot be saved is logged by the registry;
-				// the drain itself has taken effect.
-				reg.SetDraining(sig == syscall.SIGUSR1)
-			}
-		}
-	}
+	defer d.Close()
+	return d.Run(ctx)
 }
 
 // runAll runs each part in its own goroutine until ctx is cancelled or one
