@@ -133,7 +133,9 @@ class Prober:
         return self
 
 
-class WheelTest(unittest.TestCase):
+class ManagedTestCase(unittest.TestCase):
+    """The wheel, built and installed into a venv, and helpers to run
+    gunicorn with it in managed mode."""
 
     @classmethod
     def setUpClass(cls):
@@ -195,18 +197,19 @@ class WheelTest(unittest.TestCase):
             f.write('\n'.join(lines) + '\n')
         return path
 
-    def gunicorn(self, **settings):
-        """Start gunicorn on a config of settings; return its master."""
+    def gunicorn(self, env=None, pass_fds=(), **settings):
+        """Start gunicorn on a config of settings, with env added to its
+        environment and pass_fds open in it; return its master."""
         config = self.config(**settings)
         log = open(os.path.join(self.dir, 'gunicorn.log'), 'w')
-        env = dict(os.environ, PATH='/usr/bin:/bin')
+        env = dict(os.environ, PATH='/usr/bin:/bin', **(env or {}))
         env.pop('VIRTUAL_ENV', None)
         master = subprocess.Popen(
             [self.python, '-m', 'gunicorn', '--config', config,
              '--chdir', os.path.join(self.src, 'examples', 'gunicorn'),
              'hello:app'],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.dir,
-            start_new_session=True)
+            start_new_session=True, pass_fds=pass_fds)
         log.close()
         self.addCleanup(self.kill_all, master)
         self.master = master
@@ -276,6 +279,9 @@ class WheelTest(unittest.TestCase):
     def error_lines(self):
         return [line for line in self.log().splitlines()
                 if '[ERROR] notifyd: ' in line]
+
+
+class WheelTest(ManagedTestCase):
 
     # The wheel itself.
 
