@@ -20,8 +20,10 @@ import unittest
 import test_wheel
 from test_wheel import DEADLINE, alive, children, get, port_refused, wait_for
 
-SOCKET_AT = re.compile(r'notify socket (\S+)')
+SOCKET_AT = re.compile(r'notify socket (/\S+)')
 HANDOFF = 'NOTIFYD_GUNICORN_HANDOFF'
+# QUICK_EXITS is how many exits in a row at start make the master give up.
+QUICK_EXITS = 5
 
 
 def new_master_of(master):
@@ -95,7 +97,7 @@ class HandoverTest(test_wheel.ManagedTestCase):
     def test_usr2_after_the_old_master_gave_up_then_quit(self):
         master = self.gunicorn()
         mark = 0
-        for _ in range(_managed_quick_exits()):
+        for _ in range(QUICK_EXITS):
             pid, url = self.notifyd_started(after=mark)
             mark = len(self.log())
             os.kill(pid, signal.SIGKILL)
@@ -161,9 +163,15 @@ class HandoverTest(test_wheel.ManagedTestCase):
         self.assertIn('its descriptors are closed', lines[0])
         self.assertNotEqual(self.socket_path(), forged.getsockname())
         self.assertIsNone(victim.poll())
-        for fd in fds:
-            self.assertFalse(os.path.exists('/proc/%d/fd/%d'
-                                            % (master.pid, fd)), fd)
+        # Closed in the master: its descriptors name none of them.
+        ours = {os.readlink('/proc/self/fd/%d' % fd) for fd in fds}
+        held = set()
+        for fd in os.listdir('/proc/%d/fd' % master.pid):
+            try:
+                held.add(os.readlink('/proc/%d/fd/%s' % (master.pid, fd)))
+            except OSError:
+                pass
+        self.assertEqual(ours & held, set())
 
     def test_managed_flags_in_notifyd_args_are_refused(self):
         probe = socket.create_server(('127.0.0.1', 0))
@@ -192,7 +200,7 @@ class HandoverTest(test_wheel.ManagedTestCase):
             f.write('#!/bin/sh\nexit 1\n')
         os.chmod(script, 0o755)
         self.gunicorn(notifyd_binary=script)
-        quick = _managed_quick_exits()
+        quick = QUICK_EXITS
         wait_for('the master to give up', lambda: '%d times in a row at '
                  'start; not starting it again' % quick in self.log())
         self.assertEqual(self.log().count('notifyd: started %s' % script),
@@ -202,14 +210,6 @@ class HandoverTest(test_wheel.ManagedTestCase):
         tmp = os.path.join(self.dir, 'tmp')
         os.mkdir(tmp)
         env = {'TMPDIR': tmp}
-        for _ in range(5):
-            master = self.gunicorn(env=env)
-            pid, url = self.notifyd_started()
-            self.strays = self.workers(master.pid)
-            master.send_signal(signal.SIGKILL)
-            master.wait(DEADLINE)
-            wait_for('notifyd to exit', lambda: not alive(pid))
-        self.assertEqual(len(os.listdir(tmp)), 5)
         # Directories that are not a dead master's of this user: another
         # user's, one whose lock a live master holds, and one whose socket
         # a master of an older version still reads.
@@ -224,6 +224,13 @@ class HandoverTest(test_wheel.ManagedTestCase):
         read.bind(os.path.join(tmp, others[2], 'notify.sock'))
         self.addCleanup(read.close)
 
+        for _ in range(5):
+            master = self.gunicorn(env=env)
+            pid, url = self.notifyd_started()
+            self.strays = self.workers(master.pid)
+            master.send_signal(signal.SIGKILL)
+            master.wait(DEADLINE)
+            wait_for('notifyd to exit', lambda: not alive(pid))
         self.gunicorn(env=env)
         self.notifyd_started()
         live = os.path.basename(os.path.dirname(self.socket_path()))
@@ -260,11 +267,6 @@ class HandoverTest(test_wheel.ManagedTestCase):
         master.send_signal(signal.SIGTERM)
         master.wait(DEADLINE)
         self.assertFalse(os.path.exists(directory))
-
-
-def _managed_quick_exits():
-    # The master gives up after this many quick exits in a row.
-    return 5
 
 
 if __name__ == '__main__':
