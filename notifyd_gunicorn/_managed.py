@@ -632,6 +632,14 @@ class _Manager:
             pid, pidfd = _fork_exec(argv, env, [self.notify.fileno(),
                                                 self.http.fileno()])
             self.process = _Process(pid, pidfd, settings)
+            # Said before SIGCHLD is let in: an exit at once is reported
+            # after its start.
+            host, port = self.http.getsockname()[:2]
+            if ':' in host:
+                host = '[%s]' % host
+            log.info('notifyd: started %s (pid %d): health check on '
+                     'http://%s:%d/, notify socket %s', settings.binary,
+                     pid, host, port, self.path)
         except OSError as err:
             self.given_up = True
             log.error('notifyd: cannot run %s: %s; not starting it again '
@@ -639,12 +647,6 @@ class _Manager:
             return
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        host, port = self.http.getsockname()[:2]
-        if ':' in host:
-            host = '[%s]' % host
-        log.info('notifyd: started %s (pid %d): health check on '
-                 'http://%s:%d/, notify socket %s', settings.binary,
-                 self.process.pid, host, port, self.path)
 
     def _stop(self, proc):
         self._terminate(proc)
