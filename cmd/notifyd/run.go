@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/notifyd/notifyd/backlog"
 	"github.com/notifyd/notifyd/httpapi"
@@ -33,8 +34,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	// Caught from the start, so that a drain signal never meets the default
-	// action, which would end the process.
-	drains := make(chan os.Signal, 1)
+	// action, which would end the process. The buffer holds more than the
+	// runtime hands over at once, so that none is dropped.
+	drains := make(chan os.Signal, 16)
 	signal.Notify(drains, syscall.SIGUSR1, syscall.SIGUSR2)
 	defer signal.Stop(drains)
 
@@ -98,7 +100,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		srv.Serve,
 		httpapi.NewServer(ln, handler, httpLog).Serve,
 		notifier.Run,
-		drainSignals(reg, drains),
+		drainSignals(reg, drains, log),
 	}
 	if watch != nil {
 		parts = append(parts, func(ctx context.Context) error {
@@ -142,17 +144,37 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return err
 }
 
-// drainSignals drains the instance on SIGUSR1 and undrains it on SIGUSR2.
-func drainSignals(reg *registry.Registry, signals <-chan os.Signal) func(context.Context) error {
+// drainTie is how soon after a SIGUSR1 a SIGUSR2 may have been sent before
+// it. The kernel keeps one pending bit per signal, and hands two pending
+// signals over lowest number first, as the Go runtime does with those it
+// has not delivered yet: SIGUSR2 then SIGUSR1, sent together, arrive as
+// SIGUSR1 then SIGUSR2. Within drainTie the order is unknown, and the drain
+// wins; it is generous for a loaded machine, and far below the time a
+// person or a deploy script takes between a drain and an undrain.
+const drainTie = 100 * time.Millisecond
+
+// drainSignals drains the instance on SIGUSR1 and undrains it on SIGUSR2,
+// each signal in the order it arrives; a SIGUSR2 that arrives within
+// drainTie of a SIGUSR1 leaves the instance drained.
+func drainSignals(reg *registry.Registry, signals <-chan os.Signal, log *slog.Logger) func(context.Context) error {
 	return func(ctx context.Context) error {
+		var drained time.Time // when the last SIGUSR1 arrived
 		for {
 			select {
 			case <-ctx.Done():
 				return nil
 			case sig := <-signals:
+				drain := sig == syscall.SIGUSR1
+				if drain {
+					drained = time.Now()
+				} else if time.Since(drained) < drainTie {
+					log.Debug("drain signal", "signal", sig.String(), "draining", true, "tie", true)
+					continue
+				}
+				log.Debug("drain signal", "signal", sig.String(), "draining", drain)
 				// A drain mark that cannot be saved is logged by the registry;
 				// the drain itself has taken effect.
-				reg.SetDraining(sig == syscall.SIGUSR1)
+				reg.SetDraining(drain)
 			}
 		}
 	}

@@ -132,8 +132,9 @@ class HandoverTest(test_wheel.ManagedTestCase):
 
         def reloaded():
             now = set(self.workers(master.pid)) - {new_master}
-            return len(now) == 2 and not before & now
-        wait_for('the old master\'s reload', reloaded)
+            return len(now) == 2 and not before & now and now
+        # Booted, so that the QUIT does not wait for a worker still booting.
+        self.state_files(wait_for('the old master\'s reload', reloaded))
         self.assertEqual(self.notifyd_children(master.pid), [old])
         master.send_signal(signal.SIGQUIT)
         master.wait(DEADLINE)
