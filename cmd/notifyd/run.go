@@ -148,34 +148,46 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // it. The kernel keeps one pending bit per signal, and hands two pending
 // signals over lowest number first, as the Go runtime does with those it
 // has not delivered yet: SIGUSR2 then SIGUSR1, sent together, arrive as
-// SIGUSR1 then SIGUSR2. Within drainTie the order is unknown, and the drain
-// wins; it is generous for a loaded machine, and far below the time a
-// person or a deploy script takes between a drain and an undrain.
-const drainTie = 100 * time.Millisecond
+// SIGUSR1 then SIGUSR2, one right after the other. Such a pair is a tie,
+// and the drain wins it. drainTie is far below the time a person or a
+// script takes to see a drain take effect before undoing it.
+const drainTie = time.Millisecond
 
 // drainSignals drains the instance on SIGUSR1 and undrains it on SIGUSR2,
-// each signal in the order it arrives; a SIGUSR2 that arrives within
-// drainTie of a SIGUSR1 leaves the instance drained.
+// in the order they arrive; a SIGUSR2 that arrives with a SIGUSR1 (handed
+// over together, or within drainTie) leaves the instance drained.
 func drainSignals(reg *registry.Registry, signals <-chan os.Signal, log *slog.Logger) func(context.Context) error {
 	return func(ctx context.Context) error {
 		var drained time.Time // when the last SIGUSR1 arrived
 		for {
+			var sig os.Signal
 			select {
 			case <-ctx.Done():
 				return nil
-			case sig := <-signals:
-				drain := sig == syscall.SIGUSR1
-				if drain {
-					drained = time.Now()
-				} else if time.Since(drained) < drainTie {
-					log.Debug("drain signal", "signal", sig.String(), "draining", true, "tie", true)
-					continue
-				}
-				log.Debug("drain signal", "signal", sig.String(), "draining", drain)
-				// A drain mark that cannot be saved is logged by the registry;
-				// the drain itself has taken effect.
-				reg.SetDraining(drain)
+			case sig = <-signals:
 			}
+			// The signals the runtime handed over together are in the
+			// channel already: take them all before applying any.
+			draining, tie, n := false, false, 0
+			for more := true; more; n++ {
+				switch {
+				case sig == syscall.SIGUSR1:
+					draining, tie, drained = true, false, time.Now()
+				case time.Since(drained) < drainTie || draining:
+					tie = true
+				default:
+					draining = false
+				}
+				select {
+				case sig = <-signals:
+				default:
+					more = false
+				}
+			}
+			log.Debug("drain signals", "signals", n, "draining", draining, "tie", tie)
+			// A drain mark that cannot be saved is logged by the registry;
+			// the drain itself has taken effect.
+			reg.SetDraining(draining)
 		}
 	}
 }
