@@ -130,8 +130,8 @@ func (c *config) options() []option {
 			}},
 		{"exit-with", "", "exit when the process with this pid exits, such as the gunicorn master that started notifyd (default none)", false,
 			unlessEmpty(func(v string) (err error) {
-				c.exitWith, err = strconv.Atoi(v)
-				return check(err == nil && c.exitWith > 0, "must be a process id, a whole number above 0")
+				c.exitWith, err = protocol.ParsePID(v)
+				return check(err == nil, fmt.Sprintf("must be a process id, from 1 to %d", protocol.MaxPID))
 			})},
 	}
 }

@@ -132,7 +132,10 @@ func TestParseConfigErrors(t *testing.T) {
 		{"zero reap interval", nil, []string{"--reap-interval", "0s"}, `--reap-interval "0s": must be a positive duration such as 1s or 250ms`},
 		{"bad watchdog", nil, []string{"--watchdog-usec", "-5"}, `--watchdog-usec "-5": must be a whole number of microseconds, 0 for off`},
 		{"bad systemd gate", nil, []string{"--systemd-ready", "soon"}, `--systemd-ready "soon": must be listening or workers`},
-		{"bad exit-with", nil, []string{"--exit-with", "0"}, `--exit-with "0": must be a process id, a whole number above 0`},
+		{"bad exit-with", nil, []string{"--exit-with", "0"}, `--exit-with "0": must be a process id, from 1 to 4194303`},
+		{"exit-with above 32 bits", nil, []string{"--exit-with", "4294967297"}, `--exit-with "4294967297": must be a process id, from 1 to 4194303`},
+		{"exit-with above pids", nil, []string{"--exit-with", "4194304"}, `--exit-with "4194304": must be a process id, from 1 to 4194303`},
+		{"exit-with signed", nil, []string{"--exit-with", "+5"}, `--exit-with "+5": must be a process id, from 1 to 4194303`},
 		{"unknown flag", nil, []string{"--requre", "2"}, `flag provided but not defined: -requre (see notifyd --help)`},
 		{"argument", nil, []string{"serve"}, `unexpected argument "serve": notifyd takes only flags (see notifyd --help)`},
 	}

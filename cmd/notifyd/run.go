@@ -45,6 +45,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cfg.exitWith != 0 {
 		if watch, err = registry.WatchExit(cfg.exitWith); errors.Is(err, registry.ErrNoProcess) {
 			return &usageError{fmt.Sprintf("--exit-with %d: no such process", cfg.exitWith)}
+		} else if errors.Is(err, registry.ErrThread) {
+			return &usageError{fmt.Sprintf("--exit-with %d: %v; name the process", cfg.exitWith, err)}
 		} else if err != nil {
 			return fmt.Errorf("--exit-with %d: %w", cfg.exitWith, err)
 		}
