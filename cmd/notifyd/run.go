@@ -53,7 +53,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		defer watch.Close()
 	}
 
-	inherited, err := takeInherited()
+	inherited, err := takeInherited(log)
 	if err != nil {
 		return err
 	}
