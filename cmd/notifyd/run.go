@@ -133,10 +133,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		parts = append(parts, httpapi.NewAgent(agent, weigh).Serve)
 	}
 	if cfg.addressFile != "" {
-		if err := addrfile.Write(cfg.addressFile, addrs); err != nil {
-			return err
+		// A file notifyd cannot replace, such as another user's in a
+		// sticky directory, costs the launcher its addresses, never the
+		// health check.
+		if written, err := addrfile.Write(cfg.addressFile, addrs); err != nil {
+			log.Error("address file not written; notifyd serves without it", "error", err)
+		} else {
+			defer written.Remove()
 		}
-		defer os.Remove(cfg.addressFile)
 	}
 	log.Info("notifyd started", append(started, "require", cfg.require, "expect", cfg.expect,
 		"dir", cfg.dir, "ready", reg.Summary().Ready, "draining", reg.Draining())...)
