@@ -23,8 +23,9 @@ How it runs, and why:
   whole run: a probe that arrives while notifyd restarts waits in the
   listen queue instead of being refused.
 - Before the first worker (when_ready), the master binds the notify socket
-  in a directory of its own (mode 0700, owned by the workers' user), and
-  runs the notifyd binary found next to the interpreter, never through
+  in a directory of its own, which it keeps (see _SocketDir: only the
+  socket goes to the workers' user), and runs the notifyd binary found
+  next to the interpreter, never through
   PATH, passing both sockets as systemd's socket activation does. What
   workers send while notifyd starts or restarts waits in the socket's
   queue. The worker hooks are install()'s, on that socket.
@@ -41,11 +42,12 @@ How it runs, and why:
 - A HUP reload runs the config file again, and start() with it; notifyd
   keeps running, and is restarted on the same sockets only when a setting
   changed (the held health socket is replaced when healthcheck_bind did).
-- USR2: the new master inherits both sockets, tells the old master's
-  notifyd to stop and starts its own on them, so one health endpoint
-  answers all along and the two masters never bind the port twice. If the
-  new master goes away before the old one, the old master runs notifyd
-  again.
+- USR2: the new master inherits both sockets and the socket directory's
+  lock, verifies them, tells the old master's notifyd to stop and starts
+  its own on them, so one health endpoint answers all along and the two
+  masters never bind the port twice. From then on the old master starts
+  no notifyd and never removes the directory. If the new master goes away
+  before the old one, the old master runs notifyd again.
 - Whenever a notifyd is replaced (USR2, a changed setting), the old one
   gets SIGTERM before the new one starts: it stops reading datagrams and
   accepting at once, then answers every probe it had accepted, while the
