@@ -131,17 +131,7 @@ func addressFileInstance(t *testing.T, path string, wrap ...string) *daemon {
 	argv := append(wrap, filepath.Join(bin, "notifyd"), "--socket", d.socket, "--dir", dir, "--bind", "127.0.0.1:0", "--address-file", path)
 	d.cmd = exec.Command(argv[0], argv[1:]...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.err = d.cmd.Wait(); close(d.done) }()
-	t.Cleanup(func() {
-		d.cmd.Process.Kill()
-		<-d.done
-		if t.Failed() {
-			t.Logf("notifyd log:\n%s", d.log.String())
-		}
-	})
+	d.follow(t, d.cmd.Start())
 	waitFor(t, "notifyd to start", func() bool { return strings.Contains(d.log.String(), `msg="notifyd started"`) })
 	return d
 }
