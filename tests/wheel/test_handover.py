@@ -154,7 +154,7 @@ class HandoverTest(test_wheel.ManagedTestCase):
         fds = (forged.fileno(), listener.fileno(), directory)
         value = 'notify=%d,http=%d,dir=%d,master=%d,pid=%d' % (
             fds + (os.getpid(), victim.pid))
-        master = self.gunicorn(env={HANDOFF: value}, pass_fds=fds)
+        master = self.gunicorn(_env={HANDOFF: value}, _pass_fds=fds)
         pid, url = self.notifyd_started()
         self.wait_health(url, 200, '2 workers ready\n')
         lines = [line for line in self.log().splitlines()
@@ -226,13 +226,13 @@ class HandoverTest(test_wheel.ManagedTestCase):
         self.addCleanup(read.close)
 
         for _ in range(5):
-            master = self.gunicorn(env=env)
+            master = self.gunicorn(_env=env)
             pid, url = self.notifyd_started()
             self.strays = self.workers(master.pid)
             master.send_signal(signal.SIGKILL)
             master.wait(DEADLINE)
             wait_for('notifyd to exit', lambda: not alive(pid))
-        self.gunicorn(env=env)
+        self.gunicorn(_env=env)
         self.notifyd_started()
         live = os.path.basename(os.path.dirname(self.socket_path()))
         # gunicorn's workers keep files of their own there too.
