@@ -581,6 +581,10 @@ class _Manager:
         if self.old_notifyd:
             old_master_notifyd = self._take_over(server)
         self.failures, self.given_up = 0, False
+        if running is not None or old_master_notifyd is not None:
+            # The one being replaced lets go of the state directory as it
+            # stops reading; its successor would find it taken before.
+            _await_unlocked(self.wanted.directory)
         self._spawn()
         if running is not None:
             self._await(running)
@@ -1154,6 +1158,31 @@ def _old_notifyd(pid, master, socket_path):
         os.close(pidfd)
         raise
     return pidfd
+
+
+# LOCK_FILE is the lock a notifyd holds in its state directory.
+LOCK_FILE = '.notifyd.lock'
+
+
+def _await_unlocked(directory):
+    """Wait, up to STOP_TIMEOUT, until no notifyd holds directory's lock."""
+    try:
+        fd = os.open(os.path.join(directory, LOCK_FILE),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return  # no lock file: nobody holds it
+    try:
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return  # released at once, with the descriptor
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.005)
+    finally:
+        os.close(fd)
 
 
 def _child_alive(pid):
