@@ -160,8 +160,8 @@ func (c *config) options() []option {
 			}},
 		{"main-pid", "", "the application's main process, such as the gunicorn master: its RELOADING=1 reloads the instance (default: a process that is not a worker and reloads itself)", false,
 			unlessEmpty(func(v string) (err error) {
-				c.mainPID, err = strconv.Atoi(v)
-				return check(err == nil && c.mainPID > 0, "must be a process id, a whole number above 0")
+				c.mainPID, err = protocol.ParsePID(v)
+				return check(err == nil, fmt.Sprintf("must be a process id, from 1 to %d", protocol.MaxPID))
 			})},
 		{"reload-grace", defaultReloadGrace.String(), "during an instance reload, how long the health answer keeps the stopping workers' count while the new ones boot; 0s tells the truth at once", false,
 			func(v string) (err error) {
@@ -171,8 +171,8 @@ func (c *config) options() []option {
 			}},
 		{"exit-with", "", "exit when the process with this pid exits, such as the gunicorn master that started notifyd (default none)", false,
 			unlessEmpty(func(v string) (err error) {
-				c.exitWith, err = strconv.Atoi(v)
-				return check(err == nil && c.exitWith > 0, "must be a process id, a whole number above 0")
+				c.exitWith, err = protocol.ParsePID(v)
+				return check(err == nil, fmt.Sprintf("must be a process id, from 1 to %d", protocol.MaxPID))
 			})},
 	}
 }

@@ -43,9 +43,10 @@ type daemon struct {
 // the sockets (datagrams that arrive meanwhile queue), then the state
 // directory. On an error it releases what it opened.
 func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
-	d := &daemon{cfg: cfg, log: log, drains: make(chan os.Signal, 1)}
-	// Caught from the start, so that a drain signal never meets the
-	// default action, which would end the process.
+	// The drain signals are caught from the start, so that one never meets
+	// the default action, which would end the process. The buffer holds
+	// more than the runtime hands over at once, so that none is dropped.
+	d := &daemon{cfg: cfg, log: log, drains: make(chan os.Signal, 16)}
 	signal.Notify(d.drains, syscall.SIGUSR1, syscall.SIGUSR2)
 	defer func() {
 		if err != nil {
@@ -55,7 +56,7 @@ func newDaemon(cfg config, log *slog.Logger) (_ *daemon, err error) {
 	if err := d.watchExit(); err != nil {
 		return nil, err
 	}
-	inherited, err := takeInherited()
+	inherited, err := takeInherited(log)
 	if err != nil {
 		return nil, err
 	}
@@ -94,6 +95,8 @@ func (d *daemon) watchExit() error {
 	watch, err := registry.WatchExit(d.cfg.exitWith)
 	if errors.Is(err, registry.ErrNoProcess) {
 		return &usageError{fmt.Sprintf("--exit-with %d: no such process", d.cfg.exitWith)}
+	} else if errors.Is(err, registry.ErrThread) {
+		return &usageError{fmt.Sprintf("--exit-with %d: %v; name the process", d.cfg.exitWith, err)}
 	} else if err != nil {
 		return fmt.Errorf("--exit-with %d: %w", d.cfg.exitWith, err)
 	}
@@ -161,7 +164,7 @@ func (d *daemon) listenAgent() error {
 // and waits for them. It writes the address file while it serves.
 func (d *daemon) Run(ctx context.Context) error {
 	parts := []func(context.Context) error{
-		d.reg.Run, d.notify.Serve, d.http.Serve, d.notifier.Run, d.drainSignals,
+		d.reg.Run, d.notify.Serve, d.http.Serve, d.notifier.Run, drainSignals(d.reg, d.drains, d.log),
 	}
 	started := []any{"socket", d.addrs.Socket, "bind", d.addrs.HTTP}
 	if d.agent != nil {
@@ -175,30 +178,20 @@ func (d *daemon) Run(ctx context.Context) error {
 		parts = append(parts, d.exitWith)
 	}
 	if d.cfg.addressFile != "" {
-		if err := addrfile.Write(d.cfg.addressFile, d.addrs); err != nil {
-			return err
+		// A file notifyd cannot replace, such as another user's in a
+		// sticky directory, costs the launcher its addresses, never the
+		// health check.
+		if written, err := addrfile.Write(d.cfg.addressFile, d.addrs); err != nil {
+			d.log.Error("address file not written; notifyd serves without it", "error", err)
+		} else {
+			defer written.Remove()
 		}
-		defer os.Remove(d.cfg.addressFile)
 	}
 	d.log.Info("notifyd started", append(started, "require", d.cfg.require, "expect", d.cfg.expect,
 		"dir", d.cfg.dir, "ready", d.reg.Summary().Ready, "draining", d.reg.Draining())...)
 	err := runAll(ctx, parts...)
 	d.log.Info("notifyd stopped", "ready", d.reg.Summary().Ready, counters("messages", d.notify.Counts()))
 	return err
-}
-
-// drainSignals drains the instance on SIGUSR1 and undrains it on SIGUSR2.
-func (d *daemon) drainSignals(ctx context.Context) error {
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case sig := <-d.drains:
-			// A drain mark that cannot be saved is logged by the registry;
-			// the drain itself has taken effect.
-			d.reg.SetDraining(sig == syscall.SIGUSR1)
-		}
-	}
 }
 
 // exitWith returns once the process --exit-with names has exited.

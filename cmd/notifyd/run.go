@@ -5,9 +5,13 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"os"
 	"os/signal"
 	"sync"
 	"syscall"
+	"time"
+
+	"github.com/notifyd/notifyd/registry"
 )
 
 // run starts notifyd and blocks until SIGINT or SIGTERM, or until one of its
@@ -37,6 +41,76 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer d.Close()
 	return d.Run(ctx)
+}
+
+// drainTie is how long after a SIGUSR1 notifyd waits for a SIGUSR2 that
+// may have been sent before it, before it drains. The kernel keeps one
+// pending bit per signal, and hands two pending signals over lowest number
+// first, as the Go runtime does with those it has not delivered yet:
+// SIGUSR2 then SIGUSR1, sent together, arrive as SIGUSR1 then SIGUSR2. Such
+// a pair is a tie, and the drain wins it. A drain takes effect drainTie
+// late, so an undrain sent once the drain shows is never taken for a tie.
+const drainTie = 50 * time.Millisecond
+
+// drainSignals drains the instance on SIGUSR1 and undrains it on SIGUSR2,
+// in the order they arrive; a SIGUSR2 that arrives within drainTie of a
+// SIGUSR1 leaves the instance drained.
+func drainSignals(reg *registry.Registry, signals <-chan os.Signal, log *slog.Logger) func(context.Context) error {
+	return func(ctx context.Context) error {
+		for {
+			var sig os.Signal
+			select {
+			case <-ctx.Done():
+				return nil
+			case sig = <-signals:
+			}
+			draining, tie, n := false, false, 1
+			for {
+				if sig == syscall.SIGUSR1 {
+					draining = true
+				} else if draining {
+					tie = true
+				}
+				next, ok := nextSignal(ctx, signals, draining)
+				if !ok {
+					break
+				}
+				sig, n = next, n+1
+			}
+			log.Debug("drain signals", "signals", n, "draining", draining, "tie", tie)
+			// A drain mark that cannot be saved is logged by the registry;
+			// the drain itself has taken effect.
+			reg.SetDraining(draining)
+		}
+	}
+}
+
+// nextSignal returns a signal that has arrived already, or, after a drain,
+// one that arrives within drainTie; ok is false when there is none.
+func nextSignal(ctx context.Context, signals <-chan os.Signal, draining bool) (os.Signal, bool) {
+	select {
+	case sig := <-signals:
+		return sig, true
+	default:
+	}
+	if !draining {
+		return nil, false
+	}
+	t := time.NewTimer(drainTie)
+	defer t.Stop()
+	select {
+	case sig := <-signals:
+		return sig, true
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	// One that arrived as the timer fired is taken too: late is a tie.
+	select {
+	case sig := <-signals:
+		return sig, true
+	default:
+		return nil, false
+	}
 }
 
 // runAll runs each part in its own goroutine until ctx is cancelled or one

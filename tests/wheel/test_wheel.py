@@ -139,7 +139,9 @@ class Prober:
         return self
 
 
-class WheelTest(unittest.TestCase):
+class ManagedTestCase(unittest.TestCase):
+    """The wheel, built and installed into a venv, and helpers to run
+    gunicorn with it in managed mode."""
 
     @classmethod
     def setUpClass(cls):
@@ -201,10 +203,12 @@ class WheelTest(unittest.TestCase):
             f.write('\n'.join(lines) + '\n')
         return path
 
-    def gunicorn(self, _app='hello:app', _env=(), _wait=True, **settings):
-        """Start gunicorn on a config of settings; return its master, once
-        it listens unless _wait is false. An app of the test's own
-        (slow_app) is in self.dir."""
+    def gunicorn(self, _app='hello:app', _env=(), _wait=True, _pass_fds=(),
+                 **settings):
+        """Start gunicorn on a config of settings, with _env added to its
+        environment and _pass_fds open in it; return its master, once it
+        listens unless _wait is false. An app of the test's own (slow_app)
+        is in self.dir."""
         config = self.config(**settings)
         log = open(os.path.join(self.dir, 'gunicorn.log'), 'w')
         env = dict(os.environ, PATH='/usr/bin:/bin')
@@ -216,7 +220,7 @@ class WheelTest(unittest.TestCase):
             [self.python, '-m', 'gunicorn', '--config', config,
              '--chdir', chdir, _app],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.dir,
-            start_new_session=True)
+            start_new_session=True, pass_fds=_pass_fds)
         log.close()
         self.addCleanup(self.kill_all, master)
         self.master = master
@@ -292,6 +296,9 @@ class WheelTest(unittest.TestCase):
     def error_lines(self):
         return [line for line in self.log().splitlines()
                 if '[ERROR] notifyd: ' in line]
+
+
+class WheelTest(ManagedTestCase):
 
     # The wheel itself.
 
