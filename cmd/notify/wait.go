@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/notifyd/notifyd/httpapi"
 )
 
 // pollInterval is the least time between two asks of /status: ten a second
@@ -60,7 +62,7 @@ func runWait(args []string, stdout io.Writer) error {
 		what = "fresh workers"
 	}
 	var (
-		last    statusDoc // the last document notifyd answered
+		last    httpapi.StatusAnswer // the last document notifyd answered
 		answers int
 		failed  error // why the last ask failed, if it did
 	)
@@ -95,9 +97,9 @@ func runWait(args []string, stdout io.Writer) error {
 
 // countReady counts the ready workers in doc; with fresh, only those whose
 // ready_at is after began.
-func countReady(doc statusDoc, fresh bool, began time.Time) int {
+func countReady(doc httpapi.StatusAnswer, fresh bool, began time.Time) int {
 	if !fresh {
-		return *doc.Ready
+		return doc.Ready
 	}
 	n := 0
 	for _, w := range doc.Workers {
@@ -110,13 +112,13 @@ func countReady(doc statusDoc, fresh bool, began time.Time) int {
 
 // timedOut is the one line a wait that ran out of time ends with: how many
 // were ready at the last answer, and why the last ask failed if it did.
-func timedOut(timeout time.Duration, want int, what string, last statusDoc, answers int, failed error, fresh bool, began time.Time) error {
+func timedOut(timeout time.Duration, want int, what string, last httpapi.StatusAnswer, answers int, failed error, fresh bool, began time.Time) error {
 	msg := fmt.Sprintf("timed out after %s", timeout)
 	switch {
 	case answers == 0:
 		return fmt.Errorf("%s: notifyd never answered: %w", msg, failed)
 	case fresh:
-		msg += fmt.Sprintf(": %d of %d %s ready (%d ready in all)", countReady(last, fresh, began), want, what, *last.Ready)
+		msg += fmt.Sprintf(": %d of %d %s ready (%d ready in all)", countReady(last, fresh, began), want, what, last.Ready)
 	default:
 		msg += fmt.Sprintf(": %d of %d %s ready", countReady(last, fresh, began), want, what)
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/notifyd/notifyd"
 	"github.com/notifyd/notifyd/backlog"
+	"github.com/notifyd/notifyd/httpapi"
 	"github.com/notifyd/notifyd/protocol"
 	"github.com/notifyd/notifyd/registry"
 )
@@ -94,7 +95,7 @@ func (c *config) options() []option {
 		}},
 		{"socket-group", "", "group of the socket file, by name or number (default: notifyd's group)", false,
 			parsed(&c.socketGID, lookupGroup)},
-		{"bind", "127.0.0.1:8001", "address of the HTTP health check", false,
+		{"bind", httpapi.DefaultBind, "address of the HTTP health check", false,
 			text(&c.bind, isHostPort, "must be host:port, such as 127.0.0.1:8001 or [::1]:8001")},
 		{"require", "1", "workers that must be ready for the health check to answer 200", false, whole(&c.require, 0, -1)},
 		{"expect", "", "workers the server is configured to run, the capacity agent weights follow (default --require)", false,
