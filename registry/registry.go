@@ -40,11 +40,12 @@ type Registry struct {
 	failedLog, hungLog, activityLog *protocol.LogLimiter
 	debugLog                        *protocol.LogLimiter // comings and goings, at debug level
 
-	summary    atomic.Pointer[Summary]
-	totals     totals
-	exits      atomic.Uint64
-	fileErrors atomic.Uint64
-	closeOnce  sync.Once
+	summary     atomic.Pointer[Summary]
+	totals      totals
+	exits       atomic.Uint64
+	fileErrors  atomic.Uint64
+	releaseOnce sync.Once // ReleaseDir
+	closeOnce   sync.Once
 }
 
 // entry is a Worker plus what the registry needs to watch it.
@@ -614,8 +615,21 @@ func (r *Registry) Close() error {
 		if t := r.instance.graceTimer; t != nil {
 			t.Stop()
 		}
+	})
+	r.ReleaseDir()
+	return nil
+}
+
+// ReleaseDir finishes the state files' last writes and releases the state
+// directory's lock, so that the next notifyd (a USR2's new master's) may
+// take the directory while this one still answers the HTTP connections it
+// accepted, from memory. Call it once Run has returned and no message is
+// being applied any more; Close calls it too. It is idempotent.
+func (r *Registry) ReleaseDir() {
+	r.releaseOnce.Do(func() {
 		r.mirror.close()
+		r.mu.Lock()
+		defer r.mu.Unlock()
 		r.unlock() // last: the directory is in step, and the next notifyd may take it
 	})
-	return nil
 }

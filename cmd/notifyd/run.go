@@ -116,8 +116,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	})
 	httpLog := log.With("component", "http")
 	parts := []func(context.Context) error{
-		reg.Run,
-		srv.Serve,
+		// The registry and the datagram loop stop together, and the state
+		// directory is let go of at once, before the HTTP connections
+		// already accepted have all been answered: a successor may take the
+		// directory without waiting for them.
+		func(ctx context.Context) error {
+			defer reg.ReleaseDir()
+			return runAll(ctx, reg.Run, srv.Serve)
+		},
 		httpapi.NewServer(ln, handler, httpLog).Serve,
 		notifier.Run,
 		drainSignals(reg, drains, log),
