@@ -25,11 +25,13 @@ type Registry struct {
 
 	mu       sync.Mutex
 	workers  map[int]*entry
-	ready    int // workers that count, kept in step with every change
+	paged    map[int]*entry // the workers with an activity page
+	ready    int            // workers that count, kept in step with every change
 	draining bool
 
 	summary    atomic.Pointer[Summary]
 	totals     totals
+	pages      atomic.Int64 // len(paged), read without the lock
 	exits      atomic.Uint64
 	fileErrors atomic.Uint64
 	closeOnce  sync.Once
@@ -45,6 +47,9 @@ type entry struct {
 	// reported is set once the worker has sent its activity: the first
 	// report only sets where the totals count from.
 	reported bool
+	// page is the worker's activity page, or nil. A worker with a page
+	// reports its activity through it alone.
+	page *protocol.Page
 }
 
 // counts reports whether the worker counts towards the health answer.
@@ -67,7 +72,7 @@ func New(cfg Config) (*Registry, error) {
 	if err := prepareDir(cfg.Dir); err != nil {
 		return nil, err
 	}
-	r := &Registry{cfg: cfg, log: cfg.Logger, files: files, workers: make(map[int]*entry)}
+	r := &Registry{cfg: cfg, log: cfg.Logger, files: files, workers: make(map[int]*entry), paged: make(map[int]*entry)}
 	switch cfg.Detection {
 	case Auto, Pidfd:
 		if pidfdSupported() {
@@ -124,6 +129,7 @@ func (r *Registry) Summary() Summary { return *r.summary.Load() }
 // Workers returns a copy of every registered worker, ordered by pid.
 func (r *Registry) Workers() []Worker {
 	r.mu.Lock()
+	r.readPages()
 	out := make([]Worker, 0, len(r.workers))
 	for _, e := range r.workers {
 		out = append(out, e.Worker)
@@ -157,6 +163,8 @@ func (r *Registry) HandleMessage(m protocol.Message, sender protocol.Credentials
 		r.SetDraining(*m.Drain)
 		return nil
 	}
+	page := m.Page // kept by the worker's entry, or closed on return
+	defer func() { page.Close() }()
 	a, err := r.admit(m, sender)
 	defer r.release(&a)
 	if err != nil {
@@ -186,6 +194,9 @@ func (r *Registry) HandleMessage(m protocol.Message, sender protocol.Credentials
 	if a.gone {
 		return fmt.Errorf("%w: pid %d has exited", ErrNoProcess, a.pid)
 	}
+	if e != nil && e.page != nil && page != nil && !e.page.Same(page) {
+		return fmt.Errorf("%w: pid %d", ErrPageTwice, a.pid)
+	}
 	if e == nil {
 		if !changesWorker(m) {
 			return nil
@@ -197,6 +208,10 @@ func (r *Registry) HandleMessage(m protocol.Message, sender protocol.Credentials
 		} else if err != nil {
 			return err
 		}
+	}
+	if page != nil && e.page == nil {
+		r.attach(e, page)
+		page = nil
 	}
 	r.apply(e, m, time.Now())
 	return nil
@@ -269,7 +284,7 @@ func (r *Registry) add(pid int, startTime uint64, pinned int) (*entry, error) {
 // message that carries only activity costs no file write, no timer and no
 // new summary.
 func (r *Registry) apply(e *entry, m protocol.Message, now time.Time) {
-	if m.Activity != nil {
+	if m.Activity != nil && e.page == nil {
 		r.record(e, *m.Activity)
 	}
 	if !changesWorker(m) {
@@ -446,6 +461,7 @@ func (r *Registry) drop(e *entry, why leaving) {
 	if why != stopped {
 		r.exits.Add(1)
 	}
+	r.detach(e)
 	r.retire(e)
 	e.State = Starting
 	r.settle(e, before)
@@ -542,6 +558,7 @@ func (r *Registry) Close() error {
 			if e.timer != nil {
 				e.timer.Stop()
 			}
+			r.detach(e)
 		}
 		if r.watcher != nil {
 			r.watcher.close()
