@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // pagesMapped counts the workers' activity pages mapped into pid.
@@ -135,5 +137,38 @@ func TestActivityPageWorkerClasses(t *testing.T) {
 				t.Fatalf("notifyd_activity_backwards_total %v, want 0", n)
 			}
 		})
+	}
+}
+
+// TestRaisesSoftNoFileLimit: notifyd holds a pidfd per worker, so it raises
+// its soft RLIMIT_NOFILE to the hard limit, as a Go program does at start
+// (to one below it, which the runtime uses to tell its own raise from an
+// operator's prlimit). An activity page costs it no descriptor: it keeps
+// the mapping only.
+func TestRaisesSoftNoFileLimit(t *testing.T) {
+	prlimit := need(t, "prlimit")
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		t.Fatal(err)
+	}
+	if rl.Max <= 64 {
+		t.Fatalf("hard RLIMIT_NOFILE %d leaves nothing to raise", rl.Max)
+	}
+	dir := shortDir(t)
+	d := launch(t, dir, nil, []string{prlimit, fmt.Sprintf("--nofile=64:%d", rl.Max), "--"})
+	d.waitStarted(t)
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(d.cmd.Process.Pid) + "/limits")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("Max open files %d %d files", rl.Max-1, rl.Max)
+	var got string
+	for line := range strings.Lines(string(b)) {
+		if strings.HasPrefix(line, "Max open files") {
+			got = strings.Join(strings.Fields(line), " ")
+		}
+	}
+	if got != want {
+		t.Fatalf("notifyd's limit %q, want %q", got, want)
 	}
 }
