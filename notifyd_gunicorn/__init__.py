@@ -221,6 +221,9 @@ class _Announcer:
             self.page = None
             _logger.info('notifyd: no activity page for pid %s (%s); '
                          'reporting activity by datagrams', pid, err)
+        else:
+            # The request hooks go straight to the page.
+            self.begin, self.end = self.page.begin, self.page.end
 
     def announce(self):
         """Send READY=1 now, as the worker boots; report whether it went.
@@ -252,9 +255,6 @@ class _Announcer:
 
     def begin(self):
         """Count a request that has begun, and report it."""
-        if self.page is not None:
-            self.page.begin()
-            return
         with self.lock:
             if self.in_flight == 0:
                 self.busy_since = time.monotonic_ns()
@@ -265,9 +265,6 @@ class _Announcer:
 
     def end(self):
         """Count a request that has ended, and report it."""
-        if self.page is not None:
-            self.page.end()
-            return
         with self.lock:
             self.in_flight -= 1
             self.requests += 1

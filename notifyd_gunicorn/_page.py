@@ -84,21 +84,28 @@ class Page:
             raise
         self.fd = fd
         # A memoryview of 64-bit words: each assignment is one aligned
-        # 8-byte store, which a reader never sees half done.
+        # 8-byte store, which a reader never sees half done. The counts are
+        # kept in Python too, so that a change only stores into the page.
         self._words = memoryview(self._mem).cast('Q')
         self._words[_HEADER] = MAGIC | VERSION << 32
         self._lock = threading.Lock()
+        self._seq = 0
+        self._in_flight = 0
+        self._requests = 0
+        self._busy = 0  # µs, up to _since
+        self._since = 0  # CLOCK_MONOTONIC µs when in flight left 0
 
     def begin(self):
         """Count a request that has begun. No system call; never raises."""
         with self._lock:
             w = self._words
-            seq = w[_SEQ]
+            seq = self._seq
             w[_SEQ] = seq + 1
-            if w[_IN_FLIGHT] == 0:
-                w[_BUSY_SINCE] = time.monotonic_ns() // 1000
-            w[_IN_FLIGHT] += 1
-            w[_SEQ] = seq + 2
+            n = self._in_flight
+            if not n:
+                self._since = w[_BUSY_SINCE] = time.monotonic_ns() // 1000
+            self._in_flight = w[_IN_FLIGHT] = n + 1
+            self._seq = w[_SEQ] = seq + 2
 
     def end(self):
         """Count a request that has ended. No system call; never raises.
@@ -107,24 +114,24 @@ class Page:
         """
         with self._lock:
             w = self._words
-            seq = w[_SEQ]
+            seq = self._seq
             w[_SEQ] = seq + 1
-            if w[_IN_FLIGHT] == 1:
-                w[_BUSY_USEC] += (time.monotonic_ns() // 1000
-                                  - w[_BUSY_SINCE])
-            if w[_IN_FLIGHT]:
-                w[_IN_FLIGHT] -= 1
-            w[_REQUESTS] += 1
-            w[_SEQ] = seq + 2
+            n = self._in_flight
+            if n == 1:
+                self._busy = w[_BUSY_USEC] = (
+                    self._busy + time.monotonic_ns() // 1000 - self._since)
+            if n:
+                self._in_flight = w[_IN_FLIGHT] = n - 1
+            self._requests = w[_REQUESTS] = self._requests + 1
+            self._seq = w[_SEQ] = seq + 2
 
     def snapshot(self):
         """Return (in_flight, requests, busy_usec) as notifyd reads them."""
         with self._lock:
-            w = self._words
-            busy = w[_BUSY_USEC]
-            if w[_IN_FLIGHT]:
-                busy += time.monotonic_ns() // 1000 - w[_BUSY_SINCE]
-            return w[_IN_FLIGHT], w[_REQUESTS], busy
+            busy = self._busy
+            if self._in_flight:
+                busy += time.monotonic_ns() // 1000 - self._since
+            return self._in_flight, self._requests, busy
 
     def close(self):
         """Unmap the page and close its descriptor; notifyd keeps its own
