@@ -109,7 +109,6 @@ func OpenPage(fd int) (*Page, error) {
 		p.Close()
 		return nil, fmt.Errorf("%w: %#016x, want %#016x", ErrPageHeader, h, uint64(PageMagic|PageVersion<<32))
 	}
-	p.release()
 	return p, nil
 }
 
@@ -118,12 +117,17 @@ func (p *Page) word(i int) uint64 {
 	return atomic.LoadUint64((*uint64)(unsafe.Pointer(&p.mem[i*8])))
 }
 
-// release gives the page's memory back to the kernel's page tables: the
-// worker's page and its content stay, but notifyd's resident set does not
-// grow by a page for every worker it has read. The next read maps it in
-// again. The caller holds p.mu or owns p.
-func (p *Page) release() {
-	unix.Madvise(p.mem, unix.MADV_DONTNEED) // only an optimisation
+// Release takes the page out of notifyd's resident set: the worker's page
+// and its content stay, and the next Read faults it in again. A page read
+// counts in the reader's resident set like the worker's own memory, 4 KiB a
+// worker; releasing costs a system call and a TLB flush, so that a reader
+// holding many pages trades time for memory.
+func (p *Page) Release() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.mem != nil {
+		unix.Madvise(p.mem, unix.MADV_DONTNEED) // only an optimisation
+	}
 }
 
 // Same reports whether p and q map the same file, as a worker that passes
@@ -143,7 +147,6 @@ func (p *Page) Read(nowUSec uint64) (Activity, error) {
 	if p.mem == nil {
 		return Activity{}, errPageUnreadable
 	}
-	defer p.release()
 	for range pageTries {
 		// A sequence lock: the writer makes the sequence odd, changes the
 		// words, and makes it even again. A snapshot taken between two
