@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -85,14 +84,7 @@ func TestActivityPageWorkerClasses(t *testing.T) {
 	python := gunicornPython(t)
 	for _, class := range []string{"sync", "gthread", "gevent", "eventlet"} {
 		t.Run(class, func(t *testing.T) {
-			if class == "gevent" || class == "eventlet" {
-				if err := exec.Command(python, "-c", "import "+class).Run(); err != nil {
-					if os.Getenv("CI") == "true" {
-						t.Fatalf("%s cannot import %s; the test command installs python3-%s", python, class, class)
-					}
-					t.Skipf("%s cannot import %s", python, class)
-				}
-			}
+			needWorkerClass(t, python, class)
 			t.Setenv("NOTIFYD_REANNOUNCE", "1")
 			dir := shortDir(t)
 			d := startNotifyd(t, dir, "--require", "2")

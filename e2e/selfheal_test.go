@@ -349,6 +349,21 @@ func dirEntriesChanged(t *testing.T, dir string) func() bool {
 	return func() bool { return !maps.Equal(before, snapshot()) }
 }
 
+// needWorkerClass skips the test, or fails it under CI, when gunicorn's
+// interpreter cannot import the module a worker class needs.
+func needWorkerClass(t *testing.T, python, class string) {
+	t.Helper()
+	if class != "gevent" && class != "eventlet" {
+		return
+	}
+	if err := exec.Command(python, "-c", "import "+class).Run(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s cannot import %s; the test command installs python3-%s", python, class, class)
+		}
+		t.Skipf("%s cannot import %s", python, class)
+	}
+}
+
 // TestSelfHealingWorkerClasses re-learns the workers of each worker class
 // Debian's gunicorn ships: the re-announcement is a daemon thread, which
 // gevent and eventlet turn into a greenlet of the worker's hub.
@@ -356,14 +371,7 @@ func TestSelfHealingWorkerClasses(t *testing.T) {
 	python := gunicornPython(t)
 	for _, class := range []string{"sync", "gthread", "gevent", "eventlet"} {
 		t.Run(class, func(t *testing.T) {
-			if class == "gevent" || class == "eventlet" {
-				if err := exec.Command(python, "-c", "import "+class).Run(); err != nil {
-					if os.Getenv("CI") == "true" {
-						t.Fatalf("%s cannot import %s; the test command installs python3-%s", python, class, class)
-					}
-					t.Skipf("%s cannot import %s", python, class)
-				}
-			}
+			needWorkerClass(t, python, class)
 			t.Setenv("NOTIFYD_REANNOUNCE", "1")
 			dir := shortDir(t)
 			d := startNotifyd(t, dir, "--require", "2")
