@@ -159,9 +159,9 @@ func TestSelfHealingQueuedReadyLost(t *testing.T) {
 	if _, err := io.ReadFull(out, line); err != nil || string(line) != "sent\n" {
 		t.Fatalf("worker said %q, %v; want \"sent\"", line, err)
 	}
-	// The first READY=1 carries the worker's activity, all zero.
-	const idle = "\nX_NOTIFYD_IN_FLIGHT=0\nX_NOTIFYD_REQUESTS=0\nX_NOTIFYD_BUSY_USEC=0"
-	if n := queuedDatagrams(t, d.socket); n != len("READY=1\nPID=")+len(strconv.Itoa(w.Process.Pid))+len(idle) {
+	// The first READY=1 carries the worker's activity page.
+	const page = "\nX_NOTIFYD_PAGE=1"
+	if n := queuedDatagrams(t, d.socket); n != len("READY=1\nPID=")+len(strconv.Itoa(w.Process.Pid))+len(page) {
 		t.Fatalf("the stopped notifyd's queue starts with %d bytes, want the worker's READY=1", n)
 	}
 	killNotifyd(t, d)
