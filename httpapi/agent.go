@@ -19,7 +19,9 @@ const agentWriteTimeout = time.Second
 // AgentReply is the HAProxy agent-check line for s, in the grammar HAProxy
 // 2.6 parses (see "agent-check" in HAProxy's configuration manual):
 //
-//	drain                               while the instance is drained
+//	drain                               while the instance is drained, and
+//	                                    while it reloads: no new sessions,
+//	                                    but the server stays up
 //	ready up 75%                        when ready >= required: the weight
 //	                                    follows ready capacity, ready*100/expected
 //	ready down #1/2 workers ready       when ready < required
@@ -27,45 +29,63 @@ const agentWriteTimeout = time.Second
 // The weight is a bare percentage: HAProxy 2.6 ignores "weight:75%". "ready"
 // leads every reply that is not a drain, because once a server has been told
 // "drain" only a reply containing "ready" takes it out of DRAIN.
-func AgentReply(s registry.Summary, required, expected int) string {
-	return agentReply(s, required, capacityWeight(s, expected))
+func AgentReply(s registry.Summary, required int) string {
+	return agentReply(s, required, capacityWeight(s))
 }
 
-func capacityWeight(s registry.Summary, expected int) int {
-	if expected <= 0 {
+func capacityWeight(s registry.Summary) int {
+	if s.Expected <= 0 {
 		return 100
 	}
-	return min(100, s.Ready*100/expected)
+	return min(100, s.Ready*100/s.Expected)
 }
 
 func agentReply(s registry.Summary, required, weight int) string {
-	if s.Draining {
+	if s.Draining || s.Reload.Active {
 		return "drain\n"
 	}
-	if s.Ready < required {
-		return "ready down #" + strconv.Itoa(s.Ready) + "/" + strconv.Itoa(required) + " workers ready\n"
+	if ready := s.Counted(); ready < required {
+		return "ready down #" + strconv.Itoa(ready) + "/" + strconv.Itoa(required) + " workers ready\n"
 	}
 	return "ready up " + strconv.Itoa(weight) + "%\n"
 }
 
 // QueueWeight scales a capacity weight (percent) down as the fullest of the
-// application's listen queues fills:
+// application's listen queues fills, or as its oldest connection ages:
 //
-//	weight = capacity × (1 − queued/limit), and never below min(capacity, floor)
+//	fill   = max(queued/limit, oldest/QueueAgeFull), at most 1
+//	weight = capacity × (1 − fill), and never below min(capacity, floor)
 //
-// A full queue brings the weight down to the floor, so HAProxy sends a
-// drowning instance fewer new connections but never takes it out: that is
-// the health check's call, and the health check never looks at the queue.
-// An address with no listener, or a limit of 0, counts as an empty queue.
+// The age counts because a backlog is usually far longer than a server can
+// serve quickly: with gunicorn's default of 2048, twenty requests waiting
+// 5 s each fill 1% of the queue. HAProxy should hear about that wait, and
+// the age says it whatever the backlog.
+//
+// A full queue, or one whose oldest connection has waited QueueAgeFull,
+// brings the weight down to the floor, so HAProxy sends a drowning instance
+// fewer new connections but never takes it out: that is the health check's
+// call, and the health check never looks at the queue. An address with no
+// listener counts as an empty queue; a limit of 0 (read from /proc) leaves
+// the age alone to count.
 func QueueWeight(capacity int, queues []backlog.Queue, floor int) int {
 	fill := 0.0
 	for _, q := range queues {
-		if q.Listening && q.Limit > 0 {
-			fill = max(fill, min(1, float64(q.Queued)/float64(q.Limit)))
+		if !q.Listening {
+			continue
 		}
+		if q.Limit > 0 {
+			fill = max(fill, float64(q.Queued)/float64(q.Limit))
+		}
+		fill = max(fill, q.OldestSeconds/QueueAgeFull.Seconds())
 	}
-	return max(int(float64(capacity)*(1-fill)), min(capacity, floor))
+	return max(int(float64(capacity)*(1-min(1, fill))), min(capacity, floor))
 }
+
+// QueueAgeFull is the wait in a listen queue that QueueWeight counts as a
+// full queue. A second is long past what a web request should wait for a
+// worker before a proxy would rather send it elsewhere, and short enough
+// for the weight to move within one HAProxy agent interval (2 s by default).
+const QueueAgeFull = time.Second
 
 // IdleWeight scales a capacity weight (percent) down by the share of ready
 // workers that are busy, those with at least one request in flight:
@@ -86,8 +106,8 @@ func IdleWeight(capacity, ready, busy, floor int) int {
 
 // AgentConfig says what an Agent answers and how it weighs.
 type AgentConfig struct {
-	Source             Source
-	Required, Expected int
+	Source   Source
+	Required int
 	// Idle scales the weight with IdleWeight (--agent-weight=idle).
 	Idle bool
 	// Queues, when set, scales the weight with QueueWeight
@@ -118,8 +138,8 @@ const queueMaxAge = 100 * time.Millisecond
 // Reply is the agent line for the registry's state now.
 func (a *Agent) Reply() string {
 	s := a.Source.Summary()
-	weight := capacityWeight(s, a.Expected)
-	if s.Draining || s.Ready < a.Required {
+	weight := capacityWeight(s)
+	if s.Draining || s.Reload.Active || s.Counted() < a.Required {
 		return agentReply(s, a.Required, weight)
 	}
 	if a.Idle {

@@ -30,6 +30,7 @@ type Registry struct {
 	paged    map[int]*entry // the workers with an activity page
 	ready    int            // workers that count, kept in step with every change
 	draining bool
+	instance instance
 
 	summary    atomic.Pointer[Summary]
 	totals     totals
@@ -52,6 +53,9 @@ type entry struct {
 	// page is the worker's activity page, or nil. A worker with a page
 	// reports its activity through it alone.
 	page *protocol.Page
+	// generation is the instance's generation when the worker last became
+	// ready: a reload counts only the workers of its own generation.
+	generation uint64
 }
 
 // counts reports whether the worker counts towards the health answer.
@@ -74,7 +78,8 @@ func New(cfg Config) (*Registry, error) {
 	if err := prepareDir(cfg.Dir); err != nil {
 		return nil, err
 	}
-	r := &Registry{cfg: cfg, log: cfg.Logger, files: files, workers: make(map[int]*entry), paged: make(map[int]*entry)}
+	r := &Registry{cfg: cfg, log: cfg.Logger, files: files, workers: make(map[int]*entry), paged: make(map[int]*entry),
+		instance: instance{expected: cfg.Expected}}
 	switch cfg.Detection {
 	case Auto, Pidfd:
 		if pidfdSupported() {
@@ -95,6 +100,10 @@ func New(cfg Config) (*Registry, error) {
 		r.Close()
 		return nil, err
 	}
+	// Only the main process's notifyd knows that the instance starts; and
+	// workers that were ready before notifyd started mean that it is
+	// notifyd that starts, not the instance.
+	r.instance.starting = cfg.MainPID != 0 && len(r.workers) == 0
 	if r.draining = files.drainMarked(); r.draining {
 		r.log.Info("draining, as before the restart", "undrain", "notify --undrain, or SIGUSR2")
 	}
@@ -167,6 +176,9 @@ func (r *Registry) HandleMessage(m protocol.Message, sender protocol.Credentials
 	}
 	page := m.Page // kept by the worker's entry, or closed on return
 	defer func() { page.Close() }()
+	if done, err := r.instanceMessage(m, sender); done {
+		return err
+	}
 	a, err := r.admit(m, sender)
 	defer r.release(&a)
 	if err != nil {
@@ -314,6 +326,7 @@ func (r *Registry) apply(e *entry, m protocol.Message, now time.Time) {
 		if e.State != Ready {
 			r.log.Debug("worker ready", "pid", e.PID)
 			e.State, e.ReadyAt = Ready, now
+			e.generation = r.instance.generation
 		}
 		e.beat = now
 	case protocol.Reloading:
@@ -348,6 +361,7 @@ func (r *Registry) settle(e *entry, before bool) {
 		r.ready++
 	case before && !after:
 		r.ready--
+		defer r.busier()
 	}
 	r.publish()
 }
@@ -376,7 +390,9 @@ func (r *Registry) SetDraining(on bool) error {
 }
 
 func (r *Registry) publish() {
-	s := &Summary{Ready: r.ready, Workers: len(r.workers), Draining: r.draining}
+	r.settleInstance()
+	s := &Summary{Ready: r.ready, Workers: len(r.workers), Draining: r.draining,
+		Expected: r.instance.expected, Starting: r.instance.starting, Reload: r.instance.reload}
 	if old := r.summary.Load(); old != nil && *old == *s {
 		return
 	}
@@ -564,6 +580,9 @@ func (r *Registry) Close() error {
 		}
 		if r.watcher != nil {
 			r.watcher.close()
+		}
+		if t := r.instance.graceTimer; t != nil {
+			t.Stop()
 		}
 		r.mirror.close()
 	})

@@ -32,10 +32,19 @@ type statusDoc struct {
 	Expected     *int          `json:"expected"`
 	Healthy      *bool         `json:"healthy"`
 	Draining     bool          `json:"draining"`
+	Starting     bool          `json:"starting"`
+	Reload       *reloadDoc    `json:"reload"`
 	Workers      []workerDoc   `json:"workers"`
 	ListenQueues []listenQueue `json:"listen_queues"`
 	InFlight     *int          `json:"in_flight"`
 	BusyWorkers  *int          `json:"busy_workers"`
+}
+
+// reloadDoc is the instance reload in progress in statusDoc.
+type reloadDoc struct {
+	GraceEnds time.Time `json:"grace_ends"`
+	Kept      int       `json:"kept"`
+	Fresh     int       `json:"fresh"`
 }
 
 // workerDoc is one worker in statusDoc.
@@ -49,12 +58,16 @@ type workerDoc struct {
 	BusySeconds *float64   `json:"busy_seconds"`
 }
 
-// listenQueue is one of the application's listen queues in statusDoc.
+// listenQueue is one of the application's listen queues in statusDoc. The
+// queue-time fields are pointers: a notifyd without them leaves them out.
 type listenQueue struct {
-	Addr      string `json:"addr"`
-	Listening bool   `json:"listening"`
-	Queued    uint32 `json:"queued"`
-	Limit     uint32 `json:"limit"`
+	Addr          string   `json:"addr"`
+	Listening     bool     `json:"listening"`
+	Queued        uint32   `json:"queued"`
+	Limit         uint32   `json:"limit"`
+	OldestSeconds *float64 `json:"oldest_seconds"`
+	Peak          *uint32  `json:"peak"`
+	Drops         *uint64  `json:"drops"`
 }
 
 // badAnswer is an answer that is not notifyd's /status: a wrong --url, most

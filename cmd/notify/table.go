@@ -62,13 +62,30 @@ func writeStatus(w io.Writer, doc statusDoc, now time.Time, term terminal) error
 		case !q.Listening:
 			fmt.Fprintf(&b, "listen queue %s: nothing listens there\n", q.Addr)
 		case q.Limit == 0:
-			fmt.Fprintf(&b, "listen queue %s: %d queued, limit unknown\n", q.Addr, q.Queued)
+			fmt.Fprintf(&b, "listen queue %s: %d queued, limit unknown%s\n", q.Addr, q.Queued, queueTime(q))
 		default:
-			fmt.Fprintf(&b, "listen queue %s: %d of %d queued\n", q.Addr, q.Queued, q.Limit)
+			fmt.Fprintf(&b, "listen queue %s: %d of %d queued%s\n", q.Addr, q.Queued, q.Limit, queueTime(q))
 		}
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// queueTime is what a listen queue line adds when notifyd reports queue
+// time: ", oldest 2.1s, peak 5 in 60s, 3 dropped" (no drops for a Unix
+// socket, which makes clients wait instead).
+func queueTime(q listenQueue) string {
+	var b strings.Builder
+	if q.OldestSeconds != nil {
+		fmt.Fprintf(&b, ", oldest %.1fs", *q.OldestSeconds)
+	}
+	if q.Peak != nil {
+		fmt.Fprintf(&b, ", peak %d in 60s", *q.Peak)
+	}
+	if q.Drops != nil && !strings.HasPrefix(q.Addr, "unix:") {
+		fmt.Fprintf(&b, ", %d dropped", *q.Drops)
+	}
+	return b.String()
 }
 
 // writeTable lines up rows in columns two spaces apart. On a terminal the
@@ -103,7 +120,8 @@ func writeTable(b *strings.Builder, rows [][]string, term terminal) {
 }
 
 // summary is the line under the table: healthy or not, ready against
-// required and expected, draining, and busy when notifyd reports activity.
+// required and expected, starting or reloading, draining, and busy when
+// notifyd reports activity.
 func summary(doc statusDoc, term terminal) string {
 	verdict, colour := "unhealthy", red
 	if *doc.Healthy {
@@ -113,6 +131,13 @@ func summary(doc statusDoc, term terminal) string {
 		verdict = colour + verdict + reset
 	}
 	parts := []string{fmt.Sprintf("%d ready", *doc.Ready), fmt.Sprintf("%d required", *doc.Required), fmt.Sprintf("%d expected", *doc.Expected)}
+	switch r := doc.Reload; {
+	case r != nil:
+		parts = append(parts, fmt.Sprintf("reloading (%d of the new workers ready, %d kept until %s)",
+			r.Fresh, r.Kept, r.GraceEnds.Local().Format(time.TimeOnly)))
+	case doc.Starting:
+		parts = append(parts, "starting")
+	}
 	if doc.Draining {
 		parts = append(parts, "draining")
 	} else {

@@ -67,6 +67,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer conn.Close()
 	defer ln.Close()
 
+	// The listen queues are sampled while every worker is busy, which the
+	// registry tells as it happens.
+	var (
+		queues  *backlog.Reader
+		sampler *backlog.Sampler
+		onBusy  func()
+	)
+	if len(cfg.listenQueues) > 0 {
+		queues = backlog.NewReader(cfg.listenQueues)
+		sampler = backlog.NewSampler(queues, log.With("component", "backlog"))
+		onBusy = sampler.Wake
+	}
 	notifier := newSystemdNotifier(cfg, log.With("component", "systemd"))
 	reg, err := registry.New(registry.Config{
 		Dir:          cfg.dir,
@@ -75,8 +87,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Detection:    cfg.detection,
 		ReapInterval: cfg.reapInterval,
 		WatchdogUSec: cfg.watchdogUSec,
+		Required:     cfg.require,
+		Expected:     cfg.expect,
+		MainPID:      cfg.mainPID,
+		ReloadGrace:  cfg.reloadGrace,
 		Logger:       log.With("component", "registry"),
 		OnChange:     notifier.poke,
+		OnAllBusy:    onBusy,
 	})
 	if err != nil {
 		return err
@@ -85,12 +102,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	notifier.summary = reg.Summary
 
 	srv := protocol.NewServer(conn, reg, log.With("component", "protocol"))
-	var queues *backlog.Reader
-	if len(cfg.listenQueues) > 0 {
-		queues = backlog.NewReader(cfg.listenQueues)
-	}
 	handler := httpapi.NewHandler(httpapi.Config{
-		Registry: reg, Required: cfg.require, Expected: cfg.expect, MessageCounts: srv.Counts, Queues: queues,
+		Registry: reg, Required: cfg.require, MessageCounts: srv.Counts, Queues: queues,
 	})
 	httpLog := log.With("component", "http")
 	parts := []func(context.Context) error{
@@ -99,6 +112,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		httpapi.NewServer(ln, handler, httpLog).Serve,
 		notifier.Run,
 		drainSignals(reg, drains),
+	}
+	if sampler != nil {
+		parts = append(parts, func(ctx context.Context) error { return sampler.Run(ctx, reg) })
 	}
 	if watch != nil {
 		parts = append(parts, func(ctx context.Context) error {
@@ -121,7 +137,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		defer agent.Close()
 		addrs.Agent = agent.Addr().String()
 		started = append(started, "agent", addrs.Agent)
-		weigh := httpapi.AgentConfig{Source: reg, Required: cfg.require, Expected: cfg.expect,
+		weigh := httpapi.AgentConfig{Source: reg, Required: cfg.require,
 			Idle: cfg.weighByIdle, Floor: cfg.agentFloor, Log: httpLog}
 		if cfg.weighByQueue {
 			weigh.Queues = queues
