@@ -65,3 +65,73 @@ func TestAddressFileBadValues(t *testing.T) {
 		})
 	}
 }
+
+// TestAddressFileSharedByTwoInstances gives two notifyds one --address-file:
+// the one that stops first leaves the other's file in place, and the last
+// one removes it.
+func TestAddressFileSharedByTwoInstances(t *testing.T) {
+	shared := filepath.Join(shortDir(t), "address.json")
+	first, second := addressFileInstance(t, shared), addressFileInstance(t, shared)
+	waitFor(t, "the second instance's addresses", func() bool {
+		a, err := addrfile.Read(shared)
+		return err == nil && a.Socket == second.socket
+	})
+	if err := first.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("first notifyd: %v", err)
+	}
+	if a, err := addrfile.Read(shared); err != nil || a.Socket != second.socket {
+		t.Fatalf("after the first instance stopped: %+v, %v; want the second's addresses", a, err)
+	}
+	if err := second.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("second notifyd: %v", err)
+	}
+	if _, err := os.Stat(shared); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("address file after both stopped: %v, want it removed", err)
+	}
+}
+
+// TestAddressFileTakenByAnotherUser pre-creates the address file as another
+// user in a sticky directory: notifyd, run as nobody, starts all the same,
+// says why it has no address file, and leaves that file alone.
+func TestAddressFileTakenByAnotherUser(t *testing.T) {
+	setpriv := need(t, "setpriv")
+	needRoot(t, "run notifyd as another user")
+	shared := shortDir(t)
+	if err := os.Chmod(shared, 0o777|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(shared, "address.json")
+	if err := os.WriteFile(path, []byte("theirs\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := addressFileInstance(t, path, setpriv, "--reuid", "65534", "--regid", "65534", "--clear-groups")
+	waitFor(t, "the line saying why", func() bool {
+		return strings.Contains(d.log.String(), `msg="address file not written; notifyd serves without it"`)
+	})
+	if err := d.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("notifyd: %v", err)
+	}
+	if b, err := os.ReadFile(path); err != nil || string(b) != "theirs\n" {
+		t.Fatalf("the other user's file after the stop: %q, %v", b, err)
+	}
+}
+
+// addressFileInstance starts notifyd with --address-file path, without the
+// harness's own address file, behind wrap (a command that runs it as
+// another user) when given.
+func addressFileInstance(t *testing.T, path string, wrap ...string) *daemon {
+	t.Helper()
+	dir := shortDir(t)
+	if len(wrap) > 0 {
+		if err := os.Chown(dir, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := &daemon{dir: dir, socket: filepath.Join(dir, "notify.sock"), log: &syncBuffer{}, done: make(chan struct{})}
+	argv := append(wrap, filepath.Join(bin, "notifyd"), "--socket", d.socket, "--dir", dir, "--bind", "127.0.0.1:0", "--address-file", path)
+	d.cmd = exec.Command(argv[0], argv[1:]...)
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	d.follow(t, d.cmd.Start())
+	waitFor(t, "notifyd to start", func() bool { return strings.Contains(d.log.String(), `msg="notifyd started"`) })
+	return d
+}

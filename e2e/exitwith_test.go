@@ -1,7 +1,12 @@
 package e2e
 
 import (
+	"bufio"
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -47,4 +52,78 @@ func TestExitWithFollowsTheProcess(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestExitWithAndPidRefuseThreadsAndWrapping checks that --exit-with and
+// notify --pid take only a process id: a value above the largest pid, such
+// as 2^32 plus a live pid, which once wrapped to that pid, and a thread id,
+// are usage errors that say what is wrong.
+func TestExitWithAndPidRefuseThreadsAndWrapping(t *testing.T) {
+	process, thread := threadOfProcess(t)
+	wrapped := strconv.FormatUint(1<<32+uint64(process), 10)
+	dir := shortDir(t)
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"exit-with wraps", []string{"--exit-with", wrapped},
+			`notifyd: --exit-with "` + wrapped + `": must be a process id, from 1 to 4194303`},
+		{"exit-with thread", []string{"--exit-with", strconv.Itoa(thread)},
+			fmt.Sprintf("notifyd: --exit-with %d: a thread id, not a process id: %d is a thread of process %d; name the process", thread, thread, process)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cmd := exec.Command(filepath.Join(bin, "notifyd"), append([]string{"--dir", dir, "--socket", dir + "/s", "--bind", "127.0.0.1:0"}, tt.args...)...)
+			code, out := exitCode(t, cmd)
+			if code != 2 || strings.TrimSpace(out) != tt.want {
+				t.Fatalf("exit %d, output %q; want 2 and %q", code, out, tt.want)
+			}
+			if _, err := os.Lstat(dir + "/s"); !os.IsNotExist(err) {
+				t.Fatalf("socket file after a refused start: %v", err)
+			}
+		})
+	}
+	t.Run("notify pid", func(t *testing.T) {
+		for _, tt := range []struct{ pid, want string }{
+			{wrapped, `notify: --pid "` + wrapped + `": must be a pid from 1 to 4194303, self or parent`},
+			{strconv.Itoa(thread), fmt.Sprintf("notify: --pid %d: a thread id, not a process id: %d is a thread of process %d; name the process", thread, thread, process)},
+		} {
+			code, out := notify(t, "--socket", dir+"/none.sock", "--ready", "--pid", tt.pid)
+			if code != 2 || strings.TrimSpace(out) != tt.want {
+				t.Fatalf("notify --pid %s: exit %d, output %q; want 2 and %q", tt.pid, code, out, tt.want)
+			}
+		}
+	})
+}
+
+// threadOfProcess starts a process with a second thread, and returns the
+// process's pid and the thread's id.
+func threadOfProcess(t *testing.T) (int, int) {
+	t.Helper()
+	cmd := exec.Command("python3", "-c", `import sys, threading
+t = threading.Thread(target=sys.stdin.read)
+t.start()
+print(t.native_id, flush=True)
+t.join()`)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { in.Close(); cmd.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	thread, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cmd.Process.Pid, thread
 }

@@ -155,7 +155,16 @@ func launch(t *testing.T, dir string, env, wrap []string, args ...string) *daemo
 	d.cmd.Stderr = d.log
 	d.cmd.Stdout = d.log
 	d.addrFile = filepath.Join(t.TempDir(), "address.json")
-	if err := addrfile.Start(d.cmd, d.addrFile); err != nil {
+	d.follow(t, addrfile.Start(d.cmd, d.addrFile))
+	return d
+}
+
+// follow fails the test when d's command did not start (err), and
+// otherwise waits for it in the background and kills it at the end of the
+// test, showing its log if the test failed.
+func (d *daemon) follow(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
 		t.Fatal(err)
 	}
 	go func() { d.err = d.cmd.Wait(); close(d.done) }()
@@ -166,7 +175,6 @@ func launch(t *testing.T, dir string, env, wrap []string, args ...string) *daemo
 			t.Logf("notifyd log:\n%s", d.log.String())
 		}
 	})
-	return d
 }
 
 // waitStarted waits until notifyd listens and learns its addresses from

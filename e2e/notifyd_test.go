@@ -45,7 +45,7 @@ func TestBadFlagsStopStartWithOneLine(t *testing.T) {
 		{"agent weight queue without a queue", []string{"--agent-weight", "idle,queue"}, "", `--agent-weight "idle,queue": needs at least one --listen-queue to weigh by`},
 		{"bad environment twin", nil, "NOTIFYD_REQUIRE=lots", `NOTIFYD_REQUIRE "lots": must be a whole number, 0 or more`},
 		// --exit-with refuses what is not a live process before the socket is made.
-		{"exit-with not a number", []string{"--exit-with", "master"}, "", `--exit-with "master": must be a process id, a whole number above 0`},
+		{"exit-with not a number", []string{"--exit-with", "master"}, "", `--exit-with "master": must be a process id, from 1 to 4194303`},
 		{"exit-with zero", []string{"--exit-with", "0"}, "", `--exit-with "0": must be a process id`},
 		{"exit-with negative twin", nil, "NOTIFYD_EXIT_WITH=-5", `NOTIFYD_EXIT_WITH "-5": must be a process id`},
 		{"exit-with no such process", []string{"--exit-with", dead}, "", "--exit-with " + dead + ": no such process"},

@@ -27,8 +27,8 @@ How it runs, and why:
 - Before the first worker (when_ready), or with preload_app when the master
   first sets its number of workers (nworkers_changed, in Arbiter.setup,
   before the application is loaded and after daemon = True has forked),
-  the master binds the notify socket
-  in a directory of its own (mode 0700, owned by the workers' user), and
+  the master binds the notify socket in a directory of its own, which it
+  keeps (see _SocketDir: only the socket goes to the workers' user), and
   runs the notifyd binary found next to the interpreter, never through
   PATH, passing both sockets as systemd's socket activation does. What
   workers send while notifyd starts or restarts waits in the socket's
@@ -63,11 +63,12 @@ How it runs, and why:
 - A HUP reload runs the config file again, and start() with it; notifyd
   keeps running, and is restarted on the same sockets only when a setting
   changed (the held health socket is replaced when healthcheck_bind did).
-- USR2: the new master inherits both sockets, tells the old master's
-  notifyd to stop and starts its own on them, so one health endpoint
-  answers all along and the two masters never bind the port twice. If the
-  new master goes away before the old one, the old master runs notifyd
-  again.
+- USR2: the new master inherits both sockets and the socket directory's
+  lock, verifies them, tells the old master's notifyd to stop and starts
+  its own on them, so one health endpoint answers all along and the two
+  masters never bind the port twice. From then on the old master starts
+  no notifyd and never removes the directory. If the new master goes away
+  before the old one, the old master runs notifyd again.
 - Whenever a notifyd is replaced (USR2, a changed setting), the old one
   gets SIGTERM before the new one starts: it stops reading datagrams and
   accepting at once, then answers every probe it had accepted, while the
@@ -78,10 +79,12 @@ How it runs, and why:
 import copy
 import fcntl
 import os
+import re
 import secrets
 import select
 import signal
 import socket
+import stat
 import sys
 import sysconfig
 import tempfile
@@ -205,6 +208,9 @@ def _read_settings(ns):
             or not all(isinstance(a, str) for a in args)):
         return None, ('notifyd_args %r: must be a list of strings, such as '
                       '["--log-level", "debug"]' % (args,))
+    problem = _args_problem(args)
+    if problem:
+        return None, 'notifyd_args %r: %s' % (args, problem)
     binary = ns.get('notifyd_binary')
     if binary is not None and not isinstance(binary, str):
         return None, 'notifyd_binary %r: must be a path' % (binary,)
@@ -214,6 +220,36 @@ def _read_settings(ns):
         filename=filename, reload_grace=grace, args=tuple(args),
         binary=binary,
     ), None
+
+
+# MANAGED_FLAGS are the notifyd flags managed mode sets itself, each with
+# what sets it instead: a later flag would win over managed mode's, so
+# notifyd_args must not name them.
+MANAGED_FLAGS = {
+    'exit-with': 'managed mode sets it to the master\'s pid, so that '
+                 'notifyd never outlives the master',
+    'socket': 'managed mode binds a private notify socket of its own',
+    'bind': 'set healthcheck_bind instead',
+    'require': 'set healthcheck_require_workers instead',
+    'dir': 'set healthcheck_directory instead',
+    'filename': 'set healthcheck_filename instead',
+}
+
+
+def _args_problem(args):
+    # notifyd's flags, as Go's flag package reads them: -name or --name,
+    # with the value after "=" or in the next argument. A "--" ends them.
+    for arg in args:
+        if arg == '--':
+            return None
+        if not arg.startswith('-'):
+            continue
+        name = arg.lstrip('-').split('=', 1)[0]
+        if name in MANAGED_FLAGS and arg.startswith(('-' + name,
+                                                      '--' + name)):
+            return '--%s is managed mode\'s own: %s' % (name,
+                                                         MANAGED_FLAGS[name])
+    return None
 
 
 def _filename_problem(filename):
@@ -339,13 +375,13 @@ class _Manager:
         self.retired_http = None  # the one before a reload changed it
         self.notify = None       # the notify socket, once bound
         self.path = None         # its path
-        self.made_directory = False  # this master made path's directory
+        self.directory = None    # its _SocketDir, once made or adopted
         self.process = None      # the running notifyd
         self.retired = []        # notifyd processes being stopped
         self.failures = 0        # quick exits in a row
         self.given_up = False
         self.handed_over = False  # to the master a USR2 started
-        self.old_notifyd = None  # the previous master's notifyd to stop
+        self.old_notifyd = None  # (pid, master) of the old master's notifyd
         self.server = None       # gunicorn's arbiter
         self.attached = False
         self.adopted = False
@@ -381,7 +417,6 @@ class _Manager:
             return False
         if self.path is None:
             self.path = _private_path()
-            self.made_directory = True
         if self.supervisor is None:
             # Before gunicorn reads it: its READY=1 comes before any worker.
             self.supervisor = os.environ.pop('NOTIFY_SOCKET', None)
@@ -389,24 +424,27 @@ class _Manager:
         return True
 
     def _adopt(self):
-        # A master started by USR2 takes the sockets its parent handed over.
+        # A master started by USR2 takes the sockets its parent handed over,
+        # once they prove to be what a parent master hands over: anything
+        # else is a value left over from an older master, or a forgery, and
+        # its descriptors are closed.
         handoff = os.environ.pop(HANDOFF, None)
         if not handoff:
             return
         try:
             fields = dict(part.split('=', 1) for part in handoff.split(','))
-            notify = socket.socket(fileno=int(fields['notify']))
-            http = socket.socket(fileno=int(fields['http']))
-            for sock in (notify, http):
-                sock.set_inheritable(False)
-            self.notify, self.http = notify, http
-            self.path = notify.getsockname()
-            self.http_bind = http.getsockname()
-            if fields.get('pid'):
-                self.old_notifyd = int(fields['pid'])
+        except ValueError:
+            fields = {}
+        try:
+            self.notify, self.http, self.directory, self.old_notifyd = (
+                _verify_handoff(fields))
         except (KeyError, ValueError, OSError) as err:
-            self._say('warning', 'ignoring %s=%r from the previous master: %s'
-                      % (HANDOFF, handoff, err))
+            _close_named(fields)
+            self._say('warning', 'ignoring %s=%r: %s; its descriptors are '
+                      'closed' % (HANDOFF, handoff, err))
+            return
+        self.path = self.notify.getsockname()
+        self.http_bind = self.http.getsockname()
 
     def _bind_http(self, bind):
         if self.http is not None and self._same_address(bind):
@@ -510,7 +548,9 @@ class _Manager:
 
     def _sync(self, server):
         self._flush()
-        if self.handed_over:
+        if self.handed_over or server.reexec_pid:
+            # The master a USR2 started holds the sockets, and runs notifyd
+            # on them: this one starts none beside it.
             return
         if self.wanted is None:
             self._stop_all()
@@ -541,6 +581,10 @@ class _Manager:
         if self.old_notifyd:
             old_master_notifyd = self._take_over(server)
         self.failures, self.given_up = 0, False
+        if running is not None or old_master_notifyd is not None:
+            # The one being replaced lets go of the state directory as it
+            # stops reading; its successor would find it taken before.
+            _await_unlocked(self.wanted.directory)
         self._spawn()
         if running is not None:
             self._await(running)
@@ -557,13 +601,15 @@ class _Manager:
         # In the child of a USR2, just before it becomes the new master.
         env = server.cfg.env_orig
         env.pop(HANDOFF, None)
-        if self.http is None or self.notify is None:
+        if self.http is None or self.notify is None or self.directory is None:
             return
         for sock in (self.notify, self.http):
             sock.set_inheritable(True)
+        os.set_inheritable(self.directory.fd, True)
         pid = self.process.pid if self.process else ''
-        env[HANDOFF] = 'notify=%d,http=%d,pid=%s' % (
-            self.notify.fileno(), self.http.fileno(), pid)
+        env[HANDOFF] = 'notify=%d,http=%d,dir=%d,master=%d,pid=%s' % (
+            self.notify.fileno(), self.http.fileno(), self.directory.fd,
+            os.getppid(), pid)
 
     def post_fork(self, server, worker):
         # In a new worker: it must not hold the health port or notifyd's
@@ -571,6 +617,8 @@ class _Manager:
         for sock in (self.http, self.notify, self.retired_http):
             if sock is not None:
                 sock.close()
+        if self.directory is not None:
+            self.directory.close()
         for proc in [self.process] + self.retired:
             if proc is not None:
                 proc.close()
@@ -579,7 +627,7 @@ class _Manager:
         self.server = server
         self._flush()
         self.wanted = None
-        if self.handed_over:
+        if self.handed_over or _child_alive(server.reexec_pid):
             return  # the new master's notifyd, sockets and directory
         self._stop_all()
         self._close_sockets(server)
@@ -654,10 +702,13 @@ class _Manager:
     def _spawn(self):
         log = self.server.log
         settings = self.wanted
+        # notifyd writes gunicorn's error-log format into gunicorn's error
+        # log, also under daemon = True, where standard error is /dev/null.
         master = str(os.getpid())
         argv = [settings.binary, '--socket', self.path,
                 '--exit-with', master, '--main-pid', master,
-                '--expect', str(self.server.num_workers or 0)]
+                '--expect', str(self.server.num_workers or 0),
+                '--log-format', 'gunicorn']
         argv += settings.flags()
         if self.supervisor is not None:
             argv += ['--systemd-ready', 'workers']
@@ -669,22 +720,30 @@ class _Manager:
             env['NOTIFY_SOCKET'] = self.supervisor
         env['LISTEN_FDS'] = '2'
         env['LISTEN_FDNAMES'] = 'notify:http'
+        # SIGCHLD is held until the process is recorded, so that an exit at
+        # once finds it in the wrapper rather than in gunicorn's waitpid.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
         try:
             pid, pidfd = _fork_exec(argv, env, [self.notify.fileno(),
-                                                self.http.fileno()])
+                                                self.http.fileno()],
+                                    _error_log_fd(log))
+            # A copy: the listen queues of self.wanted are filled in later.
+            self.process = _Process(pid, pidfd, copy.copy(settings))
+            # Said before SIGCHLD is let in: an exit at once is reported
+            # after its start.
+            host, port = self.http.getsockname()[:2]
+            if ':' in host:
+                host = '[%s]' % host
+            log.info('notifyd: started %s (pid %d): health check on '
+                     'http://%s:%d/, notify socket %s', settings.binary,
+                     pid, host, port, self.path)
         except OSError as err:
             self.given_up = True
             log.error('notifyd: cannot run %s: %s; not starting it again '
                       'until a reload', settings.binary, err)
             return
-        # A copy: the listen queues of self.wanted are filled in later.
-        self.process = _Process(pid, pidfd, copy.copy(settings))
-        host, port = self.http.getsockname()[:2]
-        if ':' in host:
-            host = '[%s]' % host
-        log.info('notifyd: started %s (pid %d): health check on '
-                 'http://%s:%d/, notify socket %s', settings.binary,
-                 self.process.pid, host, port, self.path)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def _stop(self, proc):
         self._terminate(proc)
@@ -724,15 +783,17 @@ class _Manager:
         # The old master's notifyd reads the same sockets: it is told to
         # stop before ours starts, so that no datagram goes to a notifyd
         # that is about to exit. Returns (pid, pidfd) to wait on, or None.
-        pid, self.old_notifyd = self.old_notifyd, None
+        (pid, master), self.old_notifyd = self.old_notifyd, None
         try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
+            pidfd = _old_notifyd(pid, master, self.path)
+        except (OSError, ValueError) as err:
+            server.log.info('notifyd: not stopping pid %d named by the old '
+                            'master: %s', pid, err)
             return None
         server.log.info('notifyd: taking over from notifyd (pid %d) of '
                         'the old master', pid)
         try:
-            os.kill(pid, signal.SIGTERM)
+            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
         except ProcessLookupError:
             pass
         return pid, pidfd
@@ -743,7 +804,7 @@ class _Manager:
             if not select.select([pidfd], [], [], STOP_TIMEOUT)[0]:
                 server.log.warning('notifyd: old notifyd (pid %d) did not '
                                    'stop; killing it', pid)
-                os.kill(pid, signal.SIGKILL)
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
                 select.select([pidfd], [], [], STOP_TIMEOUT)
         except ProcessLookupError:
             pass
@@ -755,43 +816,45 @@ class _Manager:
     def _bind_notify(self, server):
         if self.notify is not None:
             return
-        directory = os.path.dirname(self.path)
-        os.mkdir(directory, 0o700)
+        base, name = os.path.split(os.path.dirname(self.path))
+        for gone in _sweep(base):
+            server.log.info('notifyd: removed %s, left by a master that is '
+                            'gone', gone)
+        directory = _SocketDir.make(os.path.join(base, name))
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             # Credentials on every datagram, also those queued while
             # notifyd (re)starts.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            # The mode the file gets at bind: never more open than 0600.
+            os.fchmod(sock.fileno(), 0o600)
             sock.bind(self.path)
-            os.chmod(self.path, 0o600)
             uid, gid = server.cfg.uid, server.cfg.gid
             if os.geteuid() == 0 and (uid, gid) != (0, 0):
                 # Workers run as gunicorn's user setting: they, the master
                 # and root reach the socket, no one else.
-                for path in (directory, self.path):
-                    os.chown(path, uid, gid)
+                directory.hand_to(uid, gid)
         except OSError:
             sock.close()
+            directory.remove()
             raise
-        self.notify = sock
+        self.notify, self.directory = sock, directory
 
     def _close_sockets(self, server):
-        # A master that a USR2 started, and that the old master has not
-        # left in charge yet, leaves the directory to the one that made it.
-        remove = self.made_directory or server.master_pid == 0
+        # A master that a USR2 started, and whose old master still runs,
+        # leaves the directory to it.
+        remove = not (server.master_pid and server.master_pid == os.getppid())
         for name in ('http', 'notify', 'retired_http'):
             sock = getattr(self, name, None)
             if sock is not None:
                 sock.close()
                 setattr(self, name, None)
         self.http_bind = None
-        if remove and self.path:
-            for remove_it in (os.unlink, os.rmdir):
-                try:
-                    remove_it(self.path if remove_it is os.unlink
-                              else os.path.dirname(self.path))
-                except OSError:
-                    pass
+        if self.directory is not None:
+            if remove:
+                self.directory.remove()
+            self.directory.close()
+            self.directory = None
 
     def _flush(self):
         for level, line in self.messages:
@@ -826,6 +889,11 @@ def _listen_queues(server):
     return tuple(addresses)
 
 
+# _DIR_NAME is the name of a socket directory: notifyd- and 12 hex digits.
+_DIR_NAME = re.compile(r'notifyd-[0-9a-f]{12}\Z')
+_SOCKET_NAME = 'notify.sock'
+
+
 def _private_path():
     # Chosen at config time, when the worker hooks need it; made at
     # when_ready. The name cannot be guessed, and mkdir fails rather than
@@ -833,17 +901,317 @@ def _private_path():
     base = os.environ.get('RUNTIME_DIRECTORY', '').split(':')[0]
     base = base or tempfile.gettempdir()
     path = os.path.join(os.path.abspath(base),
-                        'notifyd-' + secrets.token_hex(6), 'notify.sock')
+                        'notifyd-' + secrets.token_hex(6), _SOCKET_NAME)
     if len(os.fsencode(path)) > _SUN_PATH_MAX:
         path = os.path.join('/tmp', 'notifyd-' + secrets.token_hex(6),
-                            'notify.sock')
+                            _SOCKET_NAME)
     return path
 
 
-def _fork_exec(argv, env, fds):
-    """Run argv with fds as descriptors 3, 4, ... and LISTEN_PID set to its
-    own pid, as socket activation passes sockets. Returns its pid and a
-    pidfd; raises OSError when the program could not be run."""
+class _SocketDir:
+    """The directory of the notify socket, held by a descriptor and a lock.
+
+    The master that makes it holds an exclusive flock on it for its life;
+    a USR2 passes the descriptor, and so the lock, to the new master. A
+    directory of ours whose lock nobody holds, and whose socket nobody
+    reads, belongs to a master that was killed: the next master removes
+    it. The directory stays root's when the workers run as another user,
+    who reaches the socket through the directory's group, so that they
+    cannot swap a file in it for a link. Everything in it is removed
+    through the descriptor, never through a path.
+    """
+
+    def __init__(self, fd, path):
+        self.fd = fd        # O_DIRECTORY descriptor, holding the lock
+        self.path = path    # the directory's path
+
+    @classmethod
+    def make(cls, path):
+        """Make the directory path, locked; raises OSError."""
+        os.mkdir(path, 0o700)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                         | os.O_CLOEXEC)
+        except OSError:
+            os.rmdir(path)
+            raise
+        try:
+            # Another master's sweep may have taken the lock of the empty
+            # directory between mkdir and here, to remove it.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_nlink == 0:
+                raise FileNotFoundError('%s was removed as it was made'
+                                        % path)
+        except OSError:
+            os.close(fd)
+            raise
+        return cls(fd, path)
+
+    def owns(self, socket_path):
+        """Whether socket_path names a socket in this directory."""
+        try:
+            held = os.fstat(self.fd)
+            there = os.stat(os.path.dirname(socket_path),
+                            follow_symlinks=False)
+            sock = os.stat(_SOCKET_NAME, dir_fd=self.fd,
+                           follow_symlinks=False)
+        except OSError:
+            return False
+        return (os.path.basename(socket_path) == _SOCKET_NAME
+                and (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
+                and stat.S_ISSOCK(sock.st_mode))
+
+    def hand_to(self, uid, gid):
+        """Let the workers' user reach the socket in it, and no one else.
+
+        Only the socket changes owner, without following a link, and the
+        directory only its group: the workers' user can write nothing in
+        it."""
+        os.chown(_SOCKET_NAME, uid, gid, dir_fd=self.fd,
+                 follow_symlinks=False)
+        os.fchown(self.fd, -1, gid)
+        os.fchmod(self.fd, 0o710)
+
+    def remove(self):
+        """Remove the socket and the directory, then let go of it."""
+        try:
+            os.unlink(_SOCKET_NAME, dir_fd=self.fd)
+        except OSError:
+            pass
+        _rmdir_held(self.path, self.fd)
+        self.close()
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _rmdir_held(path, fd):
+    # Removes the directory at path only while it is still the one fd holds.
+    try:
+        held = os.fstat(fd)
+        there = os.stat(path, follow_symlinks=False)
+        if (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino):
+            os.rmdir(path)
+    except OSError:
+        pass
+
+
+def _sweep(base):
+    """Remove the socket directories in base of masters that are gone.
+
+    A directory is removed only when it is this user's, nobody holds its
+    lock, and nobody reads its socket; another user's, or a live master's,
+    is left alone. Returns the paths removed."""
+    removed = []
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return removed
+    for name in names:
+        if not _DIR_NAME.match(name):
+            continue
+        path = os.path.join(base, name)
+        try:
+            st = os.stat(path, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                         | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _socket_read(path):
+                continue
+            for entry in os.listdir(fd):
+                os.unlink(entry, dir_fd=fd)
+            _rmdir_held(path, fd)
+            removed.append(path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _socket_read(directory):
+    # Whether some process still holds the socket in directory: a master of
+    # an older notifyd_gunicorn took no lock.
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        probe.connect(os.path.join(directory, _SOCKET_NAME))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def _verify_handoff(fields):
+    """Return (notify, http, directory, old_notifyd) from the fields
+    of a hand-over, once each proves to be what the parent master hands
+    over; old_notifyd is (pid, master) of the old master's notifyd, or None.
+    Raises ValueError or OSError saying what does not."""
+    master = int(fields['master'])
+    if not 0 < master == os.getppid():
+        raise ValueError('master %d is not this process\'s parent' % master)
+    if str(master) != os.environ.get('GUNICORN_PID'):
+        raise ValueError('master %d is not $GUNICORN_PID' % master)
+    notify = _inherited_socket(fields, 'notify', socket.AF_UNIX,
+                               socket.SOCK_DGRAM)
+    try:
+        http = _inherited_socket(fields, 'http', None, socket.SOCK_STREAM)
+        try:
+            fd = _descriptor(fields, 'dir')
+            if not stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise ValueError('dir=%d is not a directory' % fd)
+            directory = _SocketDir(fd, os.path.dirname(notify.getsockname()))
+            if not directory.owns(notify.getsockname()):
+                raise ValueError('notify=%d is not a socket in dir=%d'
+                                 % (notify.fileno(), fd))
+        except BaseException:
+            http.detach()
+            raise
+    except BaseException:
+        notify.detach()
+        raise
+    for sock in (notify, http):
+        sock.set_inheritable(False)
+    os.set_inheritable(fd, False)
+    pid = int(fields['pid']) if fields.get('pid') else 0
+    old_notifyd = (pid, master) if 0 < pid <= _PID_MAX else None
+    return notify, http, directory, old_notifyd
+
+
+# _PID_MAX is the largest pid Linux can give (PID_MAX_LIMIT, 2^22).
+_PID_MAX = 1 << 22
+
+
+def _descriptor(fields, name):
+    fd = int(fields[name])
+    if fd < 3:
+        raise ValueError('%s=%d is a standard stream' % (name, fd))
+    return fd
+
+
+def _inherited_socket(fields, name, family, kind):
+    # The socket at the descriptor fields names, when it is of family and
+    # kind; a stream socket must be listening. Raises ValueError or OSError.
+    fd = _descriptor(fields, name)
+    if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+        raise ValueError('%s=%d is not a socket' % (name, fd))
+    sock = socket.socket(fileno=fd)
+    try:
+        families = (family,) if family else (socket.AF_INET, socket.AF_INET6)
+        if sock.family not in families or sock.type != kind:
+            raise ValueError('%s=%d is a socket of another kind' % (name, fd))
+        if kind == socket.SOCK_STREAM and not sock.getsockopt(
+                socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            raise ValueError('%s=%d is not listening' % (name, fd))
+        if family == socket.AF_UNIX and not (
+                isinstance(sock.getsockname(), str)
+                and os.path.isabs(sock.getsockname())):
+            raise ValueError('%s=%d is not bound to a path' % (name, fd))
+    except BaseException:
+        sock.detach()
+        raise
+    return sock
+
+
+def _close_named(fields):
+    # The descriptors a hand-over that is not believed names, when they are
+    # what a hand-over passes: such a value is left over from an older
+    # master, whose sockets would otherwise stay open here for good.
+    for name in ('notify', 'http', 'dir'):
+        try:
+            fd = _descriptor(fields, name)
+            mode = os.fstat(fd).st_mode
+        except (KeyError, ValueError, OSError):
+            continue
+        if stat.S_ISSOCK(mode) or stat.S_ISDIR(mode):
+            os.close(fd)
+
+
+def _old_notifyd(pid, master, socket_path):
+    """Return a pidfd for pid once it proves to be a live notifyd that is a
+    child of master, running on socket_path; raises OSError or ValueError
+    saying what it is not."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        with open('/proc/%d/stat' % pid, 'rb') as f:
+            fields = f.read().rpartition(b')')[2].split()
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            argv = f.read().split(b'\0')
+        # Read while the pidfd held the process: had it exited meanwhile,
+        # and its pid gone to another, the pidfd would say so now.
+        if select.select([pidfd], [], [], 0)[0]:
+            raise ProcessLookupError('it has exited')
+        if int(fields[1]) != master:
+            raise ValueError('it is not a child of the old master (pid %d)'
+                             % master)
+        want = [b'--socket', os.fsencode(socket_path)]
+        if not any(argv[i:i + 2] == want for i in range(len(argv))):
+            raise ValueError('it is not a notifyd on %s' % socket_path)
+    except BaseException:
+        os.close(pidfd)
+        raise
+    return pidfd
+
+
+# LOCK_FILE is the lock a notifyd holds in its state directory.
+LOCK_FILE = '.notifyd.lock'
+
+
+def _await_unlocked(directory):
+    """Wait, up to STOP_TIMEOUT, until no notifyd holds directory's lock."""
+    try:
+        fd = os.open(os.path.join(directory, LOCK_FILE),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return  # no lock file: nobody holds it
+    try:
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return  # released at once, with the descriptor
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.005)
+    finally:
+        os.close(fd)
+
+
+def _child_alive(pid):
+    """Whether pid is a child of this process that has not exited."""
+    if not pid:
+        return False
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG
+                         | os.WNOWAIT) is None
+    except ChildProcessError:
+        return False
+
+
+def _error_log_fd(log):
+    """Return the descriptor of gunicorn's error log (its errorlog file, or
+    standard error for '-'), or None when it has none, as with syslog."""
+    for handler in getattr(getattr(log, 'error_log', None), 'handlers', ()):
+        try:
+            return handler.stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            continue
+    return None
+
+
+def _fork_exec(argv, env, fds, stderr=None):
+    """Run argv with fds as descriptors 3, 4, ..., stderr (when not None)
+    as its standard error, and LISTEN_PID set to its own pid, as socket
+    activation passes sockets. Returns its pid and a pidfd; raises OSError
+    when the program could not be run."""
     first = 3 + len(fds)
     # SIGCHLD is held until the pidfd is open, so that gunicorn's handler
     # cannot reap the child first.
@@ -852,7 +1220,7 @@ def _fork_exec(argv, env, fds):
     try:
         pid = os.fork()
         if pid == 0:
-            _exec_child(argv, env, fds, first, report_w, mask)
+            _exec_child(argv, env, fds, stderr, first, report_w, mask)
         os.close(report_w)
         report_w = None
         pidfd = os.pidfd_open(pid)
@@ -874,12 +1242,14 @@ def _fork_exec(argv, env, fds):
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
-def _exec_child(argv, env, fds, first, report_w, mask):
+def _exec_child(argv, env, fds, stderr, first, report_w, mask):
     # In the child, between fork and exec: every way out is os._exit.
     report = report_w
     try:
         report = fcntl.fcntl(report_w, fcntl.F_DUPFD_CLOEXEC, first)
         moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, first) for fd in fds]
+        if stderr is not None:
+            os.dup2(fcntl.fcntl(stderr, fcntl.F_DUPFD_CLOEXEC, first), 2)
         for i, fd in enumerate(moved):
             os.dup2(fd, 3 + i)  # inheritable
         os.closerange(first, report)

@@ -24,7 +24,10 @@ func (s *Server) keep(ctx context.Context, first *Conn) {
 		// The watch follows the file at the path, so it is armed again
 		// before each check: a change after the check is never missed.
 		err := w.Arm()
-		if err == nil && !current.present() {
+		// Serve cancels ctx before it closes the socket and removes its
+		// file, so a file gone at shutdown is never taken for one removed
+		// from under notifyd.
+		if err == nil && !current.present() && ctx.Err() == nil {
 			if next := s.recreate(current); next != current {
 				current = next
 				continue // watch the new socket's file

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -19,10 +21,43 @@ type ExitWatch struct {
 	file *os.File
 }
 
+// ErrThread is wrapped by WatchExit and ProcessOf when a pid names a thread
+// other than its process's main thread: a thread id is not a process id.
+var ErrThread = errors.New("a thread id, not a process id")
+
+// ProcessOf returns pid when it names a process. The error wraps ErrThread,
+// and names the process, when pid is another thread of a process; it wraps
+// ErrNoProcess when there is no such pid.
+func ProcessOf(pid int) (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, fmt.Errorf("%w: pid %d", ErrNoProcess, pid)
+	}
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Tgid:"); ok {
+			tgid, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil {
+				return 0, fmt.Errorf("read /proc/%d/status: Tgid %q", pid, v)
+			}
+			if tgid != pid {
+				return 0, fmt.Errorf("%w: %d is a thread of process %d", ErrThread, pid, tgid)
+			}
+			return pid, nil
+		}
+	}
+	return 0, fmt.Errorf("read /proc/%d/status: no Tgid", pid)
+}
+
 // WatchExit opens a pidfd for pid. The error wraps ErrNoProcess when pid
-// does not exist, and says so when the kernel has no pidfd_open (before
-// Linux 5.3).
+// does not exist, ErrThread when it is a thread id, and says so when the
+// kernel has no pidfd_open (before Linux 5.3).
 func WatchExit(pid int) (*ExitWatch, error) {
+	if _, err := ProcessOf(pid); err != nil {
+		return nil, err
+	}
 	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
 	switch {
 	case errors.Is(err, unix.ESRCH):

@@ -13,6 +13,7 @@ import (
 
 	"github.com/notifyd/notifyd"
 	"github.com/notifyd/notifyd/protocol"
+	"github.com/notifyd/notifyd/registry"
 )
 
 var errHelp = flag.ErrHelp
@@ -174,7 +175,12 @@ func resolvePID(arg string) (int, error) {
 	}
 	pid, err := protocol.ParsePID(arg)
 	if err != nil {
-		return 0, usagef("--pid %q: must be a pid, self or parent", arg)
+		return 0, usagef("--pid %q: must be a pid from 1 to %d, self or parent", arg, protocol.MaxPID)
+	}
+	// A pid that does not exist is notifyd's to reject; a thread id never
+	// names a worker.
+	if _, err := registry.ProcessOf(pid); errors.Is(err, registry.ErrThread) {
+		return 0, usagef("--pid %d: %v; name the process", pid, err)
 	}
 	return pid, nil
 }

@@ -22,6 +22,10 @@ const maxStatusBody = 32 << 20
 // askTimeout is how long one ask of /status may take, as for notify check.
 const askTimeout = 5 * time.Second
 
+// askFloor is the least time notify wait gives an ask, even when less of
+// the wait is left: notifyd answers in milliseconds.
+const askFloor = 100 * time.Millisecond
+
 // statusDoc is notifyd's GET /status. The fields a document must have are
 // pointers, so that an answer without them is told apart from zeros; the
 // activity fields are pointers because only a notifyd with worker activity

@@ -66,10 +66,11 @@ func runWait(args []string, stdout io.Writer) error {
 	)
 	for {
 		asked := time.Now()
-		// An ask may take as long as the wait has left, and never less
-		// than notify check's timeout: a wait that is almost over still
-		// hears one answer out.
-		doc, _, err := askStatus(url, max(time.Until(deadline), askTimeout))
+		// An ask may take as long as the wait has left, and at least
+		// askFloor: a wait that is almost over still hears a prompt answer
+		// out, and a server that never answers keeps the wait past
+		// --timeout by askFloor at most.
+		doc, _, err := askStatus(url, max(time.Until(deadline), askFloor))
 		var bad *badAnswer
 		switch {
 		case errors.As(err, &bad) && !bad.retry:
@@ -85,7 +86,7 @@ func runWait(args []string, stdout io.Writer) error {
 		}
 		next := asked.Add(pollInterval)
 		if next.After(deadline) {
-			time.Sleep(time.Until(deadline))
+			time.Sleep(max(time.Until(deadline), 0))
 			return timedOut(*timeout, *want, what, last, answers, failed, *fresh, began)
 		}
 		time.Sleep(time.Until(next))

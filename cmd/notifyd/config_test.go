@@ -36,7 +36,7 @@ func TestParseConfigDefaults(t *testing.T) {
 	want := config{
 		socket: "notify.sock", socketMode: 0o660, socketGID: -1, bind: "127.0.0.1:8001",
 		require: 1, expect: 1, agentFloor: 10, dir: ".",
-		filename: ".gunicorn.worker.{}", logLevel: slog.LevelInfo, access: registry.SameUID,
+		filename: ".gunicorn.worker.{}", logLevel: slog.LevelInfo, logFormat: logText, access: registry.SameUID,
 		detection: registry.Auto, reapInterval: time.Second, systemdReady: readyWhenListening,
 		reloadGrace: 10 * time.Second,
 	}
@@ -135,6 +135,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"empty dir", nil, []string{"--dir", ""}, `--dir "": must name a directory`},
 		{"filename without placeholder", nil, []string{"--filename", "worker"}, `--filename "worker": `},
 		{"bad log level", nil, []string{"--log-level", "loud"}, `--log-level "loud": must be debug, info, warn or error`},
+		{"bad log format", nil, []string{"--log-format", "json"}, `--log-format "json": must be text or gunicorn`},
 		{"bad access", nil, []string{"--access", "everyone"}, `--access "everyone": `},
 		{"bad detection", nil, []string{"--exit-detection", "poll"}, `--exit-detection "poll": `},
 		{"zero reap interval", nil, []string{"--reap-interval", "0s"}, `--reap-interval "0s": must be a positive duration such as 1s or 250ms`},
@@ -142,8 +143,12 @@ func TestParseConfigErrors(t *testing.T) {
 		{"bad systemd gate", nil, []string{"--systemd-ready", "soon"}, `--systemd-ready "soon": must be listening or workers`},
 		{"reload grace too long", nil, []string{"--reload-grace", "1h"}, `--reload-grace "1h": must be a duration from 0s to 10m0s, such as 10s`},
 		{"negative reload grace", map[string]string{"NOTIFYD_RELOAD_GRACE": "-1s"}, nil, `NOTIFYD_RELOAD_GRACE "-1s": must be a duration from 0s to 10m0s, such as 10s`},
-		{"bad main pid", nil, []string{"--main-pid", "x"}, `--main-pid "x": must be a process id, a whole number above 0`},
-		{"bad exit-with", nil, []string{"--exit-with", "0"}, `--exit-with "0": must be a process id, a whole number above 0`},
+		{"bad main pid", nil, []string{"--main-pid", "x"}, `--main-pid "x": must be a process id, from 1 to 4194303`},
+		{"main pid above pids", nil, []string{"--main-pid", "4294967297"}, `--main-pid "4294967297": must be a process id, from 1 to 4194303`},
+		{"bad exit-with", nil, []string{"--exit-with", "0"}, `--exit-with "0": must be a process id, from 1 to 4194303`},
+		{"exit-with above 32 bits", nil, []string{"--exit-with", "4294967297"}, `--exit-with "4294967297": must be a process id, from 1 to 4194303`},
+		{"exit-with above pids", nil, []string{"--exit-with", "4194304"}, `--exit-with "4194304": must be a process id, from 1 to 4194303`},
+		{"exit-with signed", nil, []string{"--exit-with", "+5"}, `--exit-with "+5": must be a process id, from 1 to 4194303`},
 		{"unknown flag", nil, []string{"--requre", "2"}, `flag provided but not defined: -requre (see notifyd --help)`},
 		{"argument", nil, []string{"serve"}, `unexpected argument "serve": notifyd takes only flags (see notifyd --help)`},
 	}

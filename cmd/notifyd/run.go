@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/notifyd/notifyd/backlog"
 	"github.com/notifyd/notifyd/httpapi"
@@ -26,15 +27,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.logLevel}))
+	log := slog.New(newLogHandler(stderr, cfg.logFormat, cfg.logLevel))
 
 	// A reload signal must never end notifyd: the seed died of it.
 	signal.Ignore(syscall.SIGHUP)
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	// Caught from the start, so that a drain signal never meets the default
-	// action, which would end the process.
-	drains := make(chan os.Signal, 1)
+	// action, which would end the process. The buffer holds more than the
+	// runtime hands over at once, so that none is dropped.
+	drains := make(chan os.Signal, 16)
 	signal.Notify(drains, syscall.SIGUSR1, syscall.SIGUSR2)
 	defer signal.Stop(drains)
 
@@ -43,13 +45,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cfg.exitWith != 0 {
 		if watch, err = registry.WatchExit(cfg.exitWith); errors.Is(err, registry.ErrNoProcess) {
 			return &usageError{fmt.Sprintf("--exit-with %d: no such process", cfg.exitWith)}
+		} else if errors.Is(err, registry.ErrThread) {
+			return &usageError{fmt.Sprintf("--exit-with %d: %v; name the process", cfg.exitWith, err)}
 		} else if err != nil {
 			return fmt.Errorf("--exit-with %d: %w", cfg.exitWith, err)
 		}
 		defer watch.Close()
 	}
 
-	inherited, err := takeInherited()
+	inherited, err := takeInherited(log)
 	if err != nil {
 		return err
 	}
@@ -95,6 +99,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		OnChange:     notifier.poke,
 		OnAllBusy:    onBusy,
 	})
+	if errors.Is(err, registry.ErrDirInUse) {
+		// A setting to change, as a socket in use is: managed mode then
+		// stops restarting notifyd and says why.
+		return &usageError{fmt.Sprintf("--dir %q: %v", cfg.dir, err)}
+	}
 	if err != nil {
 		return err
 	}
@@ -111,7 +120,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		srv.Serve,
 		httpapi.NewServer(ln, handler, httpLog).Serve,
 		notifier.Run,
-		drainSignals(reg, drains),
+		drainSignals(reg, drains, log),
 	}
 	if sampler != nil {
 		parts = append(parts, func(ctx context.Context) error { return sampler.Run(ctx, reg) })
@@ -145,32 +154,90 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		parts = append(parts, httpapi.NewAgent(agent, weigh).Serve)
 	}
 	if cfg.addressFile != "" {
-		if err := addrfile.Write(cfg.addressFile, addrs); err != nil {
-			return err
+		// A file notifyd cannot replace, such as another user's in a
+		// sticky directory, costs the launcher its addresses, never the
+		// health check.
+		if written, err := addrfile.Write(cfg.addressFile, addrs); err != nil {
+			log.Error("address file not written; notifyd serves without it", "error", err)
+		} else {
+			defer written.Remove()
 		}
-		defer os.Remove(cfg.addressFile)
 	}
 	log.Info("notifyd started", append(started, "require", cfg.require, "expect", cfg.expect,
 		"dir", cfg.dir, "ready", reg.Summary().Ready, "draining", reg.Draining())...)
 	err = runAll(ctx, parts...)
 	stop() // from here on, a second signal ends the process
-	log.Info("notifyd stopped", "ready", reg.Summary().Ready, "messages", srv.Counts())
+	log.Info("notifyd stopped", "ready", reg.Summary().Ready, counters("messages", srv.Counts()))
 	return err
 }
 
-// drainSignals drains the instance on SIGUSR1 and undrains it on SIGUSR2.
-func drainSignals(reg *registry.Registry, signals <-chan os.Signal) func(context.Context) error {
+// drainTie is how long after a SIGUSR1 notifyd waits for a SIGUSR2 that
+// may have been sent before it, before it drains. The kernel keeps one
+// pending bit per signal, and hands two pending signals over lowest number
+// first, as the Go runtime does with those it has not delivered yet:
+// SIGUSR2 then SIGUSR1, sent together, arrive as SIGUSR1 then SIGUSR2. Such
+// a pair is a tie, and the drain wins it. A drain takes effect drainTie
+// late, so an undrain sent once the drain shows is never taken for a tie.
+const drainTie = 50 * time.Millisecond
+
+// drainSignals drains the instance on SIGUSR1 and undrains it on SIGUSR2,
+// in the order they arrive; a SIGUSR2 that arrives within drainTie of a
+// SIGUSR1 leaves the instance drained.
+func drainSignals(reg *registry.Registry, signals <-chan os.Signal, log *slog.Logger) func(context.Context) error {
 	return func(ctx context.Context) error {
 		for {
+			var sig os.Signal
 			select {
 			case <-ctx.Done():
 				return nil
-			case sig := <-signals:
-				// A drain mark that cannot be saved is logged by the registry;
-				// the drain itself has taken effect.
-				reg.SetDraining(sig == syscall.SIGUSR1)
+			case sig = <-signals:
 			}
+			draining, tie, n := false, false, 1
+			for {
+				if sig == syscall.SIGUSR1 {
+					draining = true
+				} else if draining {
+					tie = true
+				}
+				next, ok := nextSignal(ctx, signals, draining)
+				if !ok {
+					break
+				}
+				sig, n = next, n+1
+			}
+			log.Debug("drain signals", "signals", n, "draining", draining, "tie", tie)
+			// A drain mark that cannot be saved is logged by the registry;
+			// the drain itself has taken effect.
+			reg.SetDraining(draining)
 		}
+	}
+}
+
+// nextSignal returns a signal that has arrived already, or, after a drain,
+// one that arrives within drainTie; ok is false when there is none.
+func nextSignal(ctx context.Context, signals <-chan os.Signal, draining bool) (os.Signal, bool) {
+	select {
+	case sig := <-signals:
+		return sig, true
+	default:
+	}
+	if !draining {
+		return nil, false
+	}
+	t := time.NewTimer(drainTie)
+	defer t.Stop()
+	select {
+	case sig := <-signals:
+		return sig, true
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	// One that arrived as the timer fired is taken too: late is a tie.
+	select {
+	case sig := <-signals:
+		return sig, true
+	default:
+		return nil, false
 	}
 }
 

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/coreos/go-systemd/v22/daemon"
 	"golang.org/x/sys/unix"
 
@@ -38,42 +37,115 @@ type inheritedSockets struct {
 
 // takeInherited sorts the sockets from LISTEN_FDS: by FileDescriptorName=
 // ("notify", "http") where systemd names them, and by socket type where it
-// does not. It unsets the LISTEN_* variables.
-func takeInherited() (inheritedSockets, error) {
+// does not. Each descriptor must be open, and a socket of its kind: a bound
+// Unix datagram socket for notify, a listening stream socket for http; the
+// error names the descriptor at fault. Sockets meant for another process
+// (LISTEN_PID is not notifyd's) are left alone, with a line in the log. It
+// unsets the LISTEN_* variables.
+func takeInherited(log *slog.Logger) (inheritedSockets, error) {
 	var s inheritedSockets
-	for _, f := range activation.Files(true) {
-		slot, err := classify(f)
-		if err != nil {
-			return s, err
+	count, pid, names := os.Getenv("LISTEN_FDS"), os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDNAMES")
+	for _, v := range []string{"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"} {
+		os.Unsetenv(v)
+	}
+	if count == "" {
+		return s, nil
+	}
+	if pid != strconv.Itoa(os.Getpid()) {
+		log.Warn("LISTEN_FDS is not for notifyd: LISTEN_PID names another process; not using the sockets it passes",
+			"listen_pid", pid, "pid", os.Getpid())
+		return s, nil
+	}
+	n, err := strconv.Atoi(count)
+	if err != nil || n < 1 || n > 2 {
+		return s, fmt.Errorf("socket activation: LISTEN_FDS=%q: notifyd takes one or two sockets, notify and http", count)
+	}
+	named := strings.Split(names, ":")
+	for i := range n {
+		fd, name := listenFDsStart+i, ""
+		if i < len(named) {
+			name = named[i]
 		}
+		slot, err := classify(fd, name)
+		if err != nil {
+			s.close()
+			return inheritedSockets{}, err
+		}
+		unix.CloseOnExec(fd)
+		f := os.NewFile(uintptr(fd), slot)
 		switch {
 		case slot == "notify" && s.notify == nil:
 			s.notify = f
 		case slot == "http" && s.http == nil:
 			s.http = f
 		default:
-			return s, fmt.Errorf("socket activation: more than one %s socket passed", slot)
+			f.Close()
+			s.close()
+			return inheritedSockets{}, fmt.Errorf("socket activation: more than one %s socket passed", slot)
 		}
 	}
 	return s, nil
 }
 
-func classify(f *os.File) (string, error) {
-	switch name := f.Name(); name {
+// listenFDsStart is the first descriptor systemd passes (SD_LISTEN_FDS_START).
+const listenFDsStart = 3
+
+func (s inheritedSockets) close() {
+	for _, f := range []*os.File{s.notify, s.http} {
+		if f != nil {
+			f.Close()
+		}
+	}
+}
+
+// classify says which socket descriptor fd is: its name when systemd gave
+// one, else by its type; and checks that it is what that socket must be.
+func classify(fd int, name string) (string, error) {
+	at := fmt.Sprintf("socket activation: descriptor %d", fd)
+	if name != "" {
+		at += fmt.Sprintf(" (%s)", name)
+	}
+	// A passed descriptor survived exec, so it is not close-on-exec; one
+	// that is was opened by notifyd itself, in the place of one that was
+	// not passed.
+	if flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil || flags&unix.FD_CLOEXEC != 0 {
+		return "", fmt.Errorf("%s is not open: nothing was passed there", at)
+	}
+	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil {
+		return "", fmt.Errorf("%s is not a socket: %w", at, err)
+	}
+	switch name {
 	case "notify", "http":
+	case "":
+		switch typ {
+		case unix.SOCK_DGRAM:
+			name = "notify"
+		case unix.SOCK_STREAM:
+			name = "http"
+		default:
+			return "", fmt.Errorf("%s is neither a datagram nor a stream socket", at)
+		}
+	default:
+		return "", fmt.Errorf("%s: notifyd takes sockets named notify and http", at)
+	}
+	if name == "notify" {
+		domain, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+		if typ != unix.SOCK_DGRAM || domain != unix.AF_UNIX {
+			return "", fmt.Errorf("%s is not a datagram socket: the notify socket is a Unix datagram socket", at)
+		}
+		// An unbound socket's address reads as an empty abstract name.
+		sa, err := unix.Getsockname(fd)
+		if ua, ok := sa.(*unix.SockaddrUnix); err != nil || !ok || ua.Name == "" || ua.Name == "@" {
+			return "", fmt.Errorf("%s is not bound to an address: workers could not reach it", at)
+		}
 		return name, nil
 	}
-	typ, err := unix.GetsockoptInt(int(f.Fd()), unix.SOL_SOCKET, unix.SO_TYPE)
-	if err != nil {
-		return "", fmt.Errorf("socket activation: descriptor %s is not a socket: %w", f.Name(), err)
+	listening, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
+	if typ != unix.SOCK_STREAM || err != nil || listening != 1 {
+		return "", fmt.Errorf("%s is not a listening stream socket: the http socket must be listening", at)
 	}
-	switch typ {
-	case unix.SOCK_DGRAM:
-		return "notify", nil
-	case unix.SOCK_STREAM:
-		return "http", nil
-	}
-	return "", fmt.Errorf("socket activation: descriptor %s is neither a datagram nor a stream socket", f.Name())
+	return name, nil
 }
 
 // checkNotSystemdSocket refuses a --socket that is systemd's own notification

@@ -11,7 +11,8 @@
 //	{"http":"127.0.0.1:41234","agent":"127.0.0.1:41235","socket":"/run/app/notify.sock"}
 //
 // "agent" is absent without --agent-bind. notifyd removes the file when it
-// stops.
+// stops, if the file is still the one it wrote: another instance given the
+// same path keeps its own.
 package addrfile
 
 import (
@@ -32,20 +33,32 @@ type Addresses struct {
 	Socket string `json:"socket"`          // the notify socket: a path, or @name when abstract
 }
 
+// Written is an address file as Write left it.
+type Written struct {
+	path string
+	file os.FileInfo // the file Write renamed into place
+}
+
 // Write writes a to path atomically: a temporary file in path's directory,
-// renamed into place.
-func Write(path string, a Addresses) error {
+// made with a name of its own (so a shared, sticky directory is safe),
+// renamed into place. Remove the result when the addresses are no longer
+// served.
+func Write(path string, a Addresses) (*Written, error) {
 	b, err := json.Marshal(a)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
-		return fmt.Errorf("write address file %s: %w", path, err)
+		return nil, fmt.Errorf("write address file %s: %w", path, err)
 	}
 	_, err = f.Write(append(b, '\n'))
 	if err == nil {
 		err = f.Chmod(0o644)
+	}
+	var fi os.FileInfo
+	if err == nil {
+		fi, err = f.Stat()
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -55,9 +68,17 @@ func Write(path string, a Addresses) error {
 	}
 	if err != nil {
 		os.Remove(f.Name())
-		return fmt.Errorf("write address file %s: %w", path, err)
+		return nil, fmt.Errorf("write address file %s: %w", path, err)
 	}
-	return nil
+	return &Written{path: path, file: fi}, nil
+}
+
+// Remove removes the address file if it is still the one Write wrote: once
+// another writer has replaced it, the file is that writer's.
+func (w *Written) Remove() {
+	if fi, err := os.Lstat(w.path); err == nil && os.SameFile(fi, w.file) {
+		os.Remove(w.path)
+	}
 }
 
 // Read reads the address file at path. An error that wraps fs.ErrNotExist

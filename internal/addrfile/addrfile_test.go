@@ -15,7 +15,7 @@ func TestWriteRead(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "address.json")
 	want := Addresses{HTTP: "127.0.0.1:8001", Socket: "@notifyd"}
-	if err := Write(path, want); err != nil {
+	if _, err := Write(path, want); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(path)

@@ -11,8 +11,10 @@ real gunicorn, in tests/wheel.
 import os
 import socket
 import stat
+import subprocess
 import sys
 import tempfile
+import time
 import unittest
 from unittest import mock
 
@@ -78,6 +80,82 @@ class SettingsTest(unittest.TestCase):
                 self.assertIsNone(settings)
                 self.assertIn(want, error)
                 self.assertNotIn('\n', error)
+
+
+class ManagedFlagsTest(unittest.TestCase):
+
+    def test_flags_managed_mode_sets_are_refused_naming_the_setting(self):
+        for args, want in [
+            (['--exit-with', '1'], "--exit-with is managed mode's own: "
+             "managed mode sets it to the master's pid"),
+            (['--bind=127.0.0.1:9'], "--bind is managed mode's own: set "
+             "healthcheck_bind instead"),
+            (['-socket', '/tmp/s'], "--socket is managed mode's own"),
+            (['--dir', '/tmp'], 'set healthcheck_directory instead'),
+            (['--log-level', 'debug', '--filename=w{}'],
+             'set healthcheck_filename instead'),
+            (['--require', '2'], 'set healthcheck_require_workers instead'),
+        ]:
+            with self.subTest(args):
+                settings, error = _managed._read_settings(
+                    {'healthcheck_bind': '127.0.0.1:0', 'notifyd_args': args})
+                self.assertIsNone(settings)
+                self.assertTrue(error.startswith('notifyd_args %r: --'
+                                                 % (args,)), error)
+                self.assertIn(want, error)
+
+    def test_other_flags_pass_through(self):
+        for args in (['--log-level', 'debug'], ['--expect', '4'],
+                     ['--agent-bind', '127.0.0.1:0', '--socket-mode', '0600'],
+                     ['--requirement-is-not-a-flag']):
+            with self.subTest(args):
+                settings, error = _managed._read_settings(
+                    {'healthcheck_bind': '127.0.0.1:0', 'notifyd_args': args})
+                self.assertIsNone(error)
+                self.assertEqual(settings.args, tuple(args))
+
+
+class OldNotifydTest(unittest.TestCase):
+    """The pid a hand-over names is believed only for a live notifyd that
+    is the old master's child, on the socket handed over."""
+
+    def start(self, *argv):
+        proc = subprocess.Popen(argv)
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.kill)
+        return proc
+
+    def test_a_child_on_the_socket_is_taken(self):
+        proc = self.start(sys.executable, '-c', 'import time; time.sleep(100)',
+                          '--socket', '/s/notify.sock')
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                pidfd = _managed._old_notifyd(proc.pid, os.getpid(),
+                                              '/s/notify.sock')
+                break
+            except ValueError:
+                # Not exec'd yet: the fork still runs this interpreter.
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.01)
+        os.close(pidfd)
+
+    def test_anything_else_is_refused(self):
+        proc = self.start(sys.executable, '-c', 'import time; time.sleep(100)',
+                          '--socket', '/s/notify.sock')
+        for pid, master, path, want in [
+            (proc.pid, os.getppid(), '/s/notify.sock', 'not a child of'),
+            (proc.pid, os.getpid(), '/other/notify.sock', 'not a notifyd on'),
+            (os.getpid(), os.getppid(), '/s/notify.sock', 'not a notifyd on'),
+        ]:
+            with self.subTest(pid=pid, master=master, path=path):
+                with self.assertRaises(ValueError) as cm:
+                    _managed._old_notifyd(pid, master, path)
+                self.assertIn(want, str(cm.exception))
+        proc.kill()
+        proc.wait()
+        with self.assertRaises(ProcessLookupError):
+            _managed._old_notifyd(proc.pid, os.getpid(), '/s/notify.sock')
 
 
 class ListenQueuesTest(unittest.TestCase):
