@@ -31,7 +31,8 @@ type Registry struct {
 
 	mu       sync.Mutex
 	workers  map[int]*entry
-	ready    int // workers that count, kept in step with every change
+	paged    map[int]*entry // the workers with an activity page
+	ready    int            // workers that count, kept in step with every change
 	draining bool
 	instance instance
 
@@ -42,6 +43,7 @@ type Registry struct {
 
 	summary     atomic.Pointer[Summary]
 	totals      totals
+	pages       atomic.Int64 // len(paged), read without the lock
 	exits       atomic.Uint64
 	fileErrors  atomic.Uint64
 	releaseOnce sync.Once // ReleaseDir
@@ -58,6 +60,9 @@ type entry struct {
 	// reported is set once the worker has sent its activity: the first
 	// report only sets where the totals count from.
 	reported bool
+	// page is the worker's activity page, or nil. A worker with a page
+	// reports its activity through it alone.
+	page *protocol.Page
 	// credit is how much the worker's counters may still grow, as time at
 	// MaxActivityRate, as of creditAt.
 	credit   time.Duration
@@ -94,7 +99,7 @@ func New(cfg Config) (*Registry, error) {
 	if lock < 0 {
 		cfg.Logger.Warn("state directory not locked: it is read-only; make sure no other notifyd uses it", "dir", cfg.Dir)
 	}
-	r := &Registry{cfg: cfg, log: cfg.Logger, files: files, workers: make(map[int]*entry), lock: lock,
+	r := &Registry{cfg: cfg, log: cfg.Logger, files: files, workers: make(map[int]*entry), paged: make(map[int]*entry), lock: lock,
 		instance:  instance{expected: cfg.Expected},
 		failedLog: protocol.NewLogLimiter(5, time.Second), hungLog: protocol.NewLogLimiter(5, time.Second),
 		activityLog: protocol.NewLogLimiter(5, time.Second), debugLog: protocol.NewLogLimiter(100, time.Second)}
@@ -180,6 +185,7 @@ func (r *Registry) Summary() Summary { return *r.summary.Load() }
 // Workers returns a copy of every registered worker, ordered by pid.
 func (r *Registry) Workers() []Worker {
 	r.mu.Lock()
+	r.readPages()
 	out := make([]Worker, 0, len(r.workers))
 	for _, e := range r.workers {
 		out = append(out, e.Worker)
@@ -213,6 +219,8 @@ func (r *Registry) HandleMessage(m protocol.Message, sender protocol.Credentials
 		r.SetDraining(*m.Drain)
 		return nil
 	}
+	page := m.Page // kept by the worker's entry, or closed on return
+	defer func() { page.Close() }()
 	if done, err := r.instanceMessage(m, sender); done {
 		return err
 	}
@@ -245,6 +253,9 @@ func (r *Registry) HandleMessage(m protocol.Message, sender protocol.Credentials
 	if a.gone {
 		return fmt.Errorf("%w: pid %d has exited", ErrNoProcess, a.pid)
 	}
+	if e != nil && e.page != nil && page != nil && !e.page.Same(page) {
+		return fmt.Errorf("%w: pid %d", ErrPageTwice, a.pid)
+	}
 	if e == nil {
 		if !changesWorker(m) {
 			return nil
@@ -256,6 +267,10 @@ func (r *Registry) HandleMessage(m protocol.Message, sender protocol.Credentials
 		} else if err != nil {
 			return err
 		}
+	}
+	if page != nil && e.page == nil {
+		r.attach(e, page)
+		page = nil
 	}
 	r.apply(e, m, time.Now())
 	return nil
@@ -328,7 +343,7 @@ func (r *Registry) add(pid int, startTime uint64, pinned int) (*entry, error) {
 // message that carries only activity costs no file write, no timer and no
 // new summary.
 func (r *Registry) apply(e *entry, m protocol.Message, now time.Time) {
-	if m.Activity != nil {
+	if m.Activity != nil && e.page == nil {
 		r.record(e, *m.Activity, now)
 	}
 	if !changesWorker(m) {
@@ -512,6 +527,7 @@ func (r *Registry) drop(e *entry, why leaving) {
 	if why != stopped {
 		r.exits.Add(1)
 	}
+	r.detach(e)
 	r.retire(e)
 	e.State = Starting
 	r.settle(e, before)
@@ -608,6 +624,7 @@ func (r *Registry) Close() error {
 			if e.timer != nil {
 				e.timer.Stop()
 			}
+			r.detach(e)
 		}
 		if r.watcher != nil {
 			r.watcher.close()
