@@ -2,7 +2,7 @@
 # Runs every notifyd test. On a fresh Debian machine, run as root, it first
 # installs the tools the tests use: gunicorn, curl, systemd (for
 # systemd-notify, systemd-socket-activate and systemd-analyze), haproxy,
-# prometheus (for promtool), git, the wheel's Python build tools, and what
+# prometheus (for promtool), strace, git, the wheel's Python build tools, and what
 # the release tests use (binutils, twine, qemu-user, python3-debian). Under
 # CI=true a tool that is still missing fails the run.
 set -euo pipefail
@@ -16,6 +16,8 @@ command -v setpriv >/dev/null || missing+=(util-linux)
 command -v haproxy >/dev/null || missing+=(haproxy)
 command -v ss >/dev/null || missing+=(iproute2)
 command -v promtool >/dev/null || missing+=(prometheus)
+# Shows that the request hooks make no system call.
+command -v strace >/dev/null || missing+=(strace)
 # The worker classes the self-healing tests run, on Debian's interpreter.
 for mod in gevent eventlet; do
 	/usr/bin/python3 -c "import $mod" 2>/dev/null || missing+=("python3-$mod")

@@ -38,6 +38,7 @@ var (
 	descRequests  = prometheus.NewDesc("notifyd_requests_total", "Requests the workers finished, as they reported them; workers that left included.", nil, nil)
 	descBusyTime  = prometheus.NewDesc("notifyd_busy_seconds_total", "Seconds the workers spent with at least one request in flight, summed over workers; workers that left included.", nil, nil)
 	descBackwards = prometheus.NewDesc("notifyd_activity_backwards_total", "Activity reports ignored because a counter went backwards for the same worker, or grew faster than a worker can (one request and one microsecond busy per microsecond).", nil, nil)
+	descPageRead  = prometheus.NewDesc("notifyd_activity_pages_unreadable_total", "Reads of a worker's activity page that found no consistent snapshot; its last good values stood.", nil, nil)
 	descListening = prometheus.NewDesc("notifyd_listen_queue_listening", "1 when something listens on the address, else 0.", []string{"addr"}, nil)
 	descOldest    = prometheus.NewDesc("notifyd_listen_queue_oldest_seconds", "How long the oldest connection in the listen queue has waited for a worker; 0 when none waits.", []string{"addr"}, nil)
 	descPeak      = prometheus.NewDesc("notifyd_listen_queue_peak", "The longest listen queue seen in the last 60 s, sampled while every worker is busy.", []string{"addr"}, nil)
@@ -49,7 +50,7 @@ var states = []registry.State{registry.Starting, registry.Ready, registry.Reload
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descWorkers, descRequired, descExpected, descHealthy, descDraining, descReloading, descStarting, descMessages, descExits, descFileError,
-		descInFlight, descBusy, descRequests, descBusyTime, descBackwards, descQueueLen, descQueueMax, descListening,
+		descInFlight, descBusy, descRequests, descBusyTime, descBackwards, descPageRead, descQueueLen, descQueueMax, descListening,
 		descOldest, descPeak, descDrops} {
 		ch <- d
 	}
@@ -83,6 +84,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(a.Requests))
 	ch <- prometheus.MustNewConstMetric(descBusyTime, prometheus.CounterValue, seconds(a.BusyUSec))
 	ch <- prometheus.MustNewConstMetric(descBackwards, prometheus.CounterValue, float64(a.Backwards))
+	ch <- prometheus.MustNewConstMetric(descPageRead, prometheus.CounterValue, float64(a.UnreadablePages))
 	c.collectQueues(ch)
 }
 

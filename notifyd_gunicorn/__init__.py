@@ -43,8 +43,12 @@ worker it knows for one lookup, and never counts a dead or reused pid.
 pre_request and post_request report the worker's activity: requests in flight
 now (with gthread, the requests its threads serve at once), requests finished
 and microseconds spent with at least one request in flight since it booted.
-Each costs one non-blocking send on a socket the worker keeps connected, and
-nothing at all while that socket is down. The values are absolute, so a
+They write it into the worker's activity page (notifyd_gunicorn._page), a
+sealed memfd passed to notifyd with every READY=1, and make no system call:
+notifyd reads the page when it is asked. Where a memfd cannot be made, the
+worker logs one warning and reports by datagrams instead: each hook then
+costs one non-blocking send on a socket the worker keeps connected, and
+nothing at all while that socket is down. Those values are absolute, so a
 datagram dropped on a full queue costs nothing: the next one, or the next
 READY=1, which carries them too, tells the truth. A failed send never delays
 the request: it only wakes the worker's thread, which connects again and
@@ -63,6 +67,7 @@ import struct
 import threading
 import time
 
+from . import _page
 from ._managed import start
 
 __all__ = ['install', 'resolve_socket', 'send', 'start']
@@ -203,30 +208,41 @@ def _send_and_wait(address, message):
             os.close(w)
 
 
-def send(address, message):
+def send(address, message, page=None):
     """Send message as one datagram to the notifyd socket at address.
 
     The datagram carries our own SCM_CREDENTIALS: the kernel attaches none to
     datagrams queued before the receiver set SO_PASSCRED, as happens under
-    socket activation. Raises OSError (TimeoutError after SEND_TIMEOUT) when
+    socket activation. With page (a _page.Page), it carries the page's
+    descriptor too. Raises OSError (TimeoutError after SEND_TIMEOUT) when
     the datagram could not be sent.
     """
-    credentials = struct.pack('3i', os.getpid(), os.getuid(), os.getgid())
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.settimeout(SEND_TIMEOUT)
         sock.connect(_sockaddr(address))
-        sock.sendmsg(
-            [message.encode()],
-            [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, credentials)],
-        )
+        _sendmsg(sock, message, page)
+
+
+def _sendmsg(sock, message, page):
+    credentials = (os.getpid(), os.getuid(), os.getgid())
+    if page is not None:
+        _page.send_ready(sock, message, page, credentials)
+        return
+    sock.sendmsg(
+        [message.encode()],
+        [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS,
+          struct.pack('3i', *credentials))],
+    )
 
 
 class _Announcer:
     """Reports one worker to notifyd: its READY=1, and its activity.
 
     READY=1 is sent once as the worker boots, with a blocking send, then
-    repeated from a daemon thread every interval. The request hooks call
-    begin() and end(), which update the activity and send it with one
+    repeated from a daemon thread every interval. Each READY=1 carries the
+    worker's activity page, and the request hooks call begin() and end(),
+    which only write into it. Without a page (no memfd on this system), they
+    update the activity and send it with one
     non-blocking send on a socket the worker keeps connected. The repeated
     READY=1 goes through that socket too, with the activity: every snapshot
     is taken and sent under self.lock, so notifyd receives them in the order
@@ -258,6 +274,15 @@ class _Announcer:
         self.requests = 0
         self.busy_ns = 0  # busy time up to busy_since
         self.busy_since = 0  # time.monotonic_ns() when in_flight left 0
+        try:
+            self.page = _page.Page()
+        except OSError as err:
+            self.page = None
+            _logger.info('notifyd: no activity page for pid %s (%s); '
+                         'reporting activity by datagrams', pid, err)
+        else:
+            # The request hooks go straight to the page.
+            self.begin, self.end = self.page.begin, self.page.end
 
     def announce(self):
         """Send READY=1 now, as the worker boots; report whether it went.
@@ -269,7 +294,7 @@ class _Announcer:
         with self.lock:
             message = self._ready()
         try:
-            send(self.address, message)
+            send(self.address, message, self.page)
         except OSError as err:
             return self._went(err)
         with self.lock:
@@ -330,6 +355,8 @@ class _Announcer:
 
     def _ready(self):
         # The caller holds self.lock.
+        if self.page is not None:
+            return 'READY=1\nPID=%d\n%s' % (self.pid, _page.MESSAGE)
         return 'READY=1\nPID=%d\n%s' % (self.pid, self._activity())
 
     def _push(self):
@@ -379,7 +406,7 @@ class _Announcer:
             try:
                 if self.sock is None:
                     self._connect()
-                self._sendmsg(self._ready())
+                _sendmsg(self.sock, self._ready(), self.page)
                 err = None
             except OSError as e:
                 self._disconnect()

@@ -48,6 +48,8 @@
 //	                    absolute values (requests in flight now, requests
 //	                    finished and microseconds busy since it booted);
 //	                    the three come together, as one snapshot
+//	X_NOTIFYD_PAGE=1    notifyd's extension: with READY=1 and exactly one
+//	                    file descriptor, the worker's activity page (below)
 //
 // Keys notifyd has no use for (EXTEND_TIMEOUT_USEC, MONOTONIC_USEC, FDSTORE,
 // FDNAME and any unknown key) are accepted and ignored, as systemd does. These
@@ -62,5 +64,34 @@
 // The socket sets SO_PASSCRED, so the kernel attaches the sender's pid, uid and
 // gid to every datagram. A message without PID= or MAINPID= is about the
 // sender's own pid. Every file descriptor that arrives with a datagram is
-// closed before the next datagram is read; none is ever kept.
+// closed before the next datagram is read. The one kept thing is an activity
+// page's mapping: its descriptor is closed too, once the page is mapped.
+//
+// # Activity pages
+//
+// A worker that passes a page writes its activity into shared memory and
+// sends nothing per request; notifyd reads the page only when it is asked.
+// The page is a memfd of exactly PageSize (4096) bytes carrying F_SEAL_SHRINK
+// (the writers add F_SEAL_GROW and F_SEAL_SEAL too): a mapped file that
+// shrank would make notifyd's next read fault with SIGBUS, and the seal is
+// the kernel's promise that it never shrinks. Anything else is refused with
+// its own reason (page_not_memfd, page_unsealed, page_size, page_header,
+// bad_page) and closed. The page is six 64-bit words, in the machine's own
+// byte order, each written whole by one aligned store:
+//
+//	word  offset  content
+//	0     0       PageMagic | PageVersion<<32 ("NDPG", version 1)
+//	1     8       sequence: odd while the writer changes words 2 to 5
+//	2     16      requests in flight now (at most 2^32-1)
+//	3     24      requests finished since the worker booted
+//	4     32      µs busy (at least one request in flight), up to word 5
+//	5     40      CLOCK_MONOTONIC µs when in flight last went from 0 to 1
+//
+// The writer makes the sequence odd, changes the words, and makes it even
+// again; a reader takes a snapshot between two reads of the same even
+// sequence, so a torn snapshot is never shown. While requests are in flight
+// the reader adds the time since word 5 to word 4, so busy time is exact at
+// the moment it is read, even in the middle of a long request. Word 5 is in
+// CLOCK_MONOTONIC rather than CLOCK_REALTIME because both processes read the
+// same monotonic clock, and it does not jump when the wall clock is set.
 package protocol

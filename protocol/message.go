@@ -80,6 +80,15 @@ type Message struct {
 	// X_NOTIFYD_REQUESTS= and X_NOTIFYD_BUSY_USEC=, which come together; nil
 	// when the message has none of them.
 	Activity *Activity
+
+	// HasPage is set by X_NOTIFYD_PAGE=1, which comes with READY=1 and one
+	// file descriptor: the worker's activity page.
+	HasPage bool
+
+	// Page is that page, checked and mapped by the Server before the message
+	// is handled; nil otherwise. The Handler owns it: it keeps it or closes
+	// it, whatever it returns.
+	Page *Page
 }
 
 // Activity is what a worker reports about its requests, notifyd's own
@@ -114,6 +123,7 @@ const (
 	keyInFlight
 	keyRequests
 	keyBusyUSec
+	keyPage
 	numKeys
 )
 
@@ -133,6 +143,7 @@ var keyNames = [numKeys]string{
 	keyInFlight:     "X_NOTIFYD_IN_FLIGHT",
 	keyRequests:     "X_NOTIFYD_REQUESTS",
 	keyBusyUSec:     "X_NOTIFYD_BUSY_USEC",
+	keyPage:         "X_NOTIFYD_PAGE",
 }
 
 func lookupKey(name string) int {
@@ -315,6 +326,9 @@ func (p *parser) message() (Message, error) {
 		case keyBusyUSec:
 			activity.BusyUSec, err = parseCount(k, v, math.MaxUint64)
 			activities++
+		case keyPage:
+			err = wantOne(k, v)
+			m.HasPage = true
 		}
 		if err != nil {
 			return Message{}, err
@@ -344,6 +358,9 @@ func (p *parser) message() (Message, error) {
 	}
 	if lifecycles > 1 {
 		return Message{}, fmt.Errorf("%w: at most one of READY=1, RELOADING=1 and STOPPING=1 per message", ErrConflict)
+	}
+	if m.HasPage && !p.seen[keyReady] {
+		return Message{}, fmt.Errorf("%w: it came without READY=1", ErrPage)
 	}
 	switch {
 	case p.seen[keyReady]:
@@ -479,6 +496,9 @@ func (m Message) Encode() ([]byte, error) {
 		add(keyInFlight, strconv.FormatUint(uint64(a.InFlight), 10))
 		add(keyRequests, strconv.FormatUint(a.Requests, 10))
 		add(keyBusyUSec, strconv.FormatUint(a.BusyUSec, 10))
+	}
+	if m.HasPage {
+		add(keyPage, "1")
 	}
 	if m.Barrier {
 		add(keyBarrier, "1")

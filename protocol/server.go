@@ -233,10 +233,33 @@ func (s *Server) apply(d *Datagram) (string, error) {
 	if d.Cred == nil || d.Cred.PID == 0 {
 		return "", ErrNoCredentials
 	}
+	if m.HasPage {
+		if m.Page, err = takePage(d); err != nil {
+			return "", err
+		}
+	}
 	if err := s.handler.HandleMessage(m, *d.Cred); err != nil {
 		return "", err
 	}
 	return "accepted", nil
+}
+
+// takePage maps the activity page that came with d. A page that breaks a
+// rule stays among d's descriptors, which the caller closes as any other. A
+// mapped one is taken out of them and its descriptor closed here, at once:
+// the mapping holds the file, so notifyd keeps no descriptor per worker, and
+// closing a memfd checked as such frees a reference and never blocks.
+func takePage(d *Datagram) (*Page, error) {
+	if len(d.FDs) != 1 {
+		return nil, fmt.Errorf("%w: it came with %d", ErrPage, len(d.FDs))
+	}
+	p, err := OpenPage(d.FDs[0])
+	if err != nil {
+		return nil, err
+	}
+	unix.Close(d.FDs[0])
+	d.FDs = nil
+	return p, nil
 }
 
 func (s *Server) reject(d Datagram, err error) {

@@ -26,6 +26,10 @@ type Totals struct {
 	// Backwards counts activity reports ignored because a counter went
 	// backwards for the same process, or grew faster than MaxActivityRate.
 	Backwards uint64
+	// UnreadablePages counts reads of an activity page that found no
+	// consistent snapshot: the worker kept it changing, or wrote a value
+	// no worker can have. The page's last good values stand.
+	UnreadablePages uint64
 }
 
 // totals is Totals as the registry keeps it: written under Registry.mu,
@@ -36,11 +40,19 @@ type totals struct {
 	requests    atomic.Uint64
 	busyUSec    atomic.Uint64
 	backwards   atomic.Uint64
+	unreadable  atomic.Uint64
 }
 
-// Activity returns the instance's activity. It takes no lock and does no
-// I/O; the fields are read one by one, so they may be a report apart.
+// Activity returns the instance's activity. It does no I/O. While no
+// worker has an activity page it takes no lock, and the fields are read one
+// by one, so they may be a report apart; otherwise it reads every page
+// first, under the registry's lock.
 func (r *Registry) Activity() Totals {
+	if r.pages.Load() > 0 {
+		r.mu.Lock()
+		r.readPages()
+		r.mu.Unlock()
+	}
 	t := &r.totals
 	return Totals{
 		InFlight:    uint64(t.inFlight.Load()),
@@ -48,6 +60,8 @@ func (r *Registry) Activity() Totals {
 		Requests:    t.requests.Load(),
 		BusyUSec:    t.busyUSec.Load(),
 		Backwards:   t.backwards.Load(),
+
+		UnreadablePages: t.unreadable.Load(),
 	}
 }
 
@@ -149,4 +163,64 @@ func addSaturating(total *atomic.Uint64, n uint64) {
 		t += n
 	}
 	total.Store(t)
+}
+
+// attach gives e its activity page, and reads it at once: the values the
+// page holds when it arrives, with the worker's READY=1, are where its
+// counting starts. The caller holds r.mu.
+func (r *Registry) attach(e *entry, p *protocol.Page) {
+	e.page = p
+	r.paged[e.PID] = e
+	r.pages.Add(1)
+	r.readPage(e, protocol.MonotonicUSec())
+	if len(r.paged) > residentPages {
+		p.Release()
+	}
+}
+
+// detach reads e's page a last time, so that the requests it finished
+// since the last read count, and closes it. The caller holds r.mu.
+func (r *Registry) detach(e *entry) {
+	if e.page == nil {
+		return
+	}
+	r.readPage(e, protocol.MonotonicUSec())
+	e.page.Close()
+	e.page = nil
+	delete(r.paged, e.PID)
+	r.pages.Add(-1)
+}
+
+// residentPages is how many activity pages notifyd keeps in its resident
+// set once read, 1 MiB of them. Beyond that, each page is released after
+// every read: slower, but 10000 workers do not add 40 MiB to notifyd's
+// resident set (the pages are the workers' memory either way).
+const residentPages = 256
+
+// readPages brings every paged worker's activity up to now. The caller
+// holds r.mu.
+func (r *Registry) readPages() {
+	if len(r.paged) == 0 {
+		return
+	}
+	now := protocol.MonotonicUSec()
+	release := len(r.paged) > residentPages
+	for _, e := range r.paged {
+		r.readPage(e, now)
+		if release {
+			e.page.Release()
+		}
+	}
+}
+
+// readPage records what e's page says now, as a report of its activity.
+// The caller holds r.mu.
+func (r *Registry) readPage(e *entry, now uint64) {
+	a, err := e.page.Read(now)
+	if err != nil {
+		r.totals.unreadable.Add(1)
+		r.log.Debug("activity page unreadable; its last values stand", "pid", e.PID, "error", err)
+		return
+	}
+	r.record(e, a, time.Now())
 }

@@ -15,6 +15,7 @@ import (
 var (
 	ErrNoProcess    = protocol.NewRejection("no_such_process", "no such process")
 	ErrNotPermitted = protocol.NewRejection("not_permitted", "sender may not speak for this pid")
+	ErrPageTwice    = protocol.NewRejection("page_twice", "the worker already has another activity page; one page per worker, for its whole life")
 )
 
 // admission is what admit learned about the process a message is about.

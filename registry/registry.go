@@ -31,7 +31,8 @@ type Registry struct {
 
 	mu       sync.Mutex
 	workers  map[int]*entry
-	ready    int // workers that count, kept in step with every change
+	paged    map[int]*entry // the workers with an activity page
+	ready    int            // workers that count, kept in step with every change
 	draining bool
 	instance instance
 
@@ -40,11 +41,13 @@ type Registry struct {
 	failedLog, hungLog, activityLog *protocol.LogLimiter
 	debugLog                        *protocol.LogLimiter // comings and goings, at debug level
 
-	summary    atomic.Pointer[Summary]
-	totals     totals
-	exits      atomic.Uint64
-	fileErrors atomic.Uint64
-	closeOnce  sync.Once
+	summary     atomic.Pointer[Summary]
+	totals      totals
+	pages       atomic.Int64 // len(paged), read without the lock
+	exits       atomic.Uint64
+	fileErrors  atomic.Uint64
+	releaseOnce sync.Once // ReleaseDir
+	closeOnce   sync.Once
 }
 
 // entry is a Worker plus what the registry needs to watch it.
@@ -57,6 +60,9 @@ type entry struct {
 	// reported is set once the worker has sent its activity: the first
 	// report only sets where the totals count from.
 	reported bool
+	// page is the worker's activity page, or nil. A worker with a page
+	// reports its activity through it alone.
+	page *protocol.Page
 	// credit is how much the worker's counters may still grow, as time at
 	// MaxActivityRate, as of creditAt.
 	credit   time.Duration
@@ -93,7 +99,7 @@ func New(cfg Config) (*Registry, error) {
 	if lock < 0 {
 		cfg.Logger.Warn("state directory not locked: it is read-only; make sure no other notifyd uses it", "dir", cfg.Dir)
 	}
-	r := &Registry{cfg: cfg, log: cfg.Logger, files: files, workers: make(map[int]*entry), lock: lock,
+	r := &Registry{cfg: cfg, log: cfg.Logger, files: files, workers: make(map[int]*entry), paged: make(map[int]*entry), lock: lock,
 		instance:  instance{expected: cfg.Expected},
 		failedLog: protocol.NewLogLimiter(5, time.Second), hungLog: protocol.NewLogLimiter(5, time.Second),
 		activityLog: protocol.NewLogLimiter(5, time.Second), debugLog: protocol.NewLogLimiter(100, time.Second)}
@@ -179,6 +185,7 @@ func (r *Registry) Summary() Summary { return *r.summary.Load() }
 // Workers returns a copy of every registered worker, ordered by pid.
 func (r *Registry) Workers() []Worker {
 	r.mu.Lock()
+	r.readPages()
 	out := make([]Worker, 0, len(r.workers))
 	for _, e := range r.workers {
 		out = append(out, e.Worker)
@@ -212,6 +219,8 @@ func (r *Registry) HandleMessage(m protocol.Message, sender protocol.Credentials
 		r.SetDraining(*m.Drain)
 		return nil
 	}
+	page := m.Page // kept by the worker's entry, or closed on return
+	defer func() { page.Close() }()
 	if done, err := r.instanceMessage(m, sender); done {
 		return err
 	}
@@ -244,6 +253,9 @@ func (r *Registry) HandleMessage(m protocol.Message, sender protocol.Credentials
 	if a.gone {
 		return fmt.Errorf("%w: pid %d has exited", ErrNoProcess, a.pid)
 	}
+	if e != nil && e.page != nil && page != nil && !e.page.Same(page) {
+		return fmt.Errorf("%w: pid %d", ErrPageTwice, a.pid)
+	}
 	if e == nil {
 		if !changesWorker(m) {
 			return nil
@@ -255,6 +267,10 @@ func (r *Registry) HandleMessage(m protocol.Message, sender protocol.Credentials
 		} else if err != nil {
 			return err
 		}
+	}
+	if page != nil && e.page == nil {
+		r.attach(e, page)
+		page = nil
 	}
 	r.apply(e, m, time.Now())
 	return nil
@@ -327,7 +343,7 @@ func (r *Registry) add(pid int, startTime uint64, pinned int) (*entry, error) {
 // message that carries only activity costs no file write, no timer and no
 // new summary.
 func (r *Registry) apply(e *entry, m protocol.Message, now time.Time) {
-	if m.Activity != nil {
+	if m.Activity != nil && e.page == nil {
 		r.record(e, *m.Activity, now)
 	}
 	if !changesWorker(m) {
@@ -511,6 +527,7 @@ func (r *Registry) drop(e *entry, why leaving) {
 	if why != stopped {
 		r.exits.Add(1)
 	}
+	r.detach(e)
 	r.retire(e)
 	e.State = Starting
 	r.settle(e, before)
@@ -607,6 +624,7 @@ func (r *Registry) Close() error {
 			if e.timer != nil {
 				e.timer.Stop()
 			}
+			r.detach(e)
 		}
 		if r.watcher != nil {
 			r.watcher.close()
@@ -614,8 +632,21 @@ func (r *Registry) Close() error {
 		if t := r.instance.graceTimer; t != nil {
 			t.Stop()
 		}
+	})
+	r.ReleaseDir()
+	return nil
+}
+
+// ReleaseDir finishes the state files' last writes and releases the state
+// directory's lock, so that the next notifyd (a USR2's new master's) may
+// take the directory while this one still answers the HTTP connections it
+// accepted, from memory. Call it once Run has returned and no message is
+// being applied any more; Close calls it too. It is idempotent.
+func (r *Registry) ReleaseDir() {
+	r.releaseOnce.Do(func() {
 		r.mirror.close()
+		r.mu.Lock()
+		defer r.mu.Unlock()
 		r.unlock() // last: the directory is in step, and the next notifyd may take it
 	})
-	return nil
 }

@@ -5,12 +5,14 @@
 //     HTTP server (the floor) and the seed-style health check;
 //   - health throughput against the bare server, keep-alive and with a new
 //     connection per request;
-//   - memory: peak resident set through a burst of health checks;
+//   - memory: peak resident set through a burst of health checks, and with
+//     10000 workers holding activity pages;
 //   - death detection, the kernel's part and notifyd's;
 //   - boot to healthy with 64 gunicorn workers, against the seed-style
 //     server counting its own pid files;
 //   - idle CPU with 10000 workers;
-//   - what notifyd's gunicorn hooks cost each request;
+//   - what notifyd's gunicorn hooks cost each request, with the activity
+//     page and with datagrams, and what the requests cost notifyd;
 //   - what the workers' re-announcement costs an idle notifyd;
 //   - health under 400 bad clients;
 //   - queue time: notifyd's oldest age against the clients' own wait, as
@@ -139,6 +141,7 @@ func run(ctx context.Context, out string, o options) error {
 		{"saturation", func(ctx context.Context, l *lab, o options) (*section, error) { return saturation(ctx, l, o, csv) }},
 		{"throughput", throughput},
 		{"footprint and idle CPU", memoryFootprint},
+		{"activity pages at scale", activityPages},
 		{"death detection", deathDetection},
 		{"boot to healthy", boot},
 		{"hook overhead", hookOverhead},

@@ -13,6 +13,9 @@ Environment, set by the benchmark:
     SEED_HEALTHCHECK_BIND       host:port of the seed-style health check
     SEED_HEALTHCHECK_DIRECTORY  where its pid files go
     SEED_HEALTHCHECK_REQUIRE    workers it requires for 200
+    BENCH_NOTIFYD_ACTIVITY      'datagrams': the hooks report activity by
+                                datagrams, as where no memfd can be made,
+                                instead of through the activity page
 
 It logs the names of the hooks notifyd_gunicorn.install() set, as
 "notifyd hooks installed: NAME, NAME", so that a measurement can say what it
@@ -36,6 +39,11 @@ if os.environ.get('SEED_HEALTHCHECK_BIND'):
     healthcheck_directory = os.environ['SEED_HEALTHCHECK_DIRECTORY']
     healthcheck_require_workers = int(os.environ['SEED_HEALTHCHECK_REQUIRE'])
     worker_healthcheck.start(globals())
+
+if os.environ.get('BENCH_NOTIFYD_ACTIVITY') == 'datagrams':
+    def _no_page():
+        raise OSError('activity page turned off by BENCH_NOTIFYD_ACTIVITY')
+    notifyd_gunicorn._page.Page = _no_page
 
 if os.environ.get('NOTIFYD_SOCKET'):
     notifyd_socket = os.environ['NOTIFYD_SOCKET']

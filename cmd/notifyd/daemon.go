@@ -164,7 +164,7 @@ func (d *daemon) listenAgent() error {
 // and waits for them. It writes the address file while it serves.
 func (d *daemon) Run(ctx context.Context) error {
 	parts := []func(context.Context) error{
-		d.reg.Run, d.notify.Serve, d.http.Serve, d.notifier.Run, drainSignals(d.reg, d.drains, d.log),
+		d.serveNotify, d.http.Serve, d.notifier.Run, drainSignals(d.reg, d.drains, d.log),
 	}
 	started := []any{"socket", d.addrs.Socket, "bind", d.addrs.HTTP}
 	if d.agent != nil {
@@ -192,6 +192,15 @@ func (d *daemon) Run(ctx context.Context) error {
 	err := runAll(ctx, parts...)
 	d.log.Info("notifyd stopped", "ready", d.reg.Summary().Ready, counters("messages", d.notify.Counts()))
 	return err
+}
+
+// serveNotify runs the registry and the datagram loop, which stop together.
+// The state directory is let go of at once, before the HTTP connections
+// already accepted have all been answered: a successor may take the
+// directory without waiting for them.
+func (d *daemon) serveNotify(ctx context.Context) error {
+	defer d.reg.ReleaseDir()
+	return runAll(ctx, d.reg.Run, d.notify.Serve)
 }
 
 // exitWith returns once the process --exit-with names has exited.

@@ -5,8 +5,11 @@ Run from the repository root:
     python3 -m unittest discover -s tests/python
 """
 
+import errno
+import fcntl
 import importlib.util
 import logging
+import mmap
 import os
 import re
 import shutil
@@ -68,14 +71,27 @@ class Receiver:
 
         The credentials are None when the datagram carried none.
         """
+        data, credentials, fds = self.receive_fds(timeout)
+        for fd in fds:
+            os.close(fd)
+        return data, credentials
+
+    def receive_fds(self, timeout=GUARD):
+        """Return (data, credentials, descriptors) of the next datagram.
+
+        The caller owns the descriptors.
+        """
         self.sock.settimeout(timeout)
         data, ancillary, _, _ = self.sock.recvmsg(
-            4096, socket.CMSG_SPACE(CREDENTIALS))
-        credentials = None
+            4096, socket.CMSG_SPACE(CREDENTIALS) + socket.CMSG_SPACE(16))
+        credentials, fds = None, []
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
                 credentials = struct.unpack('3i', payload[:CREDENTIALS])
-        return data, credentials
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                n = len(payload) // 4
+                fds.extend(struct.unpack('%di' % n, payload[:4 * n]))
+        return data, credentials, fds
 
     def pending(self):
         """Return the data of every queued datagram, without waiting."""
@@ -123,10 +139,11 @@ def call(ns, name, worker, server=None):
 EXIT_HOOKS = ('worker_exit', 'child_exit')
 ALL_HOOKS = ('post_worker_init',) + EXIT_HOOKS
 REQUEST_HOOKS = ('pre_request', 'post_request')
-# IDLE is the activity of a worker that has served nothing yet; every READY=1
-# carries the worker's activity.
+# READY=1 carries the worker's activity page. Without a page, it carries the
+# activity itself: IDLE is that of a worker that has served nothing yet.
+READY = b'READY=1\nPID=4321\nX_NOTIFYD_PAGE=1'
 IDLE = b'X_NOTIFYD_IN_FLIGHT=0\nX_NOTIFYD_REQUESTS=0\nX_NOTIFYD_BUSY_USEC=0'
-READY = b'READY=1\nPID=4321\n' + IDLE
+DATAGRAM_READY = b'READY=1\nPID=4321\n' + IDLE
 MESSAGES = {
     'post_worker_init': READY,
     'worker_exit': b'STOPPING=1\nPID=4321',
@@ -512,7 +529,8 @@ class Request:
 
 
 class ActivityTest(SocketTestCase):
-    """pre_request and post_request report the worker's activity."""
+    """Without an activity page (no memfd on the system), pre_request and
+    post_request report the worker's activity by datagrams."""
 
     def setUp(self):
         super().setUp()
@@ -521,6 +539,11 @@ class ActivityTest(SocketTestCase):
         retry = mock.patch.object(notifyd_gunicorn, 'RETRY', 0.02)
         retry.start()
         self.addCleanup(retry.stop)
+        no_page = mock.patch.object(
+            notifyd_gunicorn._page, 'Page',
+            side_effect=OSError(errno.ENOSYS, 'memfd_create'))
+        no_page.start()
+        self.addCleanup(no_page.stop)
 
     def boot(self, ns=None, reannounce=3600):
         """Install the hooks and boot a worker, as gunicorn would."""
@@ -530,7 +553,7 @@ class ActivityTest(SocketTestCase):
         notifyd_gunicorn.install(self.ns)
         self.worker = FakeWorker()
         call(self.ns, 'post_worker_init', self.worker)
-        self.assertEqual(self.notifyd.receive()[0], READY)
+        self.assertEqual(self.notifyd.receive()[0], DATAGRAM_READY)
 
     def pre(self, req):
         self.assertIsNone(self.ns['pre_request'](self.worker, req))
@@ -890,8 +913,8 @@ class GunicornTest(SocketTestCase):
         first = self.collect(notifyd, lambda d: len(ready(d)) == 2, show_log)
         self.assertEqual(len(first), 2, first)
         for data, credentials in first:
-            self.assertEqual(data, b'READY=1\nPID=%d\n%s'
-                             % (credentials[0], IDLE))
+            self.assertEqual(data, b'READY=1\nPID=%d\nX_NOTIFYD_PAGE=1'
+                             % credentials[0])
             self.assertEqual(parent_of(credentials[0]), master)
         old = ready(first)
 
@@ -918,7 +941,7 @@ class GunicornTest(SocketTestCase):
         rest = notifyd.pending()
         stopping = sorted(d for d in rest if d.startswith(b'STOPPING=1\n'))
         self.assertEqual({d for d in rest if d.startswith(b'READY=1\n')}
-                         - {b'READY=1\nPID=%d\n%s' % (pid, IDLE)
+                         - {b'READY=1\nPID=%d\nX_NOTIFYD_PAGE=1' % pid
                             for pid in new}, set())
         self.assertEqual(
             stopping, sorted([b'STOPPING=1\nPID=%d' % pid for pid in new] * 2),
@@ -935,3 +958,142 @@ def parent_of(pid):
 
 if __name__ == '__main__':
     unittest.main()
+
+
+# NO_SYSCALL_SCRIPT boots a worker with the hooks against the socket in
+# argv[1], then serves argv[2] requests between two marker system calls
+# that strace shows.
+NO_SYSCALL_SCRIPT = '''
+import os, sys
+import notifyd_gunicorn
+
+class Log:
+    def warning(self, *a): pass
+    def info(self, *a): pass
+
+class Worker:
+    pid = os.getpid()
+    log = Log()
+
+class Request:
+    pass
+
+ns = {'notifyd_socket': sys.argv[1], 'notifyd_reannounce': 3600}
+notifyd_gunicorn.install(ns)
+worker = Worker()
+ns['post_worker_init'](worker)
+requests = [Request() for _ in range(int(sys.argv[2]))]
+os.access('/notifyd-marker-begin', os.F_OK)
+for req in requests:
+    ns['pre_request'](worker, req)
+    ns['post_request'](worker, req, {}, None)
+os.access('/notifyd-marker-end', os.F_OK)
+'''
+
+
+class PageTest(SocketTestCase):
+    """pre_request and post_request write into the worker's activity page,
+    which READY=1 carries, and make no system call."""
+
+    def setUp(self):
+        super().setUp()
+        self.path = os.path.join(self.dir, 'notify.sock')
+        self.notifyd = self.receiver(self.path)
+
+    def boot(self):
+        self.ns = {'notifyd_socket': self.path, 'notifyd_reannounce': 3600}
+        notifyd_gunicorn.install(self.ns)
+        self.worker = FakeWorker()
+        call(self.ns, 'post_worker_init', self.worker)
+        data, credentials, fds = self.notifyd.receive_fds()
+        self.assertEqual(data, READY)
+        self.assertEqual(credentials, OUR_CREDENTIALS)
+        self.assertEqual(len(fds), 1)
+        self.addCleanup(os.close, fds[0])
+        return fds[0]
+
+    def read(self, fd):
+        """Return the page's words as notifyd reads them."""
+        with mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ) as mem:
+            return struct.unpack_from('6Q', mem)
+
+    def test_ready_carries_a_sealed_page(self):
+        fd = self.boot()
+        self.assertEqual(os.fstat(fd).st_size, 4096)
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        self.assertEqual(seals & fcntl.F_SEAL_SHRINK, fcntl.F_SEAL_SHRINK)
+        self.assertEqual(seals & fcntl.F_SEAL_SEAL, fcntl.F_SEAL_SEAL)
+        with self.assertRaises(PermissionError):
+            os.ftruncate(fd, 0)
+        header, seq, in_flight, requests, busy, _ = self.read(fd)
+        self.assertEqual(header, 0x4750444e | 1 << 32)
+        self.assertEqual((seq, in_flight, requests, busy), (0, 0, 0, 0))
+
+    def test_requests_are_written_into_the_page(self):
+        fd = self.boot()
+        reqs = [Request() for _ in range(42)]
+        for req in reqs:
+            self.ns['pre_request'](self.worker, req)
+        _, seq, in_flight, requests, _, since = self.read(fd)
+        self.assertEqual((in_flight, requests), (42, 0))
+        self.assertEqual(seq % 2, 0)
+        self.assertLessEqual(since, time.monotonic_ns() // 1000)
+        for req in reqs:
+            self.ns['post_request'](self.worker, req, {}, None)
+        _, seq, in_flight, requests, busy, _ = self.read(fd)
+        self.assertEqual((in_flight, requests), (0, 42))
+        self.assertEqual(seq, 2 * 84)
+        self.assertGreater(busy, 0)
+        # Nothing was sent for the requests.
+        self.assertEqual(self.notifyd.pending(), [])
+
+    def test_reannouncement_passes_the_same_page(self):
+        fd = self.boot()
+        notifyd_gunicorn._announcer._reannounce()
+        data, _, fds = self.notifyd.receive_fds()
+        self.assertEqual(data, READY)
+        self.assertEqual(len(fds), 1)
+        self.addCleanup(os.close, fds[0])
+        self.assertEqual(os.fstat(fds[0]).st_ino, os.fstat(fd).st_ino)
+
+    def test_threads_lose_no_count(self):
+        fd = self.boot()
+
+        def serve():
+            for _ in range(2000):
+                req = Request()
+                self.ns['pre_request'](self.worker, req)
+                self.ns['post_request'](self.worker, req, {}, None)
+
+        threads = [threading.Thread(target=serve) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(self.read(fd)[2:4], (0, 8000))
+
+    def test_request_hooks_make_no_system_call(self):
+        trace = os.path.join(self.dir, 'trace')
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        subprocess.run(
+            ['strace', '-f', '-o', trace, sys.executable, '-c',
+             NO_SYSCALL_SCRIPT, self.path, '1000'],
+            env=env, check=True, timeout=GUARD)
+        with open(trace) as f:
+            lines = f.read().splitlines()
+        begin = [i for i, l in enumerate(lines) if 'notifyd-marker-begin' in l]
+        end = [i for i, l in enumerate(lines) if 'notifyd-marker-end' in l]
+        self.assertEqual((len(begin), len(end)), (1, 1), lines[-20:])
+        # The thread that serves the requests, as strace -f marks its lines;
+        # the worker's other thread (the re-announcement) may be seen
+        # going to sleep meanwhile, off the requests' path.
+        tid = lines[begin[0]].split()[0]
+        between = [l for l in lines[begin[0] + 1:end[0]]
+                   if l.split()[0] == tid and 'access resumed>' not in l]
+        self.assertEqual(between, [])
+        data, _, fds = self.notifyd.receive_fds()
+        for fd in fds:
+            os.close(fd)
+        self.assertTrue(data.endswith(b'\nX_NOTIFYD_PAGE=1'), data)
+        self.assertEqual(len(fds), 1)
+        self.assertEqual(self.notifyd.pending(), [])
