@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/notifyd/notifyd/internal/exitwatch"
 	"github.com/notifyd/notifyd/protocol"
 	"golang.org/x/sys/unix"
 )
@@ -61,7 +62,7 @@ func (r *Registry) admit(m protocol.Message, sender protocol.Credentials) (admis
 		err := r.mayDirect(pid, sender)
 		// A uid read from /proc is e's only if e's process still had not
 		// exited after the read: until then, no other process had its pid.
-		if errors.Is(err, errExited) || err == nil && r.readsUID(pid, sender) && exitedPidfd(e.pidfd) {
+		if errors.Is(err, errExited) || err == nil && r.readsUID(pid, sender) && exitwatch.Exited(e.pidfd) {
 			a.stale = e
 			return a.exited(stopping)
 		}
@@ -80,7 +81,7 @@ func (r *Registry) admit(m protocol.Message, sender protocol.Credentials) (admis
 		}
 	}
 	info, err := readProc(pid)
-	if err == nil && senderFD > 0 && exitedPidfd(a.pinned) {
+	if err == nil && senderFD > 0 && exitwatch.Exited(a.pinned) {
 		// The sender's own pidfd may have waited in the socket queue long
 		// enough for its process to go and the pid to be taken: then /proc
 		// described the newcomer.

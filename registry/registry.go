@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/notifyd/notifyd/internal/exitwatch"
 	"github.com/notifyd/notifyd/protocol"
 )
 
@@ -291,7 +292,7 @@ func (r *Registry) pinned(pid int) *entry {
 	if e == nil || e.pidfd < 0 {
 		return nil
 	}
-	if exitedPidfd(e.pidfd) {
+	if exitwatch.Exited(e.pidfd) {
 		r.drop(e, exited)
 		return nil
 	}
@@ -564,7 +565,7 @@ func (r *Registry) Sync() { r.mirror.sync() }
 func (r *Registry) exited(pid, pidfd int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if e := r.workers[pid]; e != nil && e.pidfd == pidfd && exitedPidfd(pidfd) {
+	if e := r.workers[pid]; e != nil && e.pidfd == pidfd && exitwatch.Exited(pidfd) {
 		r.drop(e, exited)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/notifyd/notifyd/backlog"
 	"github.com/notifyd/notifyd/httpapi"
 	"github.com/notifyd/notifyd/internal/addrfile"
+	"github.com/notifyd/notifyd/internal/exitwatch"
 	"github.com/notifyd/notifyd/protocol"
 	"github.com/notifyd/notifyd/registry"
 )
@@ -25,10 +26,10 @@ import (
 type daemon struct {
 	cfg      config
 	log      *slog.Logger
-	drains   chan os.Signal      // SIGUSR1 and SIGUSR2
-	watch    *registry.ExitWatch // with --exit-with
-	queues   *backlog.Reader     // with --listen-queue
-	sampler  *backlog.Sampler    // with --listen-queue
+	drains   chan os.Signal     // SIGUSR1 and SIGUSR2
+	watch    *exitwatch.Process // with --exit-with
+	queues   *backlog.Reader    // with --listen-queue
+	sampler  *backlog.Sampler   // with --listen-queue
 	notifier *systemdNotifier
 	reg      *registry.Registry
 	notify   *protocol.Server
@@ -92,10 +93,10 @@ func (d *daemon) watchExit() error {
 	if d.cfg.exitWith == 0 {
 		return nil
 	}
-	watch, err := registry.WatchExit(d.cfg.exitWith)
-	if errors.Is(err, registry.ErrNoProcess) {
+	watch, err := exitwatch.Open(d.cfg.exitWith)
+	if errors.Is(err, exitwatch.ErrNoProcess) {
 		return &usageError{fmt.Sprintf("--exit-with %d: no such process", d.cfg.exitWith)}
-	} else if errors.Is(err, registry.ErrThread) {
+	} else if errors.Is(err, exitwatch.ErrThread) {
 		return &usageError{fmt.Sprintf("--exit-with %d: %v; name the process", d.cfg.exitWith, err)}
 	} else if err != nil {
 		return fmt.Errorf("--exit-with %d: %w", d.cfg.exitWith, err)
