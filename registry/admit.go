@@ -46,7 +46,7 @@ type admission struct {
 func (r *Registry) admit(m protocol.Message, sender protocol.Credentials) (admission, error) {
 	a := admission{pinned: -1}
 	if r.cfg.Access == RootOnly && sender.UID != 0 {
-		return a, fmt.Errorf("%w: uid %d is not root and --access is root", ErrNotPermitted, sender.UID)
+		return a, fmt.Errorf("%w: uid %d is not root, and access is root", ErrNotPermitted, sender.UID)
 	}
 	stopping := m.Lifecycle == protocol.Stopping
 	pid, err := r.subject(m, sender)
@@ -174,7 +174,7 @@ func (r *Registry) mayDrain(sender protocol.Credentials) error {
 // only root under --access root. what names the act for the error.
 func (r *Registry) mayInstance(sender protocol.Credentials, what string) error {
 	if r.cfg.Access == RootOnly && sender.UID != 0 {
-		return fmt.Errorf("%w: uid %d is not root and --access is root", ErrNotPermitted, sender.UID)
+		return fmt.Errorf("%w: uid %d is not root, and access is root", ErrNotPermitted, sender.UID)
 	}
 	if sender.UID != 0 && sender.UID != os.Getuid() {
 		return fmt.Errorf("%w: only root and notifyd's own uid may %s, the sender is uid %d", ErrNotPermitted, what, sender.UID)

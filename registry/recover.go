@@ -114,7 +114,7 @@ func (r *Registry) adopt(pid int, path string) (string, error) {
 // have registered by a datagram.
 func (r *Registry) mayAdopt(pid, owner int) error {
 	if r.cfg.Access == RootOnly && owner != 0 {
-		return fmt.Errorf("%w: the file belongs to uid %d, and --access is root", ErrNotPermitted, owner)
+		return fmt.Errorf("%w: the file belongs to uid %d, and access is root", ErrNotPermitted, owner)
 	}
 	return r.mayDirect(pid, protocol.Credentials{UID: owner})
 }

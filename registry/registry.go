@@ -130,9 +130,7 @@ func New(cfg Config) (*Registry, error) {
 	// workers that were ready before notifyd started mean that it is
 	// notifyd that starts, not the instance.
 	r.instance.starting = cfg.MainPID != 0 && len(r.workers) == 0
-	if r.draining = files.drainMarked(); r.draining {
-		r.log.Info("draining, as before the restart", "undrain", "notify --undrain, or SIGUSR2")
-	}
+	r.draining = files.drainMarked()
 	r.publish()
 	r.mirror.sync() // recovery's own rewrites and removals are done on return
 	return r, nil

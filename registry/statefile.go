@@ -83,6 +83,10 @@ type stateFiles struct {
 	fixMode             bool // the umask would take bits away from 0644
 }
 
+// ErrFilenamePath is wrapped by ValidateFilename when a pattern names a
+// path: the directory is the registry's Dir, never part of the name.
+var ErrFilenamePath = errors.New("must be a file name without '/'")
+
 // ValidateFilename checks a state file name pattern: exactly one {} for the
 // pid and no path separator.
 func ValidateFilename(pattern string) error {
@@ -90,7 +94,7 @@ func ValidateFilename(pattern string) error {
 		return fmt.Errorf("must contain exactly one {} placeholder for the pid")
 	}
 	if strings.ContainsRune(pattern, '/') {
-		return fmt.Errorf("must be a file name without '/'; put the directory in --dir")
+		return ErrFilenamePath
 	}
 	if strings.HasSuffix(pattern, tmpSuffix) {
 		return fmt.Errorf("must not end in %s, which marks a state file being written", tmpSuffix)

@@ -123,7 +123,14 @@ func (c *config) options() []option {
 		{"dir", protocol.RuntimeDirectory(), "directory of the state files", false,
 			text(&c.dir, func(v string) bool { return v != "" }, "must name a directory")},
 		{"filename", ".gunicorn.worker.{}", "state file name; {} stands for the pid", false,
-			func(v string) error { c.filename = v; return registry.ValidateFilename(v) }},
+			func(v string) error {
+				c.filename = v
+				err := registry.ValidateFilename(v)
+				if errors.Is(err, registry.ErrFilenamePath) {
+					err = fmt.Errorf("%w; put the directory in --dir", err)
+				}
+				return err
+			}},
 		{"log-level", "info", "debug, info, warn or error", false, func(v string) error {
 			return check(c.logLevel.UnmarshalText([]byte(v)) == nil, "must be debug, info, warn or error")
 		}},

@@ -135,7 +135,10 @@ func (d *daemon) openRegistry() error {
 	if errors.Is(err, registry.ErrDirInUse) {
 		// A setting to change, as a socket in use is: managed mode then
 		// stops restarting notifyd and says why.
-		return &usageError{fmt.Sprintf("--dir %q: %v", cfg.dir, err)}
+		return &usageError{fmt.Sprintf("--dir %q: %v; give each notifyd its own --dir (in managed mode, its own healthcheck_directory)", cfg.dir, err)}
+	}
+	if err == nil && reg.Draining() {
+		d.log.Info("draining, as before the restart", "component", "registry", "undrain", "notify --undrain, or SIGUSR2")
 	}
 	d.reg = reg
 	return err

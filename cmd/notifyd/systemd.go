@@ -179,7 +179,9 @@ func listen(cfg config, inherited inheritedSockets, log *slog.Logger) (*protocol
 		if err == nil {
 			log.Info("using the notify socket passed by systemd", "socket", conn.Addr())
 		}
-	} else if conn, err = protocol.Listen(cfg.listenConfig()); err == nil {
+	} else if conn, err = protocol.Listen(cfg.listenConfig()); errors.Is(err, protocol.ErrInUse) {
+		err = fmt.Errorf("%w; stop it or choose another --socket", err)
+	} else if err == nil {
 		if n, short := protocol.ShortQueue(); short {
 			log.Info("short notify socket queue: a burst of workers waits for room; raise net.unix.max_dgram_qlen before notifyd starts",
 				"net.unix.max_dgram_qlen", n, "systemd_sets", protocol.SystemdQueueLength)
