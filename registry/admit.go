@@ -27,7 +27,7 @@ type admission struct {
 	known *entry
 	// startTime is the process's, read from /proc when known is nil.
 	startTime uint64
-	// gone is set when the process has exited. Only STOPPING=1 is admitted
+	// gone is set when the process is gone. Only STOPPING=1 is admitted
 	// about a process that is gone; it then removes pid if registered.
 	gone bool
 	// stale is a registered worker found to have exited; it is dropped
@@ -62,9 +62,9 @@ func (r *Registry) admit(m protocol.Message, sender protocol.Credentials) (admis
 		err := r.mayDirect(pid, sender)
 		// A uid read from /proc is e's only if e's process still had not
 		// exited after the read: until then, no other process had its pid.
-		if errors.Is(err, errExited) || err == nil && r.readsUID(pid, sender) && exitwatch.Exited(e.pidfd) {
+		if errors.Is(err, errGone) || err == nil && r.readsUID(pid, sender) && exitwatch.Exited(e.pidfd) {
 			a.stale = e
-			return a.exited(stopping)
+			return a.withoutProcess(stopping)
 		}
 		a.known = e
 		return a, err
@@ -74,8 +74,8 @@ func (r *Registry) admit(m protocol.Message, sender protocol.Credentials) (admis
 		if pid == sender.PID {
 			senderFD = sender.PIDFD
 		}
-		if a.pinned, err = r.watchPid(pid, senderFD); errors.Is(err, errExited) {
-			return a.exited(stopping)
+		if a.pinned, err = r.watchPid(pid, senderFD); errors.Is(err, errGone) {
+			return a.withoutProcess(stopping)
 		} else if err != nil {
 			return a, err
 		}
@@ -85,21 +85,21 @@ func (r *Registry) admit(m protocol.Message, sender protocol.Credentials) (admis
 		// The sender's own pidfd may have waited in the socket queue long
 		// enough for its process to go and the pid to be taken: then /proc
 		// described the newcomer.
-		err = errExited
+		err = errGone
 	}
 	if err == nil {
 		err = r.mayDirect(pid, sender)
 	}
-	if errors.Is(err, errExited) {
-		return a.exited(stopping)
+	if errors.Is(err, errGone) {
+		return a.withoutProcess(stopping)
 	}
 	a.startTime = info.startTime
 	return a, err
 }
 
-// exited admits a STOPPING=1 about a process that has exited, and rejects
+// withoutProcess admits a STOPPING=1 about a process that is gone, and rejects
 // anything else.
-func (a admission) exited(stopping bool) (admission, error) {
+func (a admission) withoutProcess(stopping bool) (admission, error) {
 	if stopping {
 		a.gone = true
 		return a, nil
@@ -132,7 +132,7 @@ func (r *Registry) subject(m protocol.Message, sender protocol.Credentials) (int
 	}
 	inner, nested, err := innermostPID(sender.PID)
 	switch {
-	case errors.Is(err, errExited), err == nil && !nested:
+	case errors.Is(err, errGone), err == nil && !nested:
 		return m.PID, nil
 	case err != nil:
 		return 0, err

@@ -74,7 +74,7 @@ func (r *Registry) adopt(pid int, path string) (string, error) {
 	if err == nil {
 		err = r.mayAdopt(pid, owner)
 	}
-	if errors.Is(err, errExited) {
+	if errors.Is(err, errGone) {
 		return "process has exited", nil
 	}
 	if errors.Is(err, ErrNotPermitted) {
@@ -87,7 +87,7 @@ func (r *Registry) adopt(pid int, path string) (string, error) {
 		return "pid now belongs to another process", nil
 	}
 	e, err := r.add(pid, info.startTime, -1)
-	if errors.Is(err, errExited) {
+	if errors.Is(err, errGone) {
 		return "process has exited", nil
 	}
 	if err != nil {

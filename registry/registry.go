@@ -261,7 +261,7 @@ func (r *Registry) HandleMessage(m protocol.Message, sender protocol.Credentials
 		}
 		e, err = r.add(a.pid, a.startTime, a.pinned)
 		a.pinned = -1 // add owns it from the call on
-		if errors.Is(err, errExited) {
+		if errors.Is(err, errGone) {
 			return fmt.Errorf("%w: pid %d exited while registering", ErrNoProcess, a.pid)
 		} else if err != nil {
 			return err
@@ -326,12 +326,12 @@ func (r *Registry) add(pid int, startTime uint64, pinned int) (*entry, error) {
 			}
 			if info, err := readProc(pid); err != nil || info.startTime != startTime {
 				r.watcher.unwatch(fd)
-				return nil, errExited
+				return nil, errGone
 			}
 		}
 		e.pidfd = fd
 	} else if ok, err := isProcess(pid); err != nil || !ok {
-		return nil, errExited
+		return nil, errGone
 	}
 	r.workers[pid] = e
 	return e, nil
@@ -557,10 +557,10 @@ func (r *Registry) removeFile(e *entry) {
 // The notify socket calls it before it acknowledges a BARRIER=1.
 func (r *Registry) Sync() { r.mirror.sync() }
 
-// exited is called by the pidfd watcher. The pidfd may have been closed and
+// pidfdReadable is called by the pidfd watcher. The pidfd may have been closed and
 // its number reused since the event was queued, so it checks that the
 // descriptor is still this worker's and that its process has really exited.
-func (r *Registry) exited(pid, pidfd int) {
+func (r *Registry) pidfdReadable(pid, pidfd int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if e := r.workers[pid]; e != nil && e.pidfd == pidfd && exitwatch.Exited(pidfd) {
@@ -597,7 +597,7 @@ func (r *Registry) Run(ctx context.Context) error {
 		}
 	}
 	done := make(chan error, 1)
-	go func() { done <- r.watcher.run(r.exited) }()
+	go func() { done <- r.watcher.run(r.pidfdReadable) }()
 	select {
 	case <-ctx.Done():
 		r.watcher.stop()

@@ -54,7 +54,7 @@ func newPidfdWatcher() (*pidfdWatcher, error) {
 func (w *pidfdWatcher) watch(pid int) (int, error) {
 	fd, err := unix.PidfdOpen(pid, 0)
 	if errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) {
-		return -1, errExited // gone, or a thread of some process rather than a process
+		return -1, errGone // gone, or a thread of some process rather than a process
 	}
 	if err != nil {
 		return -1, fmt.Errorf("pidfd_open %d: %w", pid, err)
