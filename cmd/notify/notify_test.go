@@ -200,3 +200,19 @@ func TestCountReadyAndTimedOut(t *testing.T) {
 		})
 	}
 }
+
+func TestSubcommandsRefuseArguments(t *testing.T) {
+	for name, run := range map[string]func([]string, io.Writer) error{
+		"notify check": runCheck, "notify status": runStatus, "notify wait": runWait,
+	} {
+		var usage *usageError
+		err := run([]string{"--url", "http://127.0.0.1:1/", "extra"}, io.Discard)
+		if !errors.As(err, &usage) || err.Error() != name+` takes no arguments, got "extra"` {
+			t.Errorf("%s extra = %v, want a usage error naming the argument", name, err)
+		}
+		err = run([]string{"--nope"}, io.Discard)
+		if !errors.As(err, &usage) || !strings.HasSuffix(err.Error(), "(see "+name+" --help)") {
+			t.Errorf("%s --nope = %v, want a usage error pointing at --help", name, err)
+		}
+	}
+}

@@ -72,16 +72,9 @@ func runStatus(args []string, stdout io.Writer) error {
 	fs.SetOutput(io.Discard)
 	base := fs.String("url", defaultURL(), "notifyd's HTTP address, from $NOTIFYD_BIND if set; /status is asked relative to it")
 	asJSON := fs.Bool("json", false, "print /status as notifyd answers it")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			printSubcommandUsage(stdout, fs, "notify status [--url URL] [--json]",
-				"Show notifyd's workers, one a line, and a summary. Exit 0 when notifyd answered,\n1 when it could not be asked, 2 on a usage error.")
-			return errHelp
-		}
-		return usagef("%v (see notify status --help)", err)
-	}
-	if fs.NArg() > 0 {
-		return usagef("notify status takes no arguments, got %q", fs.Arg(0))
+	if err := parseSubcommand(fs, args, stdout, "notify status [--url URL] [--json]",
+		"Show notifyd's workers, one a line, and a summary. Exit 0 when notifyd answered,\n1 when it could not be asked, 2 on a usage error."); err != nil {
+		return err
 	}
 	url, err := statusURL("url", *base)
 	if err != nil {

@@ -31,19 +31,13 @@ func runWait(args []string, stdout io.Writer) error {
 	fresh := fs.Bool("fresh", false, "count only workers that became ready after the wait began")
 	timeout := fs.Duration("timeout", time.Minute, "how long to wait")
 	base := fs.String("url", defaultURL(), "notifyd's HTTP address, from $NOTIFYD_BIND if set; /status is asked relative to it")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			printSubcommandUsage(stdout, fs, "notify wait --ready N [--fresh] [--timeout D] [--url URL]",
-				"Wait until at least N workers are ready, asking notifyd's /status ten times a second\nat most. Exit 0 then, 1 at the timeout, 2 on a usage error.")
-			return errHelp
-		}
-		return usagef("%v (see notify wait --help)", err)
+	if err := parseSubcommand(fs, args, stdout, "notify wait --ready N [--fresh] [--timeout D] [--url URL]",
+		"Wait until at least N workers are ready, asking notifyd's /status ten times a second\nat most. Exit 0 then, 1 at the timeout, 2 on a usage error."); err != nil {
+		return err
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	switch {
-	case fs.NArg() > 0:
-		return usagef("notify wait takes no arguments, got %q", fs.Arg(0))
 	case !set["ready"]:
 		return usagef("notify wait needs --ready N, the number of workers to wait for")
 	case *want < 1:
