@@ -23,6 +23,7 @@ import urllib.request
 from unittest import mock
 
 import notifyd_gunicorn
+from notifyd import _reporter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLE = os.path.join(ROOT, 'examples', 'gunicorn')
@@ -362,7 +363,7 @@ class ReannounceTest(SocketTestCase):
     def setUp(self):
         super().setUp()
         self.path = os.path.join(self.dir, 'notify.sock')
-        retry = mock.patch.object(notifyd_gunicorn, 'RETRY', self.INTERVAL)
+        retry = mock.patch.object(_reporter, 'RETRY', self.INTERVAL)
         retry.start()
         self.addCleanup(retry.stop)
 
@@ -479,7 +480,7 @@ class ActivityTest(SocketTestCase):
         super().setUp()
         self.path = os.path.join(self.dir, 'notify.sock')
         self.notifyd = self.receiver(self.path)
-        retry = mock.patch.object(notifyd_gunicorn, 'RETRY', 0.02)
+        retry = mock.patch.object(_reporter, 'RETRY', 0.02)
         retry.start()
         self.addCleanup(retry.stop)
 

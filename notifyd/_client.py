@@ -1,0 +1,68 @@
+"""The sd_notify client every notifyd module shares: where the socket is,
+and how one message reaches it.
+
+Standard library only. Nothing here runs at import.
+"""
+
+import os
+import socket
+import struct
+
+__all__ = ['DEFAULT_SOCKET_NAME', 'SEND_TIMEOUT', 'credentials',
+           'resolve_socket', 'send', 'sockaddr']
+
+# SEND_TIMEOUT bounds one blocking send. A blocking send waits for room in the
+# receiver's queue (net.unix.max_dgram_qlen, often 10 datagrams), where a
+# non-blocking one could drop a READY while many workers boot at once. One
+# second keeps a hung notifyd from stalling a worker's boot or a master's
+# SIGCHLD handling for long.
+SEND_TIMEOUT = 1.0
+
+DEFAULT_SOCKET_NAME = 'notify.sock'
+
+
+def resolve_socket(configured=None):
+    """Return the address notifyd listens on.
+
+    configured (a setting or an argument) wins, else $NOTIFYD_SOCKET, else
+    $RUNTIME_DIRECTORY/notify.sock, else ./notify.sock. $NOTIFY_SOCKET is
+    never read: it belongs to systemd. The result is an absolute path, or
+    '@name' for an abstract socket.
+    """
+    address = configured or os.environ.get('NOTIFYD_SOCKET')
+    if not address:
+        # systemd joins several RuntimeDirectory= entries with ':'.
+        runtime = os.environ.get('RUNTIME_DIRECTORY', '').split(':')[0]
+        address = os.path.join(runtime or '.', DEFAULT_SOCKET_NAME)
+    if address.startswith('@'):
+        return address
+    return os.path.abspath(address)
+
+
+def credentials():
+    """Return this process's SCM_CREDENTIALS payload: pid, uid, gid."""
+    return struct.pack('3i', os.getpid(), os.getuid(), os.getgid())
+
+
+def send(address, message):
+    """Send message as one datagram to the notifyd socket at address.
+
+    The datagram carries our own SCM_CREDENTIALS: the kernel attaches none to
+    datagrams queued before the receiver set SO_PASSCRED, as happens under
+    socket activation. Raises OSError (TimeoutError after SEND_TIMEOUT) when
+    the datagram could not be sent.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(SEND_TIMEOUT)
+        sock.connect(sockaddr(address))
+        sock.sendmsg(
+            [message.encode()],
+            [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, credentials())],
+        )
+
+
+def sockaddr(address):
+    """Return address as the socket module takes it ('@name' is abstract)."""
+    if address.startswith('@'):
+        return '\0' + address[1:]
+    return address
