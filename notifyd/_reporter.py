@@ -305,9 +305,10 @@ _current = None
 def current():
     """Return the Reporter booted in this process, or None."""
     reporter = _current
-    if reporter is not None and reporter.pid == os.getpid():
+    if (reporter is not None and not reporter.stopped.is_set()
+            and reporter.pid == os.getpid()):
         return reporter
-    return None  # none, or one inherited through fork: not ours
+    return None  # none, one that left, or one inherited through fork
 
 
 def boot(address, pid, interval, log=None, watchdog_usec=0):
@@ -331,9 +332,11 @@ def leave(address, pid, log=None):
 
     Returns whether STOPPING=1 went. Never raises.
     """
+    global _current
     reporter = current()
     if reporter is not None:
         reporter.stop()
+        _current = None
     return notify(log, address, 'STOPPING=1', pid)
 
 

@@ -163,6 +163,9 @@ class SocketTestCase(unittest.TestCase):
         if notifyd_gunicorn._announcer is not None:
             notifyd_gunicorn._announcer.stop()
             notifyd_gunicorn._announcer = None
+        if _reporter._current is not None:
+            _reporter._current.stop()
+            _reporter._current = None
 
     def receiver(self, address, passcred=True):
         receiver = Receiver(address, passcred)
