@@ -11,6 +11,7 @@
 //     server counting its own pid files;
 //   - idle CPU with 10000 workers;
 //   - what notifyd's gunicorn hooks cost each request;
+//   - what notifyd.asgi's middleware costs each request under uvicorn;
 //   - what the workers' re-announcement costs an idle notifyd;
 //   - health under 2000 bad clients.
 //
@@ -20,8 +21,8 @@
 //
 //	go run ./bench/report -out DIR [-quick]
 //
-// writes DIR/PERFORMANCE.md and DIR/saturation.csv. It needs gunicorn and
-// wrk, and stops everything it started on every path out, SIGINT included.
+// writes DIR/PERFORMANCE.md and DIR/saturation.csv. It needs gunicorn,
+// uvicorn and wrk, and stops everything it started on every path out, SIGINT included.
 package main
 
 import (
@@ -137,6 +138,7 @@ func run(ctx context.Context, out string, o options) error {
 		{"death detection", deathDetection},
 		{"boot to healthy", boot},
 		{"hook overhead", hookOverhead},
+		{"ASGI middleware overhead", asgiOverhead},
 		{"self-healing's cost", reannounceCost},
 		{"health under bad clients", badClients},
 		{"micro-benchmarks", micro},

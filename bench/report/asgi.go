@@ -1,0 +1,139 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// asgiConns is wrk's connections against one uvicorn process: enough to keep
+// it busy.
+const asgiConns = 4
+
+// asgiOverhead measures what notifyd.asgi's middleware costs a request:
+// uvicorn serving examples/asgi/hello_asgi.py with the middleware reporting
+// to a notifyd, against the same application without it.
+func asgiOverhead(ctx context.Context, l *lab, o options) (*section, error) {
+	nd, err := l.startNotifyd(nil, "--require", "1")
+	if err != nil {
+		return nil, err
+	}
+	defer nd.stop()
+	var urls []string
+	for _, app := range []string{"hello_asgi:app", "hello_asgi:bare"} {
+		url, p, err := l.startUvicorn(app, nd.socket)
+		if err != nil {
+			return nil, err
+		}
+		defer p.stop()
+		urls = append(urls, url)
+	}
+	if err := awaitAnswer(nd.url, "1 workers ready\n"); err != nil {
+		return nil, err
+	}
+	for _, u := range urls {
+		if _, err := wrk(ctx, u, asgiConns, time.Second, false); err != nil {
+			return nil, err
+		}
+	}
+	cpu0, err := cpuTime(nd.pid())
+	if err != nil {
+		return nil, err
+	}
+	runs := make([][]float64, 2)
+	for range o.rounds {
+		for i, u := range urls {
+			r, err := wrk(ctx, u, asgiConns, o.round, false)
+			if err != nil {
+				return nil, err
+			}
+			runs[i] = append(runs[i], r)
+		}
+	}
+	cpu1, err := cpuTime(nd.pid())
+	if err != nil {
+		return nil, err
+	}
+	served := 0.0
+	for _, r := range runs[0] {
+		served += r * o.round.Seconds()
+	}
+	perThousand := float64(cpu1-cpu0) / float64(time.Millisecond) / served * 1000
+	with, without := median(runs[0]), median(runs[1])
+	ratio := paired(runs[0], runs[1])
+	// One uvicorn process is one event loop on one CPU: the difference of
+	// the time a request takes there is what the middleware adds to it.
+	perRequest := (1/with - 1/without) * 1e6
+	s := &section{}
+	s.p("## What the ASGI middleware costs a request\n\n")
+	s.p("Two single-process uvicorn instances run `examples/asgi/hello_asgi.py` (`/` answers `hello`), one as\n")
+	s.p("`hello_asgi:app`, wrapped in `notifyd.asgi.NotifydMiddleware` and reporting to a notifyd, one as\n")
+	s.p("`hello_asgi:bare`, the same application without it (the floor). `%s` alternates between them,\n", wrkCommand(asgiConns, o.round, false))
+	s.p("%d rounds each, after a warm-up; the ratio is the median of the rounds' ratios, each round with the\n", o.rounds)
+	s.p("middleware against the round without right after it.\n\n")
+	s.p("| instance | median requests/s | rounds |\n| --- | ---: | --- |\n")
+	s.p("| with the middleware | %.0f | %s |\n| bare (the floor) | %.0f | %s |\n", with, rates(runs[0]), without, rates(runs[1]))
+	s.p("\nThe middleware adds %.1f µs to a request in the uvicorn process (the difference of the medians'\n", perRequest)
+	s.p("time per request); notifyd's CPU time over the rounds with it, %.0f requests in all: %.1f ms per 1,000\n", served, perThousand)
+	s.p("requests. The gunicorn hooks' section measures the same two sends per request under gunicorn.\n")
+	s.goal(ratio >= 0.98, "ASGI middleware overhead: requests/s with `NotifydMiddleware` ≥ 0.98× the bare application",
+		"%.3f (medians %.0f / %.0f requests/s; %.1f µs a request; notifyd %.1f ms CPU per 1,000 requests)", ratio, with, without, perRequest, perThousand)
+	return s, nil
+}
+
+// startUvicorn runs one uvicorn process serving app from examples/asgi on a
+// loopback port the kernel found free, with NOTIFYD_SOCKET set to socket,
+// and returns its URL once it answers. (uvicorn's --fd takes Unix sockets
+// only, so the port cannot be passed bound.)
+func (l *lab) startUvicorn(app, socket string) (string, *proc, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	addr := ln.Addr().(*net.TCPAddr)
+	ln.Close()
+	python, err := serverPython()
+	if err != nil {
+		return "", nil, err
+	}
+	cmd := exec.Command(python, "-m", "uvicorn", "--host", "127.0.0.1", "--port", strconv.Itoa(addr.Port),
+		"--no-access-log", "--log-level", "warning", "--app-dir", filepath.Join(l.root, "examples/asgi"), app)
+	cmd.Env = append(cleanEnv(), "NOTIFYD_SOCKET="+socket, "PYTHONPATH="+l.root, "PYTHONDONTWRITEBYTECODE=1")
+	p, err := l.start(cmd, syscall.SIGTERM, "")
+	if err != nil {
+		return "", nil, err
+	}
+	url := fmt.Sprintf("http://%s/", addr)
+	if err := awaitAnswer(url, "hello\n"); err != nil {
+		p.stop()
+		b, _ := os.ReadFile(p.log)
+		return "", nil, fmt.Errorf("%w\n%s", err, b)
+	}
+	return url, p, nil
+}
+
+// serverPython is the interpreter gunicorn runs on, from its #! line: the
+// one where the Python servers, uvicorn included, are installed.
+func serverPython() (string, error) {
+	path, err := exec.LookPath("gunicorn")
+	if err != nil {
+		return "", err
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	python, ok := strings.CutPrefix(line, "#!")
+	if !ok {
+		return "", fmt.Errorf("%s has no #! line to name its interpreter", path)
+	}
+	return strings.TrimSpace(python), nil
+}
