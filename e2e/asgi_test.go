@@ -35,29 +35,11 @@ func needModule(t *testing.T, module string) {
 // is stopped with SIGTERM at the end of the test.
 func startServer(t *testing.T, dir, socket string, port int, env []string, args ...string) *server {
 	t.Helper()
-	s := &server{port: port, log: &syncBuffer{}, done: make(chan struct{})}
-	s.cmd = exec.Command(python, append([]string{"-m"}, args...)...)
-	s.cmd.Dir = dir
-	s.cmd.Env = append(os.Environ(), "NOTIFYD_SOCKET="+socket, "PYTHONPATH="+repoRoot, "PYTHONDONTWRITEBYTECODE=1")
-	s.cmd.Env = append(s.cmd.Env, env...)
-	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { s.cmd.Wait(); close(s.done) }()
-	t.Cleanup(func() {
-		s.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-s.done:
-		case <-time.After(15 * time.Second):
-			s.cmd.Process.Kill()
-			<-s.done
-		}
-		if t.Failed() {
-			t.Logf("%s log:\n%s", args[0], s.log.String())
-		}
-	})
-	return s
+	cmd := exec.Command(python, append([]string{"-m"}, args...)...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "NOTIFYD_SOCKET="+socket, "PYTHONPATH="+repoRoot, "PYTHONDONTWRITEBYTECODE=1")
+	cmd.Env = append(cmd.Env, env...)
+	return runServer(t, cmd, port)
 }
 
 // asgiExample is the directory of the example ASGI application.
@@ -129,23 +111,11 @@ func TestASGIUvicornWorker(t *testing.T) {
 	t.Setenv("NOTIFYD_REANNOUNCE", "2")
 	d := startNotifyd(t, shortDir(t), "--require", "2")
 	port := freePort(t)
-	s := &server{port: port, log: &syncBuffer{}, done: make(chan struct{})}
-	s.cmd = exec.Command(gunicorn, "--config", filepath.Join(repoRoot, "examples/gunicorn/gunicorn.conf.py"),
+	cmd := exec.Command(gunicorn, "--config", filepath.Join(repoRoot, "examples/gunicorn/gunicorn.conf.py"),
 		"--chdir", asgiExample(), "--bind", fmt.Sprintf("127.0.0.1:%d", port), "--workers", "2",
 		"--worker-class", "uvicorn.workers.UvicornWorker", "hello_asgi:app")
-	s.cmd.Env = append(os.Environ(), "NOTIFYD_SOCKET="+d.socket, "PYTHONPATH="+repoRoot)
-	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { s.cmd.Wait(); close(s.done) }()
-	t.Cleanup(func() {
-		s.cmd.Process.Signal(syscall.SIGTERM)
-		<-s.done
-		if t.Failed() {
-			t.Logf("gunicorn log:\n%s", s.log.String())
-		}
-	})
+	cmd.Env = append(os.Environ(), "NOTIFYD_SOCKET="+d.socket, "PYTHONPATH="+repoRoot)
+	s := runServer(t, cmd, port)
 	live := waitListed(t, d, 2, s.workers)
 	health := watchHealth(t, d, "2 workers ready\n")
 

@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 )
 
 // asgiConns is wrk's connections against one uvicorn process: enough to keep
@@ -38,36 +37,14 @@ func asgiOverhead(ctx context.Context, l *lab, o options) (*section, error) {
 	if err := awaitAnswer(nd.url, "1 workers ready\n"); err != nil {
 		return nil, err
 	}
-	for _, u := range urls {
-		if _, err := wrk(ctx, u, asgiConns, time.Second, false); err != nil {
-			return nil, err
-		}
-	}
-	cpu0, err := cpuTime(nd.pid())
+	r, err := alternate(ctx, nd.pid(), [2]string(urls), asgiConns, o)
 	if err != nil {
 		return nil, err
 	}
-	runs := make([][]float64, 2)
-	for range o.rounds {
-		for i, u := range urls {
-			r, err := wrk(ctx, u, asgiConns, o.round, false)
-			if err != nil {
-				return nil, err
-			}
-			runs[i] = append(runs[i], r)
-		}
-	}
-	cpu1, err := cpuTime(nd.pid())
-	if err != nil {
-		return nil, err
-	}
-	served := 0.0
-	for _, r := range runs[0] {
-		served += r * o.round.Seconds()
-	}
-	perThousand := float64(cpu1-cpu0) / float64(time.Millisecond) / served * 1000
-	with, without := median(runs[0]), median(runs[1])
-	ratio := paired(runs[0], runs[1])
+	served, perThousand := r.served, r.perThousand
+	runs := [][]float64{r.with, r.without}
+	with, without := median(r.with), median(r.without)
+	ratio := paired(r.with, r.without)
 	// One uvicorn process is one event loop on one CPU: the difference of
 	// the time a request takes there is what the middleware adds to it.
 	perRequest := (1/with - 1/without) * 1e6

@@ -8,7 +8,6 @@ import (
 	"regexp"
 	"strconv"
 	"syscall"
-	"time"
 )
 
 var hooksInstalled = regexp.MustCompile(`notifyd hooks installed: (.*)`)
@@ -56,37 +55,15 @@ func hookOverhead(ctx context.Context, l *lab, o options) (*section, error) {
 		if err := awaitAnswer(u, "hello\n"); err != nil {
 			return nil, err
 		}
-		if _, err := wrk(ctx, u, hookConns, time.Second, false); err != nil {
-			return nil, err
-		}
 	}
-	cpu0, err := cpuTime(nd.pid())
+	r, err := alternate(ctx, nd.pid(), [2]string(urls), hookConns, o)
 	if err != nil {
 		return nil, err
 	}
-	runs := make([][]float64, 2)
-	for range o.rounds {
-		for i, u := range urls {
-			r, err := wrk(ctx, u, hookConns, o.round, false)
-			if err != nil {
-				return nil, err
-			}
-			runs[i] = append(runs[i], r)
-		}
-	}
-	// notifyd hears only from the instance with the hooks: its CPU time
-	// over all rounds is what their requests cost it.
-	cpu1, err := cpuTime(nd.pid())
-	if err != nil {
-		return nil, err
-	}
-	hooked := 0.0
-	for _, r := range runs[0] {
-		hooked += r * o.round.Seconds()
-	}
-	perThousand := float64(cpu1-cpu0) / float64(time.Millisecond) / hooked * 1000
-	with, without := median(runs[0]), median(runs[1])
-	ratio := paired(runs[0], runs[1])
+	hooked, perThousand := r.served, r.perThousand
+	runs := [][]float64{r.with, r.without}
+	with, without := median(r.with), median(r.without)
+	ratio := paired(r.with, r.without)
 	s := &section{}
 	s.p("## What the gunicorn hooks cost a request\n\n")
 	s.p("Two gunicorn instances run `hello.py` (`/` answers `hello`) with %d sync workers each, one with the hooks of\n", appWorkers)

@@ -46,3 +46,48 @@ func wrkCommand(conns int, d time.Duration, closeEach bool) string {
 	}
 	return s + " URL"
 }
+
+// reporting is the outcome of alternating wrk rounds between an instance
+// that reports to notifyd and the same instance without (the floor).
+type reporting struct {
+	with, without []float64 // requests/s of each round
+	served        float64   // requests the reporting instance served
+	perThousand   float64   // notifyd's CPU milliseconds per 1,000 of them
+}
+
+// alternate warms up urls[0] (the instance that reports to notifyd, pid nd)
+// and urls[1] (the floor), then runs o.rounds wrk rounds of conns
+// connections on each, alternating. notifyd hears only from the first: its
+// CPU time over all rounds is what their requests cost it.
+func alternate(ctx context.Context, nd int, urls [2]string, conns int, o options) (reporting, error) {
+	var r reporting
+	for _, u := range urls {
+		if _, err := wrk(ctx, u, conns, time.Second, false); err != nil {
+			return r, err
+		}
+	}
+	cpu0, err := cpuTime(nd)
+	if err != nil {
+		return r, err
+	}
+	for range o.rounds {
+		for i, u := range urls {
+			rate, err := wrk(ctx, u, conns, o.round, false)
+			if err != nil {
+				return r, err
+			}
+			if i == 0 {
+				r.with = append(r.with, rate)
+				r.served += rate * o.round.Seconds()
+			} else {
+				r.without = append(r.without, rate)
+			}
+		}
+	}
+	cpu1, err := cpuTime(nd)
+	if err != nil {
+		return r, err
+	}
+	r.perThousand = float64(cpu1-cpu0) / float64(time.Millisecond) / r.served * 1000
+	return r, nil
+}
