@@ -125,8 +125,7 @@ func TestASGIUvicornWorker(t *testing.T) {
 	if got := s.workers(); !slices.Equal(got, live) {
 		t.Fatalf("workers %v, want the same %v", got, live)
 	}
-	// Each worker booted one Reporter: one re-announcing thread, so one
-	// READY=1 an interval, not two.
+	// Every READY=1 and every report reached notifyd.
 	if n := bytes.Count([]byte(s.log.String()), []byte("could not send")); n != 0 {
 		t.Fatalf("gunicorn logged %d failed sends:\n%s", n, s.log.String())
 	}

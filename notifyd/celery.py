@@ -65,7 +65,8 @@ def install(socket=None, reannounce=None, task_deadline=None):
 
     Calling it again replaces the settings and connects nothing twice.
     A task_deadline that is not a number of seconds above 0 is logged as an
-    error and ignored.
+    error and ignored. It starts nothing and sends nothing itself: the
+    handlers do, in the pool processes, and never raise because of notifyd.
     """
     global _settings
     from celery import signals
