@@ -23,6 +23,7 @@ func hookOverhead(ctx context.Context, l *lab, o options) (*section, error) {
 	}
 	defer nd.stop()
 	var urls []string
+	var apps []int
 	var installed string
 	for _, withHooks := range []bool{true, false} {
 		cmd := exec.Command("gunicorn", "--config", filepath.Join(l.root, seedConfig),
@@ -50,13 +51,14 @@ func hookOverhead(ctx context.Context, l *lab, o options) (*section, error) {
 			}
 		}
 		urls = append(urls, "http://"+addr+"/")
+		apps = append(apps, g.pid())
 	}
 	for _, u := range urls {
 		if err := awaitAnswer(u, "hello\n"); err != nil {
 			return nil, err
 		}
 	}
-	r, err := alternate(ctx, nd.pid(), [2]string(urls), hookConns, o)
+	r, err := alternate(ctx, nd.pid(), [2]string(urls), [2]int(apps), hookConns, o)
 	if err != nil {
 		return nil, err
 	}
@@ -73,6 +75,8 @@ func hookOverhead(ctx context.Context, l *lab, o options) (*section, error) {
 	s.p("| instance | median requests/s | rounds |\n| --- | ---: | --- |\n")
 	s.p("| with notifyd's hooks | %.0f | %s |\n| without (the floor) | %.0f | %s |\n", with, rates(runs[0]), without, rates(runs[1]))
 	s.p("\nnotifyd's CPU time over the rounds with the hooks, %.0f requests in all: %.1f ms per 1,000 requests.\n", hooked, perThousand)
+	s.p("gunicorn's CPU time (master and workers) per request: %s with the hooks, %s without; the hooks add %s.\n",
+		µs(r.cpuWith), µs(r.cpuWithout), µs(r.cpuWith-r.cpuWithout))
 	s.goal(ratio >= 0.98, "hook overhead: requests/s with notifyd's hooks ≥ 0.98× without",
 		"%.3f (medians %.0f / %.0f requests/s; notifyd %.1f ms CPU per 1,000 requests; hooks: %s)", ratio, with, without, perThousand, installed)
 	return s, nil
