@@ -45,6 +45,8 @@ if [ -n "$unformatted" ]; then
 	exit 1
 fi
 go vet ./...
+# go.mod and go.sum say exactly what the code imports.
+go mod tidy -diff
 # The chart is a module of its own, so that its plotting library stays out of
 # notifyd's dependencies; it is vetted here so that bench/run keeps building.
 (cd bench/chart && go vet ./...)

@@ -228,34 +228,6 @@ func contextSwitches(t *testing.T, pid int, all bool) uint64 {
 	return sum
 }
 
-// TestIdleWithManyWorkersStaysAsleep registers 200 workers that do not
-// re-announce, as notify and systemd-notify senders do not, and checks that
-// an idle notifyd holding them is not woken: no timer, no poll, no sweep.
-func TestIdleWithManyWorkersStaysAsleep(t *testing.T) {
-	const workers = 200
-	dir := shortDir(t)
-	d := startPlainNotifyd(t, dir, "--require", strconv.Itoa(workers))
-	var ws []*exec.Cmd
-	for range workers {
-		ws = append(ws, sleeper(t))
-	}
-	registerReady(t, d, ws...)
-	waitHealth(t, d, 200, strconv.Itoa(workers)+" workers ready\n")
-	closeIdleHTTP()
-
-	// The runtime finishes what registration left (a collection, the
-	// scavenger) within moments; then the window starts.
-	time.Sleep(2 * time.Second)
-	before := contextSwitches(t, d.cmd.Process.Pid, true)
-	time.Sleep(5 * time.Second)
-	woken := contextSwitches(t, d.cmd.Process.Pid, true) - before
-	t.Logf("%d context switches in 5 s with %d idle workers", woken, workers)
-	// A sweep or a poll loop would wake it every second or more often.
-	if woken > 2 {
-		t.Fatalf("an idle notifyd with %d workers was woken %d times in 5 s, want none beyond the runtime's own (at most 2)", workers, woken)
-	}
-}
-
 // cpuTime is the user and system time pid has used so far, from fields 14
 // and 15 of /proc/<pid>/stat.
 func cpuTime(t *testing.T, pid int) time.Duration {
@@ -318,11 +290,9 @@ func TestReannounceCost(t *testing.T) {
 	barrier(t, c)
 	woken := contextSwitches(t, pid, false) - switches
 	used := cpuTime(t, pid) - cpu
+	// The figures are bench/report's to quote, never this test's to judge.
 	t.Logf("%d re-announcements in %v: %d wake-ups (%.1f a second), %v CPU time",
 		workers, window, woken, float64(woken)/window.Seconds(), used)
-	if woken > 8*workers {
-		t.Fatalf("%d re-announcements woke notifyd %d times, want at most a few per datagram", workers, woken)
-	}
 	if changed := files(); changed {
 		t.Fatal("re-announcements rewrote state files")
 	}

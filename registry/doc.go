@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package registry keeps the set of workers that told notifyd they are ready,
 // and answers how many of them count.
 //

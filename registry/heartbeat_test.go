@@ -1,3 +1,5 @@
+//go:build linux
+
 package registry
 
 import (
@@ -46,12 +48,16 @@ func TestHeartbeatDeadline(t *testing.T) {
 			}
 
 			if !tt.wantHung {
-				// A state check after a wait well past 200 ms.
-				time.Sleep(500 * time.Millisecond)
-				wantSummary(t, r, Summary{Ready: 1, Workers: 1})
-				if w := oneWorker(t, r); w.State != Ready {
-					t.Fatalf("worker is %v, want ready", w.State)
+				// A witness registered after it with a 200 ms deadline of
+				// its own: once the witness is hung, 200 ms have passed for
+				// the worker too, and it must still be ready.
+				witness := startSleep(t).pid()
+				send(t, r, protocol.Message{Lifecycle: protocol.Ready, PID: witness, WatchdogUSec: 200000}, rootCreds())
+				eventually(t, "the witness to miss its heartbeat", func() bool { return workerState(t, r, witness) == Hung })
+				if got := workerState(t, r, pid); got != Ready {
+					t.Fatalf("worker is %v once the 200 ms witness is hung, want ready", got)
 				}
+				wantSummary(t, r, Summary{Ready: 1, Workers: 2})
 				return
 			}
 
@@ -90,6 +96,19 @@ func TestHeartbeatDeadline(t *testing.T) {
 			}
 		})
 	}
+}
+
+// workerState is the state of the registered worker pid, failing the test
+// when there is none.
+func workerState(tb testing.TB, r *Registry, pid int) State {
+	tb.Helper()
+	for _, w := range r.Workers() {
+		if w.PID == pid {
+			return w.State
+		}
+	}
+	tb.Fatalf("pid %d is not registered", pid)
+	return 0
 }
 
 // TestHungWorkerLeavesOnStopping checks that a hung worker still leaves the

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command notify sends one sd_notify message to notifyd and waits until
 // notifyd has processed it.
 //

@@ -13,7 +13,8 @@ import (
 )
 
 // Patience bounds every wait for an asynchronous effect. It only stops a
-// broken test from hanging; no test asserts how long an effect took.
+// broken test from hanging. A test waits for an effect; how long it took is
+// for bench/report to measure.
 const Patience = 20 * time.Second
 
 // Eventually polls cond until it holds, and fails the test if it does not
