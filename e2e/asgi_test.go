@@ -188,18 +188,27 @@ func replacesWorkers(t *testing.T) bool {
 	return string(bytes.TrimSpace(out)) == "True"
 }
 
-// TestASGISingleUvicorn: one uvicorn process is one worker. Its graceful
-// stop says STOPPING=1 before it exits, so notifyd counts no unannounced
-// exit.
+// TestASGISingleUvicorn: one uvicorn process is one worker. A notifyd
+// killed and started again without its state files counts it again from
+// its re-announcement. Its graceful stop says STOPPING=1 before it exits,
+// so notifyd counts no unannounced exit.
 func TestASGISingleUvicorn(t *testing.T) {
 	needModule(t, "uvicorn")
-	d := startNotifyd(t, shortDir(t), "--require", "1")
+	dir := shortDir(t)
+	d := startNotifyd(t, dir, "--require", "1")
 	port := freePort(t)
-	s := startServer(t, asgiExample(), d.socket, port, nil,
+	s := startServer(t, asgiExample(), d.socket, port, []string{"NOTIFYD_REANNOUNCE=1"},
 		"uvicorn", "--host", "127.0.0.1", "--port", strconv.Itoa(port), "hello_asgi:app")
 	self := func() []int { return []int{s.cmd.Process.Pid} }
 	waitListed(t, d, 1, self)
 	addsExactly(t, d, s, 3)
+
+	killNotifyd(t, d)
+	for _, pid := range stateFiles(t, dir) {
+		os.Remove(filepath.Join(dir, ".gunicorn.worker."+strconv.Itoa(pid)))
+	}
+	d = startNotifyd(t, dir, "--require", "1")
+	waitListed(t, d, 1, self)
 
 	s.cmd.Process.Signal(syscall.SIGTERM)
 	select {
