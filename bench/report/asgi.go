@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -63,7 +64,58 @@ func asgiOverhead(ctx context.Context, l *lab, o options) (*section, error) {
 	s.p("%.0f requests in all: %.1f ms per 1,000 requests.\n", served, perThousand)
 	s.goal(ratio >= 0.98, "ASGI middleware overhead: requests/s with `NotifydMiddleware` ≥ 0.98× the bare application",
 		"%.3f (medians %.0f / %.0f requests/s; uvicorn's CPU %s a request more; notifyd %.1f ms CPU per 1,000 requests)", ratio, with, without, µs(added), perThousand)
+
+	c, err := requestCost(ctx, l, o)
+	if err != nil {
+		return nil, err
+	}
+	mw, hooks := c.Middleware-c.ASGIBare, c.Hooks-c.GunicornBare
+	s.p("\n### Against the gunicorn hooks, in one process\n\n")
+	s.p("`%s` times, in one process and alternating round by round, %d rounds, the CPU time of a request\n", requestCostCommand, o.rounds)
+	s.p("through the example application bare and wrapped in the middleware, and of a gunicorn request without and\n")
+	s.p("with `notifyd_gunicorn`'s `pre_request` and `post_request`, all reporting through one reporter to a socket\n")
+	s.p("the script empties between batches of 4 requests, so that every send finds room (%d of %d datagrams\n", c.Datagrams, c.Expected)
+	s.p("arrived). Medians of the rounds:\n\n")
+	s.p("| request | bare | reporting to notifyd | added |\n| --- | ---: | ---: | ---: |\n")
+	s.p("| ASGI, `NotifydMiddleware` | %.2f µs | %.2f µs | %.2f µs |\n", c.ASGIBare/1e3, c.Middleware/1e3, mw/1e3)
+	s.p("| gunicorn, the hooks | %.2f µs | %.2f µs | %.2f µs |\n", c.GunicornBare/1e3, c.Hooks/1e3, hooks/1e3)
+	s.goal(c.Datagrams == c.Expected && mw <= 1.05*hooks, "ASGI middleware: the CPU it adds to a request ≤ 1.05× what the gunicorn hooks add",
+		"%.3f (%.2f µs / %.2f µs a request, both with every datagram sent)", mw/hooks, mw/1e3, hooks/1e3)
 	return s, nil
+}
+
+// requestCostCommand runs bench/python/request_cost.py.
+const requestCostCommand = "python3 bench/python/request_cost.py"
+
+// cost is what bench/python/request_cost.py prints: nanoseconds of CPU per
+// request, and the datagrams its socket received against those sent.
+type cost struct {
+	ASGIBare     float64 `json:"asgi_bare"`
+	Middleware   float64 `json:"asgi_middleware"`
+	GunicornBare float64 `json:"gunicorn_bare"`
+	Hooks        float64 `json:"gunicorn_hooks"`
+	Datagrams    int     `json:"datagrams"`
+	Expected     int     `json:"datagrams_expected"`
+}
+
+// requestCost runs bench/python/request_cost.py with o.rounds rounds.
+func requestCost(ctx context.Context, l *lab, o options) (cost, error) {
+	var c cost
+	python, err := serverPython()
+	if err != nil {
+		return c, err
+	}
+	cmd := exec.CommandContext(ctx, python, "bench/python/request_cost.py", "--rounds", strconv.Itoa(o.rounds))
+	cmd.Dir = l.root
+	cmd.Env = append(cleanEnv(), "PYTHONDONTWRITEBYTECODE=1")
+	out, err := cmd.Output()
+	if err != nil {
+		return c, fmt.Errorf("%s: %w", requestCostCommand, err)
+	}
+	if err := json.Unmarshal(out, &c); err != nil {
+		return c, fmt.Errorf("%s printed %q: %w", requestCostCommand, out, err)
+	}
+	return c, nil
 }
 
 // startUvicorn runs one uvicorn process serving app from examples/asgi on a
