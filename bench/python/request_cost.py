@@ -96,7 +96,8 @@ async def main(rounds):
         wrapped({'type': 'lifespan'}, startup.get, lifespan_send))
     await answered.wait()
     pre, post = ns['pre_request'], ns['post_request']
-    sink.drain()
+    sink.drain()  # the READY=1
+    sink.received = 0
 
     async def asgi(app):
         total = 0
