@@ -60,6 +60,7 @@ __all__ = ['install', 'resolve_socket', 'send', 'start']
 # The socket, the sending and the Reporter (READY=1, its repetition and the
 # activity) are the notifyd package's, shared with notifyd.asgi and
 # notifyd.celery; this module adds what is gunicorn's: its hooks.
+
 # _MARK is set on the hooks install() makes, so a second install() on the
 # same namespace recognises them and does not wrap them again.
 _MARK = '_notifyd_hook'
