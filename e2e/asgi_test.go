@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -91,7 +92,7 @@ func addsExactly(t *testing.T, d *daemon, s *server, requests int) {
 // flight, then until they are answered.
 func twoInFlight(t *testing.T, d *daemon, s *server) {
 	t.Helper()
-	slow := inBackground(t, s, "/sleep?s=3", 2)
+	slow := inBackground(t, s, "/sleep?s=2", 2)
 	waitFor(t, "2 requests in flight", func() bool {
 		return statusActivity(t, d).InFlight == 2
 	})
@@ -201,6 +202,15 @@ func TestASGISingleUvicorn(t *testing.T) {
 		"uvicorn", "--host", "127.0.0.1", "--port", strconv.Itoa(port), "hello_asgi:app")
 	self := func() []int { return []int{s.cmd.Process.Pid} }
 	waitListed(t, d, 1, self)
+	// A single uvicorn binds its port just after the lifespan startup that
+	// announced it.
+	waitFor(t, "uvicorn to listen", func() bool {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
 	addsExactly(t, d, s, 3)
 
 	killNotifyd(t, d)

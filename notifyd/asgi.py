@@ -15,7 +15,10 @@ notifyd run on its own (or, under gunicorn, by notifyd_gunicorn.start()).
   returns without answering) is answered by the middleware itself, so the
   server sees a lifespan that works either way. The server must run the
   lifespan protocol (uvicorn's default, --lifespan auto, does): with
-  --lifespan off nothing is announced.
+  --lifespan off nothing is announced. A single uvicorn process binds its
+  port just after the lifespan startup, so notifyd may count it a moment
+  before the port accepts; with --workers and under gunicorn the port is
+  bound before any worker starts.
 - Each HTTP request and each WebSocket connection counts as in flight while
   the application runs it; requests finished and busy time are reported as
   the gunicorn hooks report them, through the same Reporter, at the same
