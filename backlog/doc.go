@@ -27,6 +27,19 @@
 // queue is dropped or reset (net.ipv4.tcp_abort_on_overflow); a Unix client
 // blocks in connect(2), or fails with EAGAIN if it is non-blocking.
 //
+// # Queue time
+//
+// A TCP connection waiting in the accept queue is a full socket, established
+// (or close-wait once its client gave up), with no inode until accept(2)
+// gives it a file. Its tcp_info (INET_DIAG_INFO) holds tcpi_last_data_recv,
+// the milliseconds since it last received data: for a client that sent its
+// request, how long the request has waited. The listener's sk_drops
+// (SK_MEMINFO_DROPS in INET_DIAG_SKMEMINFO) counts what a full queue
+// refused. For a Unix listener, UDIAG_SHOW_ICONS lists the inodes of the
+// waiting connections but no time: the Reader notes when it first saw each
+// one. The Sampler reads while every worker is busy, which is when a queue
+// can form, so that the peak of the last minute misses no burst.
+//
 // Where sock_diag is refused, TCP queues are read from /proc/net/tcp and
 // /proc/net/tcp6 (proc_net_tcp(5)), which show the queue but not its limit.
 //

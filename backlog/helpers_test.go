@@ -3,6 +3,7 @@ package backlog
 import (
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -72,13 +73,16 @@ func newReader(tb testing.TB, addrs ...string) *Reader {
 	return NewReader(as)
 }
 
+// wantQueues compares what every read shows the same; the age and the peak,
+// which depend on timing and on earlier reads, have tests of their own.
 func wantQueues(tb testing.TB, got, want []Queue) {
 	tb.Helper()
 	if len(got) != len(want) {
 		tb.Fatalf("got %d queues %+v, want %d %+v", len(got), got, len(want), want)
 	}
 	for i := range want {
-		if got[i] != want[i] {
+		if g := got[i]; g.Addr != want[i].Addr || g.Listening != want[i].Listening ||
+			g.Queued != want[i].Queued || g.Limit != want[i].Limit || g.Drops != want[i].Drops {
 			tb.Errorf("queue %d = %+v, want %+v", i, got[i], want[i])
 		}
 	}
@@ -95,4 +99,29 @@ func somaxconn(tb testing.TB) uint32 {
 		tb.Fatal(err)
 	}
 	return uint32(n)
+}
+
+// accept takes n connections from ln, keeping them open until the test ends.
+func accept(tb testing.TB, ln net.Listener, n int) {
+	tb.Helper()
+	for range n {
+		c, err := ln.Accept()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { c.Close() })
+	}
+}
+
+// listenUnixAccepting listens on a Unix socket the test accepts from, and
+// returns it and its path.
+func listenUnixAccepting(tb testing.TB) (net.Listener, string) {
+	tb.Helper()
+	path := filepath.Join(shortDir(tb), "app.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ln.Close() })
+	return ln, path
 }

@@ -26,14 +26,34 @@ const (
 	sizeofUnixDiagReq   = 24 // family, protocol, pad, states, ino, show, cookie
 	sizeofUnixDiagMsg   = 16 // family, type, state, pad, ino, cookie
 
-	inetDiagSKV6Only = 11 // INET_DIAG_SKV6ONLY: u8, sent for every AF_INET6 listener
+	inetDiagInfo      = 2  // INET_DIAG_INFO: struct tcp_info
+	inetDiagSKMemInfo = 7  // INET_DIAG_SKMEMINFO: u32[SK_MEMINFO_VARS]
+	inetDiagSKV6Only  = 11 // INET_DIAG_SKV6ONLY: u8, sent for every AF_INET6 listener
+
+	inetDiagReqBytecode = 1 // INET_DIAG_REQ_BYTECODE: a filter program after the request
+	inetDiagBCSGE       = 2 // INET_DIAG_BC_S_GE: local port >= the next op's "no"
+	inetDiagBCSLE       = 3 // INET_DIAG_BC_S_LE: local port <= the next op's "no"
+
+	skMemInfoDrops = 8 // SK_MEMINFO_DROPS: sk_drops, which a full accept queue counts
+
+	// tcpiLastDataRecv is the offset of tcpi_last_data_recv in struct
+	// tcp_info: milliseconds since the connection last received data, or
+	// since its handshake completed when it has received none.
+	tcpiLastDataRecv = 52
+
+	// The TCP states a connection waiting in an accept queue can be in:
+	// established, or close-wait once its client has given up and closed.
+	tcpEstablished = 1
+	tcpCloseWait   = 8
 
 	udiagShowName  = 0x01 // UDIAG_SHOW_NAME
 	udiagShowVFS   = 0x02 // UDIAG_SHOW_VFS
+	udiagShowIcons = 0x08 // UDIAG_SHOW_ICONS
 	udiagShowRQLen = 0x10 // UDIAG_SHOW_RQLEN
 
 	unixDiagName  = 0 // UNIX_DIAG_NAME: the bound address, sun_path bytes
 	unixDiagVFS   = 1 // UNIX_DIAG_VFS: {ino, dev} of the socket file
+	unixDiagIcons = 3 // UNIX_DIAG_ICONS: u32 inodes of the connections waiting for accept()
 	unixDiagRQLen = 4 // UNIX_DIAG_RQLEN: {rqueue, wqueue}
 
 	// nlaTypeMask strips NLA_F_NESTED and NLA_F_NET_BYTEORDER from an
@@ -86,6 +106,7 @@ func (c *diagConn) dumpTCP(family int) ([]tcpListener, error) {
 	req := make([]byte, sizeofInetDiagReqV2)
 	req[0] = byte(family)
 	req[1] = unix.IPPROTO_TCP
+	req[2] = 1 << (inetDiagSKMemInfo - 1)
 	binary.NativeEndian.PutUint32(req[4:], 1<<tcpListen)
 	var ls []tcpListener
 	err := c.dump(req, func(msg []byte) error {
@@ -121,11 +142,77 @@ func parseInetDiagMsg(msg []byte) (l tcpListener, ok bool, err error) {
 	l.queued = binary.NativeEndian.Uint32(msg[56:60])
 	l.limit = binary.NativeEndian.Uint32(msg[60:64])
 	err = eachAttr(msg[sizeofInetDiagMsg:], func(typ uint16, data []byte) {
-		if typ == inetDiagSKV6Only && len(data) >= 1 {
+		switch {
+		case typ == inetDiagSKV6Only && len(data) >= 1:
 			l.v6only = data[0] != 0
+		case typ == inetDiagSKMemInfo && len(data) >= 4*(skMemInfoDrops+1):
+			l.drops = binary.NativeEndian.Uint32(data[4*skMemInfoDrops:])
 		}
 	})
 	return l, true, err
+}
+
+// waiting is a TCP connection that no process has accepted yet.
+type waiting struct {
+	ip  netip.Addr // its local address, which the client connected to
+	age uint32     // milliseconds since it last received data
+}
+
+// dumpWaiting returns the connections of family to local port that wait in
+// an accept queue: established or close-wait, and with no inode, since a
+// socket gets its inode when accept(2) gives it a file. A filter program
+// keeps the kernel from sending any connection of another port, and the
+// state mask any connection that is closing.
+func (c *diagConn) dumpWaiting(family int, port uint16) ([]waiting, error) {
+	const opSize = 4 // struct inet_diag_bc_op: code, yes, no (u16)
+	// Two comparisons, each an op and an op whose "no" holds the port:
+	// jumping past the end of the program rejects the socket, landing
+	// exactly on its end accepts it (inet_diag_bc_run).
+	prog := make([]byte, 4*opSize)
+	ne := binary.NativeEndian
+	prog[0], prog[1] = inetDiagBCSGE, 2*opSize
+	ne.PutUint16(prog[2:], 5*opSize)
+	ne.PutUint16(prog[6:], port)
+	prog[8], prog[9] = inetDiagBCSLE, 2*opSize
+	ne.PutUint16(prog[10:], 3*opSize)
+	ne.PutUint16(prog[14:], port)
+
+	req := make([]byte, sizeofInetDiagReqV2+unix.SizeofRtAttr+len(prog))
+	req[0] = byte(family)
+	req[1] = unix.IPPROTO_TCP
+	req[2] = 1 << (inetDiagInfo - 1)
+	ne.PutUint32(req[4:], 1<<tcpEstablished|1<<tcpCloseWait)
+	attr := req[sizeofInetDiagReqV2:]
+	ne.PutUint16(attr[0:], uint16(unix.SizeofRtAttr+len(prog)))
+	ne.PutUint16(attr[2:], inetDiagReqBytecode)
+	copy(attr[unix.SizeofRtAttr:], prog)
+
+	var ws []waiting
+	err := c.dump(req, func(msg []byte) error {
+		if len(msg) < sizeofInetDiagMsg {
+			return errors.New("short inet_diag_msg")
+		}
+		if ne.Uint32(msg[68:72]) != 0 || binary.BigEndian.Uint16(msg[4:6]) != port {
+			return nil
+		}
+		w := waiting{}
+		switch msg[0] {
+		case unix.AF_INET:
+			w.ip = netip.AddrFrom4([4]byte(msg[8:12]))
+		case unix.AF_INET6:
+			w.ip = netip.AddrFrom16([16]byte(msg[8:24])).Unmap()
+		default:
+			return nil
+		}
+		err := eachAttr(msg[sizeofInetDiagMsg:], func(typ uint16, data []byte) {
+			if typ == inetDiagInfo && len(data) >= tcpiLastDataRecv+4 {
+				w.age = ne.Uint32(data[tcpiLastDataRecv:])
+			}
+		})
+		ws = append(ws, w)
+		return err
+	})
+	return ws, err
 }
 
 // dumpUnix returns the Unix listeners that are bound to a path. Listeners
@@ -134,7 +221,7 @@ func (c *diagConn) dumpUnix() ([]unixListener, error) {
 	req := make([]byte, sizeofUnixDiagReq)
 	req[0] = unix.AF_UNIX
 	binary.NativeEndian.PutUint32(req[4:], 1<<tcpListen)
-	binary.NativeEndian.PutUint32(req[12:], udiagShowName|udiagShowVFS|udiagShowRQLen)
+	binary.NativeEndian.PutUint32(req[12:], udiagShowName|udiagShowVFS|udiagShowRQLen|udiagShowIcons)
 	var ls []unixListener
 	err := c.dump(req, func(msg []byte) error {
 		l, err := parseUnixDiagMsg(msg)
@@ -170,6 +257,10 @@ func parseUnixDiagMsg(msg []byte) (unixListener, error) {
 		case typ == unixDiagVFS && len(data) >= 8:
 			l.vfsIno = ne.Uint32(data[0:4])
 			l.vfsDev = ne.Uint32(data[4:8])
+		case typ == unixDiagIcons:
+			for ; len(data) >= 4; data = data[4:] {
+				l.waiting = append(l.waiting, ne.Uint32(data))
+			}
 		case typ == unixDiagRQLen && len(data) >= 8:
 			// For a listener: {connections waiting for accept(), backlog}.
 			l.queued = ne.Uint32(data[0:4])

@@ -55,8 +55,9 @@ func TestProcListeners(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			s := &session{tcp: map[int][]tcpListener{tt.family: proc, unix.AF_INET + unix.AF_INET6 - tt.family: other}}
-			q, err := s.queue(mustParse(t, ap.String()))
+			s := &session{tcp: map[int][]tcpListener{tt.family: proc, unix.AF_INET + unix.AF_INET6 - tt.family: other},
+				viaProc: map[int]bool{unix.AF_INET: true, unix.AF_INET6: true}}
+			q, _, err := s.queue(mustParse(t, ap.String()))
 			if err != nil {
 				t.Fatal(err)
 			}

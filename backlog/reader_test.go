@@ -297,8 +297,8 @@ func BenchmarkReadProc(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		s := &session{tcp: map[int][]tcpListener{unix.AF_INET: ls}}
-		q, err := s.queue(a)
+		s := &session{tcp: map[int][]tcpListener{unix.AF_INET: ls}, viaProc: map[int]bool{unix.AF_INET: true}}
+		q, _, err := s.queue(a)
 		if err != nil || !q.Listening {
 			b.Fatalf("queue() = %v, %v", q, err)
 		}

@@ -244,7 +244,8 @@ func TestNotifyStatusShowsActivityAndQueues(t *testing.T) {
 	    {"pid": 103, "state": "hung", "ready_at": null, "status": "stuck"}
 	  ],
 	  "listen_queues": [
-	    {"addr": "127.0.0.1:8000", "listening": true, "queued": 17, "limit": 64},
+	    {"addr": "127.0.0.1:8000", "listening": true, "queued": 17, "limit": 64, "oldest_seconds": 2.06, "peak": 20, "drops": 5},
+	    {"addr": "unix:/run/b.sock", "listening": true, "queued": 1, "limit": 8, "oldest_seconds": 0.3, "peak": 4, "drops": 0},
 	    {"addr": "[::1]:8000", "listening": true, "queued": 2, "limit": 0},
 	    {"addr": "unix:/run/app.sock", "listening": false, "queued": 0, "limit": 0}
 	  ]}`)
@@ -255,7 +256,8 @@ func TestNotifyStatusShowsActivityAndQueues(t *testing.T) {
 		"102  ready  3m07s      0          9\n" +
 		"103  hung   -          -          -         stuck\n" +
 		"healthy: 2 ready, 2 required, 3 expected, not draining, 1 busy, 3 in flight\n" +
-		"listen queue 127.0.0.1:8000: 17 of 64 queued\n" +
+		"listen queue 127.0.0.1:8000: 17 of 64 queued, oldest 2.1s, peak 20 in 60s, 5 dropped\n" +
+		"listen queue unix:/run/b.sock: 1 of 8 queued, oldest 0.3s, peak 4 in 60s\n" +
 		"listen queue [::1]:8000: 2 queued, limit unknown\n" +
 		"listen queue unix:/run/app.sock: nothing listens there\n"
 	// The age may tick over a second while the test runs.

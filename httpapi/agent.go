@@ -49,23 +49,41 @@ func agentReply(s registry.Summary, required, weight int) string {
 }
 
 // QueueWeight scales a capacity weight (percent) down as the fullest of the
-// application's listen queues fills:
+// application's listen queues fills, or as its oldest connection ages:
 //
-//	weight = capacity × (1 − queued/limit), and never below min(capacity, floor)
+//	fill   = max(queued/limit, oldest/QueueAgeFull), at most 1
+//	weight = capacity × (1 − fill), and never below min(capacity, floor)
 //
-// A full queue brings the weight down to the floor, so HAProxy sends a
-// drowning instance fewer new connections but never takes it out: that is
-// the health check's call, and the health check never looks at the queue.
-// An address with no listener, or a limit of 0, counts as an empty queue.
+// The age counts because a backlog is usually far longer than a server can
+// serve quickly: with gunicorn's default of 2048, twenty requests waiting
+// 5 s each fill 1% of the queue. HAProxy should hear about that wait, and
+// the age says it whatever the backlog.
+//
+// A full queue, or one whose oldest connection has waited QueueAgeFull,
+// brings the weight down to the floor, so HAProxy sends a drowning instance
+// fewer new connections but never takes it out: that is the health check's
+// call, and the health check never looks at the queue. An address with no
+// listener counts as an empty queue; a limit of 0 (read from /proc) leaves
+// the age alone to count.
 func QueueWeight(capacity int, queues []backlog.Queue, floor int) int {
 	fill := 0.0
 	for _, q := range queues {
-		if q.Listening && q.Limit > 0 {
-			fill = max(fill, min(1, float64(q.Queued)/float64(q.Limit)))
+		if !q.Listening {
+			continue
 		}
+		if q.Limit > 0 {
+			fill = max(fill, float64(q.Queued)/float64(q.Limit))
+		}
+		fill = max(fill, q.OldestSeconds/QueueAgeFull.Seconds())
 	}
-	return max(int(float64(capacity)*(1-fill)), min(capacity, floor))
+	return max(int(float64(capacity)*(1-min(1, fill))), min(capacity, floor))
 }
+
+// QueueAgeFull is the wait in a listen queue that QueueWeight counts as a
+// full queue. A second is long past what a web request should wait for a
+// worker before a proxy would rather send it elsewhere, and short enough
+// for the weight to move within one HAProxy agent interval (2 s by default).
+const QueueAgeFull = time.Second
 
 // IdleWeight scales a capacity weight (percent) down by the share of ready
 // workers that are busy, those with at least one request in flight:

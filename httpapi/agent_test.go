@@ -124,6 +124,11 @@ func TestQueueWeight(t *testing.T) {
 	listening := func(queued, limit uint32) backlog.Queue {
 		return backlog.Queue{Addr: "127.0.0.1:8000", Listening: true, Queued: queued, Limit: limit}
 	}
+	aged := func(queued, limit uint32, oldest float64) backlog.Queue {
+		q := listening(queued, limit)
+		q.OldestSeconds = oldest
+		return q
+	}
 	tests := []struct {
 		name     string
 		capacity int
@@ -140,9 +145,14 @@ func TestQueueWeight(t *testing.T) {
 		{"nearly full stops at the floor", 100, []backlog.Queue{listening(120, 128)}, 10, 10},
 		{"the fullest queue counts", 100, []backlog.Queue{listening(0, 128), listening(64, 128)}, 10, 50},
 		{"not listening is empty", 100, []backlog.Queue{{Addr: "127.0.0.1:1"}}, 10, 100},
-		{"limit 0 is empty", 100, []backlog.Queue{listening(5, 0)}, 10, 100},
+		{"limit 0 and no age is empty", 100, []backlog.Queue{listening(5, 0)}, 10, 100},
 		{"capacity below the floor stands", 5, []backlog.Queue{listening(128, 128)}, 10, 5},
 		{"floor 0", 100, []backlog.Queue{listening(128, 128)}, 0, 0},
+		{"a short queue that waits half a second", 100, []backlog.Queue{aged(2, 2048, 0.5)}, 10, 50},
+		{"a waited second is a full queue", 100, []backlog.Queue{aged(2, 2048, 1)}, 10, 10},
+		{"past a second it stays at the floor", 100, []backlog.Queue{aged(2, 2048, 7)}, 10, 10},
+		{"the fuller of length and age counts", 100, []backlog.Queue{aged(96, 128, 0.1)}, 10, 25},
+		{"age counts without a limit", 100, []backlog.Queue{aged(5, 0, 0.25)}, 10, 75},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -178,7 +178,16 @@ func (h *Health) queueLines(b []byte) []byte {
 		b = strconv.AppendUint(b, uint64(q.Queued), 10)
 		b = append(b, '/')
 		b = strconv.AppendUint(b, uint64(q.Limit), 10)
-		b = append(b, " queued\n"...)
+		b = append(b, " queued, oldest "...)
+		b = strconv.AppendFloat(b, q.OldestSeconds, 'f', 1, 64)
+		b = append(b, "s, peak "...)
+		b = strconv.AppendUint(b, uint64(q.Peak), 10)
+		if q.CountsDrops() {
+			b = append(b, ", "...)
+			b = strconv.AppendUint(b, q.Drops, 10)
+			b = append(b, " dropped"...)
+		}
+		b = append(b, '\n')
 	}
 	return b
 }

@@ -37,6 +37,9 @@ var (
 	descBusyTime  = prometheus.NewDesc("notifyd_busy_seconds_total", "Seconds the workers spent with at least one request in flight, summed over workers; workers that left included.", nil, nil)
 	descBackwards = prometheus.NewDesc("notifyd_activity_backwards_total", "Activity reports ignored because a counter went backwards for the same worker.", nil, nil)
 	descListening = prometheus.NewDesc("notifyd_listen_queue_listening", "1 when something listens on the address, else 0.", []string{"addr"}, nil)
+	descOldest    = prometheus.NewDesc("notifyd_listen_queue_oldest_seconds", "How long the oldest connection in the listen queue has waited for a worker; 0 when none waits.", []string{"addr"}, nil)
+	descPeak      = prometheus.NewDesc("notifyd_listen_queue_peak", "The longest listen queue seen in the last 60 s, sampled while every worker is busy.", []string{"addr"}, nil)
+	descDrops     = prometheus.NewDesc("notifyd_listen_queue_drops_total", "Connections the kernel dropped because the TCP listen queue was full (a Unix socket makes clients wait instead).", []string{"addr"}, nil)
 )
 
 // states are the values of notifyd_workers' state label, all always present.
@@ -44,7 +47,8 @@ var states = []registry.State{registry.Starting, registry.Ready, registry.Reload
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descWorkers, descRequired, descExpected, descHealthy, descDraining, descMessages, descExits, descFileError,
-		descInFlight, descBusy, descRequests, descBusyTime, descBackwards, descQueueLen, descQueueMax, descListening} {
+		descInFlight, descBusy, descRequests, descBusyTime, descBackwards, descQueueLen, descQueueMax, descListening,
+		descOldest, descPeak, descDrops} {
 		ch <- d
 	}
 }
@@ -95,6 +99,11 @@ func (c collector) collectQueues(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descListening, prometheus.GaugeValue, boolFloat(q.Listening), q.Addr)
 		ch <- prometheus.MustNewConstMetric(descQueueLen, prometheus.GaugeValue, float64(q.Queued), q.Addr)
 		ch <- prometheus.MustNewConstMetric(descQueueMax, prometheus.GaugeValue, float64(q.Limit), q.Addr)
+		ch <- prometheus.MustNewConstMetric(descOldest, prometheus.GaugeValue, q.OldestSeconds, q.Addr)
+		ch <- prometheus.MustNewConstMetric(descPeak, prometheus.GaugeValue, float64(q.Peak), q.Addr)
+		if q.CountsDrops() {
+			ch <- prometheus.MustNewConstMetric(descDrops, prometheus.CounterValue, float64(q.Drops), q.Addr)
+		}
 	}
 }
 

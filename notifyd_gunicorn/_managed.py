@@ -118,11 +118,12 @@ def start(ns):
 class _Settings:
     """The settings notifyd runs with; equal settings need no restart."""
 
-    __slots__ = ('bind', 'require', 'directory', 'filename', 'args', 'binary')
+    __slots__ = ('bind', 'require', 'directory', 'filename', 'args', 'binary',
+                 'queues')
 
     def __init__(self, **values):
         for name in self.__slots__:
-            setattr(self, name, values[name])
+            setattr(self, name, values.get(name, ()))
 
     def _key(self):
         return tuple(getattr(self, name) for name in self.__slots__)
@@ -131,8 +132,11 @@ class _Settings:
         return isinstance(other, _Settings) and self._key() == other._key()
 
     def flags(self):
-        return ['--bind', self.bind, '--require', str(self.require),
-                '--dir', self.directory, '--filename', self.filename]
+        flags = ['--bind', self.bind, '--require', str(self.require),
+                 '--dir', self.directory, '--filename', self.filename]
+        for address in self.queues:
+            flags += ['--listen-queue', address]
+        return flags
 
 
 def _read_settings(ns):
@@ -439,6 +443,9 @@ class _Manager:
             self._stop_all()
             self._close_sockets(server)
             return
+        # Every address gunicorn listens on, as bound now: a HUP that
+        # changed bind has already replaced the listeners.
+        self.wanted.queues = _listen_queues(server)
         running = self.process
         if running is not None and running.settings == self.wanted \
                 and self.retired_http is None:
@@ -709,6 +716,33 @@ class _Manager:
         for level, line in self.messages:
             getattr(self.server.log, level)(line)
         self.messages = []
+
+
+def _listen_queues(server):
+    """Return gunicorn's listening addresses as notifyd's --listen-queue
+    spells them: '127.0.0.1:8000', '[::1]:8000', 'unix:/run/app.sock'.
+    Addresses notifyd cannot name (an abstract socket, an IPv6 zone) are
+    left out."""
+    addresses = []
+    for listener in getattr(server, 'LISTENERS', None) or []:
+        try:
+            sock = getattr(listener, 'sock', listener)
+            family, name = sock.family, sock.getsockname()
+        except OSError:
+            continue
+        if family == socket.AF_UNIX:
+            if isinstance(name, bytes) or not name or name.startswith('\0'):
+                continue
+            address = 'unix:' + os.path.abspath(name)
+        elif family == socket.AF_INET:
+            address = '%s:%d' % name[:2]
+        elif family == socket.AF_INET6 and '%' not in name[0]:
+            address = '[%s]:%d' % name[:2]
+        else:
+            continue
+        if address not in addresses:
+            addresses.append(address)
+    return tuple(addresses)
 
 
 def _private_path():

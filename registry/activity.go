@@ -49,6 +49,23 @@ func (r *Registry) Activity() Totals {
 	}
 }
 
+// AllBusy reports whether every ready worker has a request in flight, so
+// that a new connection waits in a listen queue: at least one worker is
+// busy, and no fewer than are ready (a hung worker may be busy and not
+// ready). It takes no lock and does no I/O.
+func (r *Registry) AllBusy() bool {
+	busy := r.totals.busyWorkers.Load()
+	return busy > 0 && busy >= int64(r.Summary().Ready)
+}
+
+// busier tells OnAllBusy that every worker may be busy now. The caller
+// holds r.mu.
+func (r *Registry) busier() {
+	if r.cfg.OnAllBusy != nil && r.AllBusy() {
+		r.cfg.OnAllBusy()
+	}
+}
+
 // record applies an activity report to e. The caller holds r.mu.
 //
 // The values are absolute since the worker booted, so the totals grow by
@@ -88,6 +105,7 @@ func (r *Registry) gauge(was, now uint32) {
 	switch {
 	case was == 0 && now > 0:
 		r.totals.busyWorkers.Add(1)
+		r.busier()
 	case was > 0 && now == 0:
 		r.totals.busyWorkers.Add(-1)
 	}

@@ -231,3 +231,37 @@ func TestActivityTotalsNeverGoDown(t *testing.T) {
 		})
 	}
 }
+
+// TestAllBusy: every ready worker busy, and only then; OnAllBusy is called
+// as that becomes true, whether by a request or by an idle worker leaving.
+func TestAllBusy(t *testing.T) {
+	cfg := testConfig(t)
+	var calls int // called under the registry's lock, read after send returns
+	cfg.OnAllBusy = func() { calls++ }
+	r := startRegistry(t, cfg)
+	if r.AllBusy() {
+		t.Fatal("AllBusy() with no worker = true, want false")
+	}
+	a, b := startSleep(t), startSleep(t)
+	for _, c := range []*child{a, b} {
+		send(t, r, ready(c.pid()), rootCreds())
+	}
+	steps := []struct {
+		name  string
+		m     protocol.Message
+		want  bool
+		calls int
+	}{
+		{"one of two busy", activity(a.pid(), 1, 0, 0), false, 0},
+		{"both busy", activity(b.pid(), 2, 0, 0), true, 1},
+		{"one done", activity(a.pid(), 0, 1, 10), false, 1},
+		{"the idle one stops", protocol.Message{Lifecycle: protocol.Stopping, PID: a.pid()}, true, 2},
+		{"the last one done", activity(b.pid(), 0, 2, 20), false, 2},
+	}
+	for _, s := range steps {
+		send(t, r, s.m, rootCreds())
+		if got := r.AllBusy(); got != s.want || calls != s.calls {
+			t.Fatalf("%s: AllBusy() = %v after %d calls, want %v after %d", s.name, got, calls, s.want, s.calls)
+		}
+	}
+}

@@ -98,6 +98,11 @@ type Config struct {
 	// OnChange, if set, is called with every new Summary, under the
 	// registry's lock: it must return quickly and not call the registry.
 	OnChange func(Summary)
+	// OnAllBusy, if set, is called when AllBusy may have become true: a
+	// worker took a request, or a ready worker left. It is called under
+	// the registry's lock: it must return quickly and not call the
+	// registry.
+	OnAllBusy func()
 
 	// retryInterval overrides how often failed state file changes are
 	// tried again; tests set it.

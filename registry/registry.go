@@ -333,6 +333,7 @@ func (r *Registry) settle(e *entry, before bool) {
 		r.ready++
 	case before && !after:
 		r.ready--
+		defer r.busier()
 	}
 	r.publish()
 }

@@ -9,6 +9,11 @@
 //
 //	(cd bench/chart && go run . -in ../../docs/saturation.csv -out ../../docs/saturation.png)
 //
+// With -queue-time it draws the queue-time chart instead, from the
+// queue-time.csv bench/report writes (seconds,series,wait_s):
+//
+//	(cd bench/chart && go run . -queue-time -in queue-time.csv -out ../../docs/queue-time.png)
+//
 // This is a module of its own, so that the plotting library stays out of
 // notifyd's dependencies.
 package main
@@ -73,8 +78,12 @@ func run(args []string, stderr io.Writer) error {
 	in := fs.String("in", "", "CSV written by go run ./bench/report (saturation.csv)")
 	out := fs.String("out", "saturation.png", "PNG to write")
 	timeout := fs.Duration("timeout", time.Second, "the probes' timeout, where failures are drawn (bench/report's probe timeout)")
+	queueTime := fs.Bool("queue-time", false, "draw the queue-time chart from queue-time.csv instead")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *queueTime && *in != "" && fs.NArg() == 0 {
+		return renderQueueTime(*in, *out)
 	}
 	switch {
 	case *in == "" || fs.NArg() > 0:

@@ -13,7 +13,9 @@
 //   - what notifyd's gunicorn hooks cost each request;
 //   - what notifyd.asgi's middleware costs each request under uvicorn;
 //   - what the workers' re-announcement costs an idle notifyd;
-//   - health under 2000 bad clients.
+//   - health under 2000 bad clients;
+//   - queue time: notifyd's oldest age against the clients' own wait, as
+//     wrk ramps gunicorn past saturation, and notifyd's CPU then and idle.
 //
 // Each goal is a ratio or a median of contenders run side by side in one
 // run, alternating, so that the other work of a shared machine weighs on
@@ -21,7 +23,7 @@
 //
 //	go run ./bench/report -out DIR [-quick]
 //
-// writes DIR/PERFORMANCE.md and DIR/saturation.csv. It needs gunicorn,
+// writes DIR/PERFORMANCE.md, DIR/saturation.csv and DIR/queue-time.csv. It needs gunicorn,
 // uvicorn and wrk, and stops everything it started on every path out, SIGINT included.
 package main
 
@@ -142,6 +144,9 @@ func run(ctx context.Context, out string, o options) error {
 		{"self-healing's cost", reannounceCost},
 		{"health under bad clients", badClients},
 		{"micro-benchmarks", micro},
+		{"queue time", func(ctx context.Context, l *lab, o options) (*section, error) {
+			return queueTime(ctx, l, o, filepath.Join(out, "queue-time.csv"))
+		}},
 	}
 	for _, name := range o.only {
 		if !slices.ContainsFunc(steps, func(st step) bool { return st.name == name }) {

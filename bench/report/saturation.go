@@ -44,11 +44,11 @@ type app struct {
 	notifyd       *server
 }
 
-// startApp starts a notifyd requiring workers, then gunicorn with the seed
-// config and that many sync workers, and waits until both health checks
-// count them all.
-func startApp(l *lab, workers int) (*app, error) {
-	nd, err := l.startNotifyd(nil, "--require", strconv.Itoa(workers))
+// startApp starts a notifyd requiring workers, with args added, then
+// gunicorn on bind with the seed config and that many sync workers, and
+// waits until both health checks count them all.
+func startApp(l *lab, workers int, bind string, args ...string) (*app, error) {
+	nd, err := l.startNotifyd(nil, append([]string{"--require", strconv.Itoa(workers)}, args...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -57,7 +57,7 @@ func startApp(l *lab, workers int) (*app, error) {
 		return nil, err
 	}
 	cmd := exec.Command("gunicorn", "--config", filepath.Join(l.root, seedConfig),
-		"--chdir", filepath.Join(l.root, "examples/gunicorn"), "--bind", "127.0.0.1:0",
+		"--chdir", filepath.Join(l.root, "examples/gunicorn"), "--bind", bind,
 		"--workers", strconv.Itoa(workers), "--worker-class", "sync", "hello:app")
 	cmd.Env = append(cleanEnv(), "NOTIFYD_SOCKET="+nd.socket, "SEED_HEALTHCHECK_BIND=127.0.0.1:0",
 		"SEED_HEALTHCHECK_DIRECTORY="+seedDir, "SEED_HEALTHCHECK_REQUIRE="+strconv.Itoa(workers),
@@ -97,7 +97,7 @@ type sample struct {
 // startContenders starts the application with notifyd and the seed-style
 // check, and the bare server beside it; stop ends them all.
 func startContenders(l *lab) (a *app, bare *server, stop func(), err error) {
-	if a, err = startApp(l, appWorkers); err != nil {
+	if a, err = startApp(l, appWorkers, "127.0.0.1:0"); err != nil {
 		return nil, nil, nil, err
 	}
 	if bare, err = l.startBare(); err != nil {

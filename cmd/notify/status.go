@@ -49,12 +49,16 @@ type workerDoc struct {
 	BusySeconds *float64   `json:"busy_seconds"`
 }
 
-// listenQueue is one of the application's listen queues in statusDoc.
+// listenQueue is one of the application's listen queues in statusDoc. The
+// queue-time fields are pointers: a notifyd without them leaves them out.
 type listenQueue struct {
-	Addr      string `json:"addr"`
-	Listening bool   `json:"listening"`
-	Queued    uint32 `json:"queued"`
-	Limit     uint32 `json:"limit"`
+	Addr          string   `json:"addr"`
+	Listening     bool     `json:"listening"`
+	Queued        uint32   `json:"queued"`
+	Limit         uint32   `json:"limit"`
+	OldestSeconds *float64 `json:"oldest_seconds"`
+	Peak          *uint32  `json:"peak"`
+	Drops         *uint64  `json:"drops"`
 }
 
 // badAnswer is an answer that is not notifyd's /status: a wrong --url, most

@@ -62,13 +62,30 @@ func writeStatus(w io.Writer, doc statusDoc, now time.Time, term terminal) error
 		case !q.Listening:
 			fmt.Fprintf(&b, "listen queue %s: nothing listens there\n", q.Addr)
 		case q.Limit == 0:
-			fmt.Fprintf(&b, "listen queue %s: %d queued, limit unknown\n", q.Addr, q.Queued)
+			fmt.Fprintf(&b, "listen queue %s: %d queued, limit unknown%s\n", q.Addr, q.Queued, queueTime(q))
 		default:
-			fmt.Fprintf(&b, "listen queue %s: %d of %d queued\n", q.Addr, q.Queued, q.Limit)
+			fmt.Fprintf(&b, "listen queue %s: %d of %d queued%s\n", q.Addr, q.Queued, q.Limit, queueTime(q))
 		}
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// queueTime is what a listen queue line adds when notifyd reports queue
+// time: ", oldest 2.1s, peak 5 in 60s, 3 dropped" (no drops for a Unix
+// socket, which makes clients wait instead).
+func queueTime(q listenQueue) string {
+	var b strings.Builder
+	if q.OldestSeconds != nil {
+		fmt.Fprintf(&b, ", oldest %.1fs", *q.OldestSeconds)
+	}
+	if q.Peak != nil {
+		fmt.Fprintf(&b, ", peak %d in 60s", *q.Peak)
+	}
+	if q.Drops != nil && !strings.HasPrefix(q.Addr, "unix:") {
+		fmt.Fprintf(&b, ", %d dropped", *q.Drops)
+	}
+	return b.String()
 }
 
 // writeTable lines up rows in columns two spaces apart. On a terminal the

@@ -93,6 +93,11 @@ func (c *config) options() []option {
 		{"listen-queue", "", "an address the application listens on, to report its accept queue: 127.0.0.1:8000, [::1]:8000 or unix:/run/app.sock (repeatable)", true,
 			func(v string) error {
 				addr, err := backlog.ParseAddr(v)
+				// An address given twice (managed mode's and the user's
+				// own) is watched once: metrics allow one series per address.
+				if err == nil && slices.Contains(c.listenQueues, addr) {
+					return nil
+				}
 				c.listenQueues = append(c.listenQueues, addr)
 				return err
 			}},

@@ -62,6 +62,10 @@ func TestParseConfig(t *testing.T) {
 			func(c config) bool {
 				return len(c.listenQueues) == 2 && c.listenQueues[1] == mustAddr("unix:/run/a.sock")
 			}},
+		{"a listen queue given twice is watched once", nil, []string{"--listen-queue", "unix:/run/a.sock", "--listen-queue", "127.0.0.1:8000", "--listen-queue", "unix:/run//a.sock"},
+			func(c config) bool {
+				return len(c.listenQueues) == 2 && c.listenQueues[0] == mustAddr("unix:/run/a.sock")
+			}},
 		{"listen queues from a list", map[string]string{"NOTIFYD_LISTEN_QUEUE": "127.0.0.1:8000, [::1]:8000,"}, nil,
 			func(c config) bool { return len(c.listenQueues) == 2 && c.listenQueues[1] == mustAddr("[::1]:8000") }},
 		{"listen queue flags replace the list", map[string]string{"NOTIFYD_LISTEN_QUEUE": "127.0.0.1:8000,127.0.0.1:8001"}, []string{"--listen-queue", "127.0.0.1:9000"},

@@ -67,6 +67,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer conn.Close()
 	defer ln.Close()
 
+	// The listen queues are sampled while every worker is busy, which the
+	// registry tells as it happens.
+	var (
+		queues  *backlog.Reader
+		sampler *backlog.Sampler
+		onBusy  func()
+	)
+	if len(cfg.listenQueues) > 0 {
+		queues = backlog.NewReader(cfg.listenQueues)
+		sampler = backlog.NewSampler(queues, log.With("component", "backlog"))
+		onBusy = sampler.Wake
+	}
 	notifier := newSystemdNotifier(cfg, log.With("component", "systemd"))
 	reg, err := registry.New(registry.Config{
 		Dir:          cfg.dir,
@@ -77,6 +89,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		WatchdogUSec: cfg.watchdogUSec,
 		Logger:       log.With("component", "registry"),
 		OnChange:     notifier.poke,
+		OnAllBusy:    onBusy,
 	})
 	if err != nil {
 		return err
@@ -85,10 +98,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	notifier.summary = reg.Summary
 
 	srv := protocol.NewServer(conn, reg, log.With("component", "protocol"))
-	var queues *backlog.Reader
-	if len(cfg.listenQueues) > 0 {
-		queues = backlog.NewReader(cfg.listenQueues)
-	}
 	handler := httpapi.NewHandler(httpapi.Config{
 		Registry: reg, Required: cfg.require, Expected: cfg.expect, MessageCounts: srv.Counts, Queues: queues,
 	})
@@ -99,6 +108,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		httpapi.NewServer(ln, handler, httpLog).Serve,
 		notifier.Run,
 		drainSignals(reg, drains),
+	}
+	if sampler != nil {
+		parts = append(parts, func(ctx context.Context) error { return sampler.Run(ctx, reg) })
 	}
 	if watch != nil {
 		parts = append(parts, func(ctx context.Context) error {

@@ -80,6 +80,40 @@ class SettingsTest(unittest.TestCase):
                 self.assertNotIn('\n', error)
 
 
+class ListenQueuesTest(unittest.TestCase):
+
+    def test_every_listener_as_notifyd_spells_it(self):
+        class Server:
+            LISTENERS = []
+        with tempfile.TemporaryDirectory() as d:
+            tcp = socket.socket()
+            tcp.bind(('127.0.0.1', 0))
+            path = os.path.join(d, 'app.sock')
+            unix = socket.socket(socket.AF_UNIX)
+            unix.bind(path)
+            abstract = socket.socket(socket.AF_UNIX)
+            abstract.bind('\0notifyd-test-%d' % os.getpid())
+            socks = [tcp, unix, abstract, tcp]
+            try:
+                tcp6 = socket.socket(socket.AF_INET6)
+                tcp6.bind(('::1', 0))
+                socks.append(tcp6)
+            except OSError:
+                tcp6 = None
+            for sock in socks:
+                self.addCleanup(sock.close)
+            Server.LISTENERS = socks
+            want = ('127.0.0.1:%d' % tcp.getsockname()[1], 'unix:' + path)
+            if tcp6 is not None:
+                want += ('[::1]:%d' % tcp6.getsockname()[1],)
+            self.assertEqual(_managed._listen_queues(Server()), want)
+            settings, _ = _managed._read_settings(
+                {'healthcheck_bind': '127.0.0.1:8001'})
+            settings.queues = want[:2]
+            self.assertEqual(settings.flags()[-4:], [
+                '--listen-queue', want[0], '--listen-queue', want[1]])
+
+
 class FindBinaryTest(unittest.TestCase):
 
     def test_next_to_the_interpreter_not_on_path(self):

@@ -12,6 +12,7 @@ unit runs it. Every port is chosen by the kernel.
 """
 
 import http.client
+import json
 import os
 import re
 import shutil
@@ -406,6 +407,104 @@ class WheelTest(unittest.TestCase):
         wait_for('the health port to be free',
                  lambda: port_refused(url[len('http://'):-1]))
         self.assertFalse(os.path.exists(os.path.dirname(sock)))
+
+    def test_queue_time_of_every_bind_without_configuration(self):
+        app_sock = os.path.join(self.dir, 'app.sock')
+        master = self.gunicorn(bind=['127.0.0.1:0', 'unix:' + app_sock],
+                               backlog=2, timeout=30)
+        pid, url = self.notifyd_started()
+        self.wait_health(url, 200, '2 workers ready\n')
+        tcp = self.app.group(1).split(',')[0]
+        host, port = tcp.rsplit(':', 1)
+        queue = '{addr="%s"}' % tcp
+        unix_queue = '{addr="unix:%s"}' % app_sock
+
+        def metric(name, labels):
+            body = get(url + 'metrics')[1]
+            m = re.search(r'^%s%s (\S+)$' % (re.escape(name),
+                                             re.escape(labels)), body, re.M)
+            self.assertIsNotNone(m, '%s%s not in /metrics' % (name, labels))
+            return float(m.group(1))
+
+        def busy():
+            # Both workers on a 4 s request, as notifyd counts them.
+            sleepers = [socket.create_connection((host, int(port)),
+                                                 timeout=DEADLINE)
+                        for _ in range(2)]
+            for c in sleepers:
+                self.addCleanup(c.close)
+                c.sendall(b'GET /sleep?s=4 HTTP/1.0\r\n\r\n')
+            wait_for('both workers busy', lambda: json.loads(
+                get(url + 'status')[1])['busy_workers'] == 2)
+            return sleepers
+
+        def queued(family, address, n):
+            conns = []
+            for _ in range(n):
+                c = socket.socket(family, socket.SOCK_STREAM)
+                self.addCleanup(c.close)
+                c.settimeout(DEADLINE)
+                c.connect(address)
+                c.sendall(b'GET / HTTP/1.0\r\n\r\n')
+                conns.append(c)
+            return conns
+
+        def served(conns):
+            for c in conns:
+                answer = b''
+                while True:
+                    chunk = c.recv(4096)
+                    if not chunk:
+                        break
+                    answer += chunk
+                self.assertTrue(answer.startswith(b'HTTP/1.0 200'), answer)
+
+        # A burst nobody scrapes during: the peak still shows it after.
+        burst = busy()
+        served(queued(socket.AF_INET, (host, int(port)), 3))
+        served(burst)
+        self.assertGreaterEqual(metric('notifyd_listen_queue_peak', queue), 3)
+        self.assertEqual(metric('notifyd_listen_queue_length', queue), 0)
+
+        # Three requests queued for 2.0 s, and two on the unix: bind.
+        burst = busy()
+        sent = time.monotonic()
+        waiting = queued(socket.AF_INET, (host, int(port)), 3)
+        waiting += queued(socket.AF_UNIX, app_sock, 2)
+        time.sleep(max(0, sent + 2.0 - time.monotonic()))
+        self.assertEqual(metric('notifyd_listen_queue_length', queue), 3)
+        oldest = metric('notifyd_listen_queue_oldest_seconds', queue)
+        self.assertTrue(1.7 <= oldest <= 2.6, oldest)
+        self.assertEqual(metric('notifyd_listen_queue_length', unix_queue), 2)
+        self.assertGreaterEqual(metric('notifyd_listen_queue_peak',
+                                       unix_queue), 2)
+
+        # Ten more on the full queue: the kernel drops them, and counts.
+        self.assertEqual(metric('notifyd_listen_queue_drops_total', queue), 0)
+        extra = []
+        for _ in range(10):
+            c = socket.socket()
+            self.addCleanup(c.close)
+            c.setblocking(False)
+            c.connect_ex((host, int(port)))
+            extra.append(c)
+        wait_for('drops', lambda: metric('notifyd_listen_queue_drops_total',
+                                         queue) >= 1)
+        for c in extra:  # silent: a sync worker would wait on them
+            c.close()
+        served(burst + waiting)
+        self.assertNotIn('notifyd_listen_queue_drops_total%s' % unix_queue,
+                         get(url + 'metrics')[1])
+
+        # A HUP that changes bind: notifyd watches the new addresses.
+        other = os.path.join(self.dir, 'other.sock')
+        self.config(bind=['unix:' + other], backlog=2, timeout=30)
+        mark = len(self.log())
+        master.send_signal(signal.SIGHUP)
+        _, url = self.notifyd_started(after=mark)
+        self.assertEqual(metric('notifyd_listen_queue_listening',
+                                '{addr="unix:%s"}' % other), 1)
+        self.assertNotIn(queue, get(url + 'metrics')[1])
 
     def test_master_sigkill_takes_notifyd_along(self):
         master = self.gunicorn()
