@@ -57,7 +57,11 @@ _FINAL = frozenset(['lifespan.startup.failed', _SHUTDOWN_COMPLETE,
 class NotifydMiddleware:
     """Wraps an ASGI application so that notifyd counts its worker process.
 
-    See the module's documentation for what it reports and when.
+    The worker is announced when the application completes its lifespan
+    startup and leaves when it completes its shutdown; HTTP requests and
+    WebSocket connections count as in flight while they run (see the
+    module's documentation). It never raises because of notifyd, and never
+    blocks a request: reporting one costs two non-blocking sends.
     """
 
     def __init__(self, app, socket=None, reannounce=None):
