@@ -284,3 +284,19 @@ func TestSocketActivationWrongNotifySocket(t *testing.T) {
 		t.Fatalf("notifyd's output does not say plainly that the socket is not a datagram socket:\n%s", out)
 	}
 }
+
+// TestManagedUnitLetsNotifydSpeak: in managed mode notifyd, the master's
+// child, tells systemd when the application is ready; the example unit must
+// let it (systemd-analyze verifies the unit in TestSystemdUnitsVerify).
+func TestManagedUnitLetsNotifydSpeak(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(repoRoot, "deploy/systemd/myapp-managed.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(b), "\n")
+	for _, want := range []string{"Type=notify", "NotifyAccess=all", "ExecReload=/bin/kill -HUP $MAINPID"} {
+		if !slices.Contains(lines, want) {
+			t.Errorf("myapp-managed.service lacks the line %q", want)
+		}
+	}
+}

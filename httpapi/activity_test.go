@@ -36,7 +36,7 @@ func booted(t *testing.T, reg *registry.Registry, n int) []*exec.Cmd {
 
 func TestStatusActivity(t *testing.T) {
 	reg := newRegistry(t)
-	url := serve(t, httpapi.Config{Registry: reg, Required: 1, Expected: 3})
+	url := serve(t, httpapi.Config{Registry: expecting(reg, 3), Required: 1})
 	ws := booted(t, reg, 3)
 	report(t, reg, ws[0], 1, 40, 6_250_000)
 	report(t, reg, ws[1], 3, 2, 1_000_001)
@@ -63,7 +63,7 @@ func TestStatusActivity(t *testing.T) {
 
 func TestMetricsActivity(t *testing.T) {
 	reg := newRegistry(t)
-	url := serve(t, httpapi.Config{Registry: reg, Required: 2, Expected: 2})
+	url := serve(t, httpapi.Config{Registry: expecting(reg, 2), Required: 2})
 	fams := scrape(t, url)
 	for _, name := range []string{"notifyd_requests_in_flight", "notifyd_workers_busy"} {
 		wantSample(t, fams, gauge, 0, name)
@@ -164,8 +164,8 @@ func queueOf(t *testing.T, limit, queued int) *backlog.Reader {
 func TestAgentIdleWeight(t *testing.T) {
 	reg := newRegistry(t)
 	log := slog.New(slog.DiscardHandler)
-	idle := httpapi.NewAgent(nil, httpapi.AgentConfig{Source: reg, Required: 2, Expected: 4, Idle: true, Floor: 10, Log: log})
-	both := httpapi.NewAgent(nil, httpapi.AgentConfig{Source: reg, Required: 2, Expected: 4, Idle: true, Floor: 10, Log: log, Queues: queueOf(t, 4, 2)})
+	idle := httpapi.NewAgent(nil, httpapi.AgentConfig{Source: expecting(reg, 4), Required: 2, Idle: true, Floor: 10, Log: log})
+	both := httpapi.NewAgent(nil, httpapi.AgentConfig{Source: expecting(reg, 4), Required: 2, Idle: true, Floor: 10, Log: log, Queues: queueOf(t, 4, 2)})
 	wantReply := func(a *httpapi.Agent, want string) {
 		t.Helper()
 		// A queue reading may be up to 100 ms old; this one never changes.

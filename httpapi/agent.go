@@ -19,7 +19,9 @@ const agentWriteTimeout = time.Second
 // AgentReply is the HAProxy agent-check line for s, in the grammar HAProxy
 // 2.6 parses (see "agent-check" in HAProxy's configuration manual):
 //
-//	drain                               while the instance is drained
+//	drain                               while the instance is drained, and
+//	                                    while it reloads: no new sessions,
+//	                                    but the server stays up
 //	ready up 75%                        when ready >= required: the weight
 //	                                    follows ready capacity, ready*100/expected
 //	ready down #1/2 workers ready       when ready < required
@@ -27,23 +29,23 @@ const agentWriteTimeout = time.Second
 // The weight is a bare percentage: HAProxy 2.6 ignores "weight:75%". "ready"
 // leads every reply that is not a drain, because once a server has been told
 // "drain" only a reply containing "ready" takes it out of DRAIN.
-func AgentReply(s registry.Summary, required, expected int) string {
-	return agentReply(s, required, capacityWeight(s, expected))
+func AgentReply(s registry.Summary, required int) string {
+	return agentReply(s, required, capacityWeight(s))
 }
 
-func capacityWeight(s registry.Summary, expected int) int {
-	if expected <= 0 {
+func capacityWeight(s registry.Summary) int {
+	if s.Expected <= 0 {
 		return 100
 	}
-	return min(100, s.Ready*100/expected)
+	return min(100, s.Ready*100/s.Expected)
 }
 
 func agentReply(s registry.Summary, required, weight int) string {
-	if s.Draining {
+	if s.Draining || s.Reload.Active {
 		return "drain\n"
 	}
-	if s.Ready < required {
-		return "ready down #" + strconv.Itoa(s.Ready) + "/" + strconv.Itoa(required) + " workers ready\n"
+	if ready := s.Counted(); ready < required {
+		return "ready down #" + strconv.Itoa(ready) + "/" + strconv.Itoa(required) + " workers ready\n"
 	}
 	return "ready up " + strconv.Itoa(weight) + "%\n"
 }
@@ -104,8 +106,8 @@ func IdleWeight(capacity, ready, busy, floor int) int {
 
 // AgentConfig says what an Agent answers and how it weighs.
 type AgentConfig struct {
-	Source             Source
-	Required, Expected int
+	Source   Source
+	Required int
 	// Idle scales the weight with IdleWeight (--agent-weight=idle).
 	Idle bool
 	// Queues, when set, scales the weight with QueueWeight
@@ -136,8 +138,8 @@ const queueMaxAge = 100 * time.Millisecond
 // Reply is the agent line for the registry's state now.
 func (a *Agent) Reply() string {
 	s := a.Source.Summary()
-	weight := capacityWeight(s, a.Expected)
-	if s.Draining || s.Ready < a.Required {
+	weight := capacityWeight(s)
+	if s.Draining || s.Reload.Active || s.Counted() < a.Required {
 		return agentReply(s, a.Required, weight)
 	}
 	if a.Idle {

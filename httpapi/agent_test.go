@@ -37,7 +37,8 @@ func TestAgentReply(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := httpapi.AgentReply(tt.summary, tt.required, tt.expected); got != tt.want {
+			tt.summary.Expected = tt.expected
+			if got := httpapi.AgentReply(tt.summary, tt.required); got != tt.want {
 				t.Fatalf("AgentReply(%+v, %d, %d) = %q, want %q", tt.summary, tt.required, tt.expected, got, tt.want)
 			}
 		})
@@ -80,7 +81,7 @@ func TestAgentOverTCP(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		done <- httpapi.NewAgent(ln, httpapi.AgentConfig{Source: reg, Required: 2, Expected: 4}).Serve(ctx)
+		done <- httpapi.NewAgent(ln, httpapi.AgentConfig{Source: expecting(reg, 4), Required: 2}).Serve(ctx)
 	}()
 
 	if got, want := agentLine(t, addr), "ready down #0/2 workers ready\n"; got != want {
@@ -170,7 +171,7 @@ func TestAgentClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := httpapi.NewAgent(ln, httpapi.AgentConfig{Source: newRegistry(t), Required: 1, Expected: 1})
+	a := httpapi.NewAgent(ln, httpapi.AgentConfig{Source: expecting(newRegistry(t), 1), Required: 1})
 	done := make(chan error, 1)
 	go func() { done <- a.Serve(context.Background()) }()
 	if got := agentLine(t, ln.Addr().String()); got != "ready down #0/1 workers ready\n" {

@@ -10,8 +10,9 @@ import (
 type Config struct {
 	// Registry is the source of every answer: in notifyd, the registry.
 	Registry Source
-	// Required is --require, Expected is --expect.
-	Required, Expected int
+	// Required is --require. The expected workers (--expect, as
+	// X_NOTIFYD_EXPECT= changes it) come with the registry's summary.
+	Required int
 	// MessageCounts returns the datagrams received by result, for
 	// notifyd_messages_total; nil leaves that metric out.
 	MessageCounts func() map[string]uint64
@@ -24,11 +25,11 @@ type Config struct {
 // NewHandler routes GET /status and GET /metrics to their handlers, and
 // every other method and path to the health check.
 func NewHandler(cfg Config) http.Handler {
-	health := NewHealth(cfg.Registry, cfg.Required, cfg.Expected)
+	health := NewHealth(cfg.Registry, cfg.Required)
 	health.queues = cfg.Queues
 	named := map[string]http.Handler{
-		"/status": statusHandler{reg: cfg.Registry, required: cfg.Required, expected: cfg.Expected, queues: cfg.Queues},
-		"/metrics": metricsHandler(collector{reg: cfg.Registry, required: cfg.Required, expected: cfg.Expected,
+		"/status": statusHandler{reg: cfg.Registry, required: cfg.Required, queues: cfg.Queues},
+		"/metrics": metricsHandler(collector{reg: cfg.Registry, required: cfg.Required,
 			messages: cfg.MessageCounts, queues: cfg.Queues}),
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -10,7 +10,7 @@ import (
 func TestHandlerRouting(t *testing.T) {
 	reg := newRegistry(t)
 	readyWorkers(t, reg, 1)
-	url := serve(t, httpapi.Config{Registry: reg, Required: 2, Expected: 3})
+	url := serve(t, httpapi.Config{Registry: expecting(reg, 3), Required: 2})
 
 	health := []struct{ method, path string }{
 		{"GET", "/"},

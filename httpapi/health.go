@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	"github.com/notifyd/notifyd/backlog"
 	"github.com/notifyd/notifyd/registry"
@@ -35,10 +36,10 @@ var (
 
 // Health answers the health check on every method and path.
 type Health struct {
-	src                Source
-	required, expected int
-	queues             *backlog.Reader // informational lines in ?verbose; nil for none
-	last               atomic.Pointer[plainAnswer]
+	src      Source
+	required int
+	queues   *backlog.Reader // informational lines in ?verbose; nil for none
+	last     atomic.Pointer[plainAnswer]
 }
 
 // plainAnswer is the plain answer for one count of ready workers, made once
@@ -48,21 +49,52 @@ type Health struct {
 // only reads the header values.
 type plainAnswer struct {
 	ready    int
+	phase    phase
 	draining bool
 	body     []byte
 	length   []string // Content-Length
 }
 
-// NewHealth returns the health handler: 200 when src has at least required
-// ready workers and is not draining, else 500. expected is the capacity the
-// server is configured for, shown by ?verbose.
-func NewHealth(src Source, required, expected int) *Health {
-	return &Health{src: src, required: required, expected: expected}
+// phase is where the instance is in its life, as the answers say it.
+type phase uint8
+
+const (
+	running   phase = iota
+	starting        // no --require workers ready yet since notifyd started
+	reloading       // a reload keeps the stopping generation's count
+)
+
+func (p phase) String() string {
+	switch p {
+	case starting:
+		return "starting"
+	case reloading:
+		return "reloading"
+	}
+	return "running"
 }
 
-// healthy is the one rule every answer (HTTP, status, metrics) applies.
+func phaseOf(s registry.Summary) phase {
+	switch {
+	case s.Reload.Active:
+		return reloading
+	case s.Starting:
+		return starting
+	}
+	return running
+}
+
+// NewHealth returns the health handler: 200 when src counts at least
+// required ready workers and is not draining, else 500.
+func NewHealth(src Source, required int) *Health {
+	return &Health{src: src, required: required}
+}
+
+// healthy is the one rule every answer (HTTP, status, metrics, agent)
+// applies. During a reload it counts the stopping generation's workers
+// until the new generation is ready (registry.Summary.Counted).
 func healthy(s registry.Summary, required int) bool {
-	return s.Ready >= required && !s.Draining
+	return s.Counted() >= required && !s.Draining
 }
 
 func (h *Health) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -89,18 +121,24 @@ func (h *Health) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // plain returns the plain answer for s: "3 workers ready\n", with
-// ", draining" before the newline while the instance drains.
+// ", starting" until the instance first has --require workers ready,
+// ", reloading" while a reload keeps the stopping generation's count, and
+// ", draining" while the instance drains, before the newline.
 func (h *Health) plain(s registry.Summary) *plainAnswer {
-	if a := h.last.Load(); a != nil && a.ready == s.Ready && a.draining == s.Draining {
+	ready, ph := s.Counted(), phaseOf(s)
+	if a := h.last.Load(); a != nil && a.ready == ready && a.phase == ph && a.draining == s.Draining {
 		return a
 	}
-	body := strconv.AppendInt(nil, int64(s.Ready), 10)
+	body := strconv.AppendInt(nil, int64(ready), 10)
 	body = append(body, " workers ready"...)
+	if ph != running {
+		body = append(body, ", "+ph.String()...)
+	}
 	if s.Draining {
 		body = append(body, ", draining"...)
 	}
 	body = append(body, '\n')
-	a := &plainAnswer{ready: s.Ready, draining: s.Draining, body: body, length: []string{strconv.Itoa(len(body))}}
+	a := &plainAnswer{ready: ready, phase: ph, draining: s.Draining, body: body, length: []string{strconv.Itoa(len(body))}}
 	h.last.Store(a)
 	return a
 }
@@ -122,18 +160,31 @@ func (h *Health) verbose(b []byte, s registry.Summary) []byte {
 		b = strconv.AppendInt(b, int64(of), 10)
 		return append(b, what...)
 	}
-	if s.Ready >= h.required {
+	ready := s.Counted()
+	if ready >= h.required {
 		b = append(b, "[+]workers ok: "...)
 	} else {
 		b = append(b, "[-]workers failed: "...)
 	}
-	b = count(b, s.Ready, h.required, " ready\n")
-	if s.Ready >= h.expected {
+	b = count(b, ready, h.required, " ready")
+	switch phaseOf(s) {
+	case starting:
+		b = append(b, ", starting"...)
+	case reloading:
+		b = append(b, ", reloading: "...)
+		b = count(b, s.Reload.Fresh, h.required, " of the new generation ready, ")
+		b = strconv.AppendInt(b, int64(s.Reload.Kept), 10)
+		b = append(b, " kept for at most "...)
+		b = append(b, graceLeft(s.Reload).String()...)
+		b = append(b, " more"...)
+	}
+	b = append(b, '\n')
+	if s.Ready >= s.Expected {
 		b = append(b, "[+]capacity ok: "...)
-		b = count(b, s.Ready, h.expected, " expected\n")
+		b = count(b, s.Ready, s.Expected, " expected\n")
 	} else {
 		b = append(b, "[-]capacity failed: "...)
-		b = count(b, s.Ready, h.expected, " expected (does not affect the status)\n")
+		b = count(b, s.Ready, s.Expected, " expected (does not affect the status)\n")
 	}
 	if s.Draining {
 		b = append(b, "[-]drain failed: draining; notify --undrain or SIGUSR2 ends it\n"...)
@@ -190,4 +241,10 @@ func (h *Health) queueLines(b []byte) []byte {
 		b = append(b, '\n')
 	}
 	return b
+}
+
+// graceLeft is how long the reload r keeps its count at most, to the
+// millisecond.
+func graceLeft(r registry.Reload) time.Duration {
+	return max(0, time.Until(r.GraceEnds)).Round(time.Millisecond)
 }

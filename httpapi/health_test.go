@@ -13,7 +13,7 @@ import (
 // healthServer serves NewHealth over reg with --require 2 and --expect 3.
 func healthServer(t *testing.T, reg *registry.Registry) string {
 	t.Helper()
-	srv := httptest.NewServer(httpapi.NewHealth(reg, 2, 3))
+	srv := httptest.NewServer(httpapi.NewHealth(expecting(reg, 3), 2))
 	t.Cleanup(srv.Close)
 	return srv.URL
 }

@@ -132,3 +132,10 @@ func startTime(t *testing.T, pid int) uint64 {
 	}
 	return n
 }
+
+// expecting sets the workers reg's instance is configured to run, as
+// --expect does, and returns reg.
+func expecting(reg *registry.Registry, n int) *registry.Registry {
+	reg.SetExpected(n)
+	return reg
+}

@@ -14,10 +14,10 @@ import (
 // collector reads the registry at scrape time, so the metrics cost nothing
 // between scrapes and are never out of step with the health answer.
 type collector struct {
-	reg                Source
-	required, expected int
-	messages           func() map[string]uint64
-	queues             *backlog.Reader
+	reg      Source
+	required int
+	messages func() map[string]uint64
+	queues   *backlog.Reader
 }
 
 var (
@@ -26,6 +26,8 @@ var (
 	descExpected  = prometheus.NewDesc("notifyd_workers_expected", "Workers the server is configured to run (--expect).", nil, nil)
 	descHealthy   = prometheus.NewDesc("notifyd_healthy", "1 when the health check answers 200, else 0.", nil, nil)
 	descDraining  = prometheus.NewDesc("notifyd_draining", "1 while the instance is drained, else 0.", nil, nil)
+	descReloading = prometheus.NewDesc("notifyd_reloading", "1 while an instance reload keeps the stopping generation's ready count, else 0.", nil, nil)
+	descStarting  = prometheus.NewDesc("notifyd_starting", "1 until --require workers have first been ready since notifyd started, else 0.", nil, nil)
 	descMessages  = prometheus.NewDesc("notifyd_messages_total", "Datagrams received, by result: accepted, barrier, or the reason of a rejection.", []string{"result"}, nil)
 	descExits     = prometheus.NewDesc("notifyd_worker_exits_total", "Registered workers found to have exited without STOPPING=1.", nil, nil)
 	descFileError = prometheus.NewDesc("notifyd_state_file_errors_total", "State file writes and removals that failed.", nil, nil)
@@ -46,7 +48,7 @@ var (
 var states = []registry.State{registry.Starting, registry.Ready, registry.Reloading, registry.Hung, registry.Failed}
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descWorkers, descRequired, descExpected, descHealthy, descDraining, descMessages, descExits, descFileError,
+	for _, d := range []*prometheus.Desc{descWorkers, descRequired, descExpected, descHealthy, descDraining, descReloading, descStarting, descMessages, descExits, descFileError,
 		descInFlight, descBusy, descRequests, descBusyTime, descBackwards, descQueueLen, descQueueMax, descListening,
 		descOldest, descPeak, descDrops} {
 		ch <- d
@@ -63,9 +65,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	s := c.reg.Summary()
 	ch <- prometheus.MustNewConstMetric(descRequired, prometheus.GaugeValue, float64(c.required))
-	ch <- prometheus.MustNewConstMetric(descExpected, prometheus.GaugeValue, float64(c.expected))
+	ch <- prometheus.MustNewConstMetric(descExpected, prometheus.GaugeValue, float64(s.Expected))
 	ch <- prometheus.MustNewConstMetric(descHealthy, prometheus.GaugeValue, boolFloat(healthy(s, c.required)))
 	ch <- prometheus.MustNewConstMetric(descDraining, prometheus.GaugeValue, boolFloat(s.Draining))
+	ch <- prometheus.MustNewConstMetric(descReloading, prometheus.GaugeValue, boolFloat(s.Reload.Active))
+	ch <- prometheus.MustNewConstMetric(descStarting, prometheus.GaugeValue, boolFloat(s.Starting))
 	if c.messages != nil {
 		for result, n := range c.messages() {
 			ch <- prometheus.MustNewConstMetric(descMessages, prometheus.CounterValue, float64(n), result)

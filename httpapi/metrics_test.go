@@ -116,7 +116,7 @@ func TestMetricsValues(t *testing.T) {
 	reg := newRegistry(t)
 	msgs := &counts{}
 	msgs.set(map[string]uint64{"accepted": 3, "barrier": 2, "bad_value": 1})
-	url := serve(t, httpapi.Config{Registry: reg, Required: 2, Expected: 4, MessageCounts: msgs.get})
+	url := serve(t, httpapi.Config{Registry: expecting(reg, 4), Required: 2, MessageCounts: msgs.get})
 
 	fams := scrape(t, url)
 	wantWorkers(t, fams, nil)
@@ -184,7 +184,7 @@ func TestMetricsValues(t *testing.T) {
 
 func TestMetricsExitsCountEachKilledWorker(t *testing.T) {
 	reg := newRegistry(t)
-	url := serve(t, httpapi.Config{Registry: reg, Required: 1, Expected: 3})
+	url := serve(t, httpapi.Config{Registry: expecting(reg, 3), Required: 1})
 	cmds := readyWorkers(t, reg, 3)
 	for i, c := range cmds {
 		c.Process.Kill()
@@ -200,7 +200,7 @@ func TestMetricsExitsCountEachKilledWorker(t *testing.T) {
 // Without message counts, the other counters are still there.
 func TestMetricsWithoutMessageCounts(t *testing.T) {
 	reg := newRegistry(t)
-	url := serve(t, httpapi.Config{Registry: reg, Required: 1, Expected: 1})
+	url := serve(t, httpapi.Config{Registry: expecting(reg, 1), Required: 1})
 	fams := scrape(t, url)
 	wantSample(t, fams, counter, 0, "notifyd_worker_exits_total")
 	wantSample(t, fams, counter, 0, "notifyd_state_file_errors_total")

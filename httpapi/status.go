@@ -15,6 +15,13 @@ type Status struct {
 	Expected int  `json:"expected"`
 	Healthy  bool `json:"healthy"`
 	Draining bool `json:"draining"`
+	// Starting is true until --require workers have first been ready since
+	// notifyd started.
+	Starting bool `json:"starting"`
+	// Reloading is true while an instance reload keeps the stopping
+	// generation's count; Reload tells how far it is, null when none is.
+	Reloading bool          `json:"reloading"`
+	Reload    *ReloadStatus `json:"reload"`
 	// InFlight is the sum of the workers' in_flight, BusyWorkers the number
 	// of workers with at least one request in flight; both from the
 	// workers listed here, so the document agrees with itself.
@@ -24,6 +31,18 @@ type Status struct {
 	// ListenQueues are the application's listen queues (--listen-queue),
 	// read from the kernel at most 100 ms ago; [] when none are watched.
 	ListenQueues []backlog.Queue `json:"listen_queues"`
+}
+
+// ReloadStatus is the instance reload in progress.
+type ReloadStatus struct {
+	// Since is when the main process said RELOADING=1; GraceEnds is when
+	// the answer tells the truth again at the latest.
+	Since     time.Time `json:"since"`
+	GraceEnds time.Time `json:"grace_ends"`
+	// Kept is the stopping generation's ready count, which the health
+	// answer keeps; Fresh the new generation's ready workers so far.
+	Kept  int `json:"kept"`
+	Fresh int `json:"fresh"`
 }
 
 // WorkerStatus is one worker in Status. Times are RFC 3339, or null when the
@@ -48,9 +67,9 @@ type WorkerStatus struct {
 
 // statusHandler answers GET /status.
 type statusHandler struct {
-	reg                Source
-	required, expected int
-	queues             *backlog.Reader
+	reg      Source
+	required int
+	queues   *backlog.Reader
 }
 
 func (h statusHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -59,11 +78,16 @@ func (h statusHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	doc := Status{
 		Ready:        s.Ready,
 		Required:     h.required,
-		Expected:     h.expected,
+		Expected:     s.Expected,
 		Healthy:      healthy(s, h.required),
 		Draining:     s.Draining,
+		Starting:     s.Starting,
+		Reloading:    s.Reload.Active,
 		Workers:      make([]WorkerStatus, 0, len(workers)),
 		ListenQueues: []backlog.Queue{},
+	}
+	if r := s.Reload; r.Active {
+		doc.Reload = &ReloadStatus{Since: r.Since.UTC(), GraceEnds: r.GraceEnds.UTC(), Kept: r.Kept, Fresh: r.Fresh}
 	}
 	if h.queues != nil {
 		if queues, err := h.queues.Cached(queueMaxAge); err == nil {

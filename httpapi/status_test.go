@@ -14,7 +14,7 @@ import (
 )
 
 var (
-	statusKeys = []string{"busy_workers", "draining", "expected", "healthy", "in_flight", "listen_queues", "ready", "required", "workers"}
+	statusKeys = []string{"busy_workers", "draining", "expected", "healthy", "in_flight", "listen_queues", "ready", "reload", "reloading", "required", "starting", "workers"}
 	workerKeys = []string{"busy_seconds", "in_flight", "last_watchdog", "pid", "ready_at", "requests", "start_time", "state", "status"}
 )
 
@@ -97,7 +97,7 @@ func wantTimeBetween(t *testing.T, key string, v any, lo, hi time.Time) {
 
 func TestStatusEmpty(t *testing.T) {
 	reg := newRegistry(t)
-	url := serve(t, httpapi.Config{Registry: reg, Required: 2, Expected: 4})
+	url := serve(t, httpapi.Config{Registry: expecting(reg, 4), Required: 2})
 	doc := getStatus(t, url)
 	wantField(t, doc, "ready", num(0))
 	wantField(t, doc, "required", num(2))
@@ -111,7 +111,7 @@ func TestStatusEmpty(t *testing.T) {
 
 func TestStatusReadyWorker(t *testing.T) {
 	reg := newRegistry(t)
-	url := serve(t, httpapi.Config{Registry: reg, Required: 1, Expected: 2})
+	url := serve(t, httpapi.Config{Registry: expecting(reg, 2), Required: 1})
 	c := sleeper(t)
 	pid := c.Process.Pid
 	status := "serving on :8000"
@@ -174,7 +174,7 @@ func TestStatusStates(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			reg := newRegistry(t)
-			url := serve(t, httpapi.Config{Registry: reg, Required: 1, Expected: 1})
+			url := serve(t, httpapi.Config{Registry: expecting(reg, 1), Required: 1})
 			pid := sleeper(t).Process.Pid
 			for _, m := range tt.messages {
 				m.PID = pid
@@ -200,7 +200,7 @@ func TestStatusStates(t *testing.T) {
 
 func TestStatusListsWorkersByPid(t *testing.T) {
 	reg := newRegistry(t)
-	url := serve(t, httpapi.Config{Registry: reg, Required: 1, Expected: 3})
+	url := serve(t, httpapi.Config{Registry: expecting(reg, 3), Required: 1})
 	cmds := readyWorkers(t, reg, 3)
 	var want []int
 	for _, c := range cmds {

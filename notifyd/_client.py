@@ -5,11 +5,13 @@ Standard library only. Nothing here runs at import.
 """
 
 import os
+import select
 import socket
 import struct
+import time
 
 __all__ = ['DEFAULT_SOCKET_NAME', 'SEND_TIMEOUT', 'credentials',
-           'resolve_socket', 'send', 'sockaddr']
+           'resolve_socket', 'send', 'send_and_wait', 'sockaddr']
 
 # SEND_TIMEOUT bounds one blocking send. A blocking send waits for room in the
 # receiver's queue (net.unix.max_dgram_qlen, often 10 datagrams), where a
@@ -59,6 +61,38 @@ def send(address, message):
             [message.encode()],
             [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, credentials())],
         )
+
+
+def send_and_wait(address, message, timeout=SEND_TIMEOUT):
+    """Send message, then wait until notifyd has applied it.
+
+    The wait is a BARRIER=1 with one descriptor, as sd_notify_barrier(3)
+    does: notifyd closes it once everything sent before it is applied, so
+    the read end sees the hang-up. Raises OSError (TimeoutError when no
+    acknowledgement came within timeout seconds).
+    """
+    cred = (socket.SOL_SOCKET, socket.SCM_CREDENTIALS, credentials())
+    deadline = time.monotonic() + timeout
+    r, w = os.pipe()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(sockaddr(address))
+            sock.sendmsg([message.encode()], [cred])
+            sock.sendmsg([b'BARRIER=1'], [
+                cred, (socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                       struct.pack('i', w))])
+        os.close(w)
+        w = None
+        poller = select.poll()
+        poller.register(r, select.POLLHUP)
+        left = deadline - time.monotonic()
+        if not poller.poll(max(0, left) * 1000):
+            raise TimeoutError('no acknowledgement within %gs' % timeout)
+    finally:
+        os.close(r)
+        if w is not None:
+            os.close(w)
 
 
 def sockaddr(address):

@@ -20,8 +20,14 @@ before gunicorn applies --env and raw_env, so NOTIFYD_SOCKET given there is
 not seen; set it in gunicorn's own environment or as notifyd_socket.
 
 A HUP reload runs the config file again into a fresh namespace, so install()
-runs again and the new hooks replace the old ones. That is harmless. For a
-moment, old and new workers are both ready.
+runs again and the new hooks replace the old ones. That is harmless. gunicorn
+starts the new workers and stops the old ones at once, long before the new
+ones are ready, so the on_reload hook tells notifyd first: the master sends
+RELOADING=1 about itself and waits (up to SEND_TIMEOUT) until notifyd has
+applied it. notifyd then keeps the old workers' count in its answer until the
+new workers are ready, or its reload grace ends. notifyd accepts this only
+from root or its own user; from any other, it is rejected and logged there,
+and the reload shows as workers going and coming. A TTIN or TTOU is no reload.
 
 The hooks never raise because of notifyd. If notifyd is down or too slow, the
 hook logs one warning and gunicorn carries on.
@@ -48,9 +54,11 @@ re-announces.
 import importlib
 import inspect
 import logging
+import time
 
 from notifyd import _reporter
-from notifyd._client import resolve_socket as _resolve, send
+from notifyd._client import SEND_TIMEOUT, resolve_socket as _resolve
+from notifyd._client import send, send_and_wait
 from notifyd._reporter import notify as _notify
 
 from ._managed import start
@@ -72,7 +80,7 @@ _COUNTED = '_notifyd_counted'
 _logger = logging.getLogger(__name__)
 
 
-def install(ns):
+def install(ns, _reload=True):
     """Add notifyd's hooks to the gunicorn config namespace ns (globals()).
 
     Each hook runs after the one ns already holds under the same name, if
@@ -80,7 +88,10 @@ def install(ns):
     """
     address = resolve_socket(ns)
     interval = reannounce_interval(ns)
-    for name, make in _HOOKS.items():
+    hooks = dict(_HOOKS)
+    if _reload:  # managed mode sends it once notifyd matches the new settings
+        hooks['on_reload'] = _on_reload
+    for name, make in hooks.items():
         previous = ns.get(name)
         if getattr(previous, _MARK, False):
             continue
@@ -107,6 +118,25 @@ def resolve_socket(ns):
     The result is an absolute path, or '@name' for an abstract socket.
     """
     return _resolve(ns.get('notifyd_socket'))
+
+
+def reload_instance(log, address):
+    """Tell notifyd at address that the gunicorn master reloads: RELOADING=1
+    about the calling process, then wait until notifyd has applied it.
+
+    The wait is a BARRIER=1, bounded by SEND_TIMEOUT, so that the old
+    workers gunicorn stops next are counted as a reload's, never as an
+    outage. Returns whether notifyd acknowledged it; never raises: a
+    failure is logged as one warning and the reload goes on.
+    """
+    try:
+        send_and_wait(address, 'RELOADING=1\nMONOTONIC_USEC=%d'
+                      % (time.monotonic_ns() // 1000), SEND_TIMEOUT)
+    except OSError as err:
+        log.warning('notifyd: could not send %s for the master to %s: %s',
+                    'RELOADING=1', address, err)
+        return False
+    return True
 
 
 # _announcer is this worker process's Reporter, once post_worker_init has run
@@ -181,6 +211,18 @@ def _post_request(previous, address, interval):
     return post_request
 
 
+def _on_reload(previous, address, interval):
+    # Runs in the master at a HUP, before gunicorn starts the new workers.
+    def on_reload(server):
+        try:
+            if previous is not None:
+                previous(server)
+        finally:
+            reload_instance(_log(server), address)
+
+    return on_reload
+
+
 _HOOKS = {
     'post_worker_init': _post_worker_init,
     'worker_exit': _worker_exit,
@@ -231,6 +273,18 @@ def _post_request_arity(hook):
         raise TypeError('post_request must take 2, 3 or 4 arguments '
                         '(worker, req, environ, resp), not %d' % arity)
     return arity
+
+
+def _notify_instance(log, address, message):
+    """Send the master's message about the instance; return whether it went.
+    Never raises."""
+    try:
+        send(address, message)
+    except OSError as err:
+        log.warning('notifyd: could not send %s to %s: %s', message, address,
+                    err)
+        return False
+    return True
 
 
 def _log(owner):

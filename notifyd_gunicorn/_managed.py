@@ -10,8 +10,10 @@ the environment gunicorn runs in:
 start() reads the settings of gunicorn_worker_healthcheck, with its
 defaults: healthcheck_bind (None, the default, starts nothing),
 healthcheck_require_workers (1), healthcheck_directory ('': the current
-directory) and healthcheck_filename ('.gunicorn.worker.{}'). Two more are
-optional: notifyd_args, a list of further notifyd flags, and
+directory) and healthcheck_filename ('.gunicorn.worker.{}'). Three more
+are optional: healthcheck_reload_grace, the seconds a HUP reload keeps the
+old workers' count while the new ones boot (notifyd's --reload-grace, 10 by
+default); notifyd_args, a list of further notifyd flags; and
 notifyd_binary, the notifyd to run instead of the one installed next to
 the interpreter. A setting that is wrong is logged as one line in
 gunicorn's log; gunicorn boots and serves all the same, without notifyd at
@@ -22,12 +24,32 @@ How it runs, and why:
   taken port is found before anything is installed, and holds it for the
   whole run: a probe that arrives while notifyd restarts waits in the
   listen queue instead of being refused.
-- Before the first worker (when_ready), the master binds the notify socket
+- Before the first worker (when_ready), or with preload_app when the master
+  first sets its number of workers (nworkers_changed, in Arbiter.setup,
+  before the application is loaded and after daemon = True has forked),
+  the master binds the notify socket
   in a directory of its own (mode 0700, owned by the workers' user), and
   runs the notifyd binary found next to the interpreter, never through
   PATH, passing both sockets as systemd's socket activation does. What
   workers send while notifyd starts or restarts waits in the socket's
-  queue. The worker hooks are install()'s, on that socket.
+  queue. The worker hooks are install()'s, on that socket. So from the
+  first probe on, notifyd answers: 500 "0 workers ready, starting" while
+  the application loads, even for seconds with preload_app.
+- notifyd gets gunicorn's workers as --expect, and each TTIN or TTOU as an
+  X_NOTIFYD_EXPECT= message, so its capacity is the configured one.
+- Under a supervisor (systemd's NOTIFY_SOCKET), start() takes the master's
+  NOTIFY_SOCKET out of its environment before gunicorn reads it, so that
+  gunicorn's own READY=1, sent before any worker exists, never goes. notifyd
+  gets it instead, with --systemd-ready workers and --main-pid: it sends
+  READY=1 once healthcheck_require_workers workers are ready, RELOADING=1
+  then READY=1 around a HUP, STATUS= with the count, and STOPPING=1 when it
+  stops with the master. A unit needs NotifyAccess=all for systemd to take
+  them from notifyd, the master's child.
+- At a HUP (on_reload), once notifyd matches the new settings, the master
+  sends it RELOADING=1 and waits until it is applied: notifyd keeps the old
+  workers' count until the new ones are ready or healthcheck_reload_grace
+  ends, so the health check does not fail because gunicorn stops the old
+  workers before the new ones have booted.
 - notifyd is the master's child, watched through a pidfd. gunicorn reaps
   every child with waitpid(-1) and halts on exit codes 3 and 4, so the
   master's SIGCHLD handler is wrapped: notifyd is reaped through its pidfd
@@ -53,6 +75,7 @@ How it runs, and why:
   goes to a notifyd that is about to exit.
 """
 
+import copy
 import fcntl
 import os
 import secrets
@@ -85,6 +108,9 @@ STOP_TIMEOUT = 5.0
 # master a USR2 starts: notify=FD,http=FD,pid=NOTIFYD_PID.
 HANDOFF = 'NOTIFYD_GUNICORN_HANDOFF'
 
+# MAX_RELOAD_GRACE is the longest --reload-grace notifyd takes, in seconds.
+MAX_RELOAD_GRACE = 600
+
 # USAGE_ERROR is notifyd's exit status for arguments it refuses.
 USAGE_ERROR = 2
 
@@ -107,7 +133,7 @@ def start(ns):
     if _manager.configure(settings, error):
         from . import install
         ns['notifyd_socket'] = _manager.path
-        install(ns)
+        install(ns, _reload=False)
     for name, hook in _manager.hooks().items():
         previous = ns.get(name)
         if getattr(previous, _MARK, False):
@@ -118,8 +144,8 @@ def start(ns):
 class _Settings:
     """The settings notifyd runs with; equal settings need no restart."""
 
-    __slots__ = ('bind', 'require', 'directory', 'filename', 'args', 'binary',
-                 'queues')
+    __slots__ = ('bind', 'require', 'directory', 'filename', 'reload_grace',
+                 'args', 'binary', 'queues')
 
     def __init__(self, **values):
         for name in self.__slots__:
@@ -134,6 +160,8 @@ class _Settings:
     def flags(self):
         flags = ['--bind', self.bind, '--require', str(self.require),
                  '--dir', self.directory, '--filename', self.filename]
+        if self.reload_grace is not None:
+            flags += ['--reload-grace', '%gms' % (self.reload_grace * 1000)]
         for address in self.queues:
             flags += ['--listen-queue', address]
         return flags
@@ -166,6 +194,12 @@ def _read_settings(ns):
     problem = _filename_problem(filename)
     if problem:
         return None, 'healthcheck_filename %r: %s' % (filename, problem)
+    grace = ns.get('healthcheck_reload_grace')
+    if grace is not None:
+        if (isinstance(grace, bool) or not isinstance(grace, (int, float))
+                or not 0 <= grace <= MAX_RELOAD_GRACE):
+            return None, ('healthcheck_reload_grace %r: must be a number of '
+                          'seconds from 0 to %d' % (grace, MAX_RELOAD_GRACE))
     args = ns.get('notifyd_args') or []
     if (not isinstance(args, (list, tuple))
             or not all(isinstance(a, str) for a in args)):
@@ -177,7 +211,8 @@ def _read_settings(ns):
     return _Settings(
         bind=bind, require=require,
         directory=os.path.abspath(directory or '.'),
-        filename=filename, args=tuple(args), binary=binary,
+        filename=filename, reload_grace=grace, args=tuple(args),
+        binary=binary,
     ), None
 
 
@@ -314,6 +349,7 @@ class _Manager:
         self.server = None       # gunicorn's arbiter
         self.attached = False
         self.adopted = False
+        self.supervisor = None   # the master's NOTIFY_SOCKET, taken over
 
     # Config time: the config file is being run, in the master. gunicorn's
     # logger is not set up yet, so lines wait for the next hook.
@@ -346,6 +382,9 @@ class _Manager:
         if self.path is None:
             self.path = _private_path()
             self.made_directory = True
+        if self.supervisor is None:
+            # Before gunicorn reads it: its READY=1 comes before any worker.
+            self.supervisor = os.environ.pop('NOTIFY_SOCKET', None)
         self.wanted = settings
         return True
 
@@ -423,20 +462,54 @@ class _Manager:
 
     def hooks(self):
         return {
+            'nworkers_changed': self.workers_changed,
             'when_ready': self.sync,
-            'on_reload': self.sync,
+            'on_reload': self.reload,
             'pre_exec': self.pre_exec,
             'post_fork': self.post_fork,
             'on_exit': self.on_exit,
         }
 
+    def workers_changed(self, server, new, old):
+        """The master's first setup starts notifyd, before preload_app loads
+        the application; later changes (TTIN, TTOU, a reload's workers)
+        become notifyd's expected workers."""
+        self.server = server
+        if old is None:
+            # Only with preload_app, whose import comes next in the master,
+            # and only to start: the arbiter is half set up (no master_pid
+            # and no listeners yet). when_ready does the rest, and restarts
+            # notifyd with the listen queues once gunicorn has bound them.
+            if self.wanted is not None and server.cfg.preload_app:
+                self._sync(server)
+        elif new != old and self.process is not None:
+            from . import _notify_instance
+            _notify_instance(server.log, self.path, 'X_NOTIFYD_EXPECT=%d'
+                             % new)
+
+    def reload(self, server):
+        """At a HUP: notifyd matches the new settings, then hears that the
+        master reloads, before gunicorn starts the new workers."""
+        self.sync(server)
+        if self.process is not None and not self.handed_over:
+            from . import reload_instance
+            reload_instance(server.log, self.path)
+
     def sync(self, server):
         """Make the running notifyd match the settings: when_ready starts
-        it, on_reload starts, restarts or stops it as the reload asks."""
+        it if the first setup did not, and watches it from then on;
+        on_reload starts, restarts or stops it as the reload asks."""
         self.server = server
-        self._flush()
         if not self.attached and self.wanted is not None:
+            # Only now: gunicorn sets its own SIGCHLD handler in start().
             self._attach()
+        proc = self.process
+        if proc is not None and proc.exited():
+            self._child_exited()  # it died before the handler was there
+        self._sync(server)
+
+    def _sync(self, server):
+        self._flush()
         if self.handed_over:
             return
         if self.wanted is None:
@@ -581,12 +654,19 @@ class _Manager:
     def _spawn(self):
         log = self.server.log
         settings = self.wanted
+        master = str(os.getpid())
         argv = [settings.binary, '--socket', self.path,
-                '--exit-with', str(os.getpid())]
-        argv += settings.flags() + list(settings.args)
+                '--exit-with', master, '--main-pid', master,
+                '--expect', str(self.server.num_workers or 0)]
+        argv += settings.flags()
+        if self.supervisor is not None:
+            argv += ['--systemd-ready', 'workers']
+        argv += list(settings.args)
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(('LISTEN_', 'NOTIFY_SOCKET', 'WATCHDOG_'))
                and k != HANDOFF}
+        if self.supervisor is not None:
+            env['NOTIFY_SOCKET'] = self.supervisor
         env['LISTEN_FDS'] = '2'
         env['LISTEN_FDNAMES'] = 'notify:http'
         try:
@@ -597,7 +677,8 @@ class _Manager:
             log.error('notifyd: cannot run %s: %s; not starting it again '
                       'until a reload', settings.binary, err)
             return
-        self.process = _Process(pid, pidfd, settings)
+        # A copy: the listen queues of self.wanted are filled in later.
+        self.process = _Process(pid, pidfd, copy.copy(settings))
         host, port = self.http.getsockname()[:2]
         if ':' in host:
             host = '[%s]' % host
@@ -836,6 +917,9 @@ def _chain(name, previous, hook):
     if name == 'post_fork':
         def chained(server, worker):
             run(server, worker)
+    elif name == 'nworkers_changed':
+        def chained(server, new_value, old_value):
+            run(server, new_value, old_value)
     else:
         def chained(server):
             run(server)

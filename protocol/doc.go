@@ -25,7 +25,9 @@
 // # Keys
 //
 //	READY=1             the worker is ready
-//	RELOADING=1         the worker is not ready until its next READY=1
+//	RELOADING=1         the worker is not ready until its next READY=1; from
+//	                    the application's main process, a reload of the
+//	                    instance (see the registry package)
 //	STOPPING=1          the worker leaves the registry now
 //	STATUS=text         one line of free text kept with the worker
 //	PID=n, MAINPID=n    the message is about pid n, not about the sender
@@ -37,6 +39,9 @@
 //	                    closes the descriptor once everything sent before it
 //	                    has been applied
 //	X_NOTIFYD_DRAIN=1   notifyd's extension: drain the instance (0 undrains);
+//	                    only root and notifyd's own user may send it
+//	X_NOTIFYD_EXPECT=n  notifyd's extension, alone: the instance is now
+//	                    configured to run n workers (--expect at run time);
 //	                    only root and notifyd's own user may send it
 //	X_NOTIFYD_IN_FLIGHT=n, X_NOTIFYD_REQUESTS=n, X_NOTIFYD_BUSY_USEC=n
 //	                    notifyd's extension: the worker's activity, as

@@ -70,6 +70,11 @@ type Message struct {
 	// X_NOTIFYD_DRAIN=0 (undrain); nil when the message has neither.
 	Drain *bool
 
+	// Expect is set by notifyd's own extension X_NOTIFYD_EXPECT=n: the
+	// instance is now configured to run n workers (the runtime --expect, as
+	// gunicorn's TTIN and TTOU change it); nil when the message has none.
+	Expect *int
+
 	// Activity is the worker's activity from X_NOTIFYD_IN_FLIGHT=,
 	// X_NOTIFYD_REQUESTS= and X_NOTIFYD_BUSY_USEC=, which come together; nil
 	// when the message has none of them.
@@ -104,6 +109,7 @@ const (
 	keyErrno
 	keyBarrier
 	keyDrain
+	keyExpect
 	keyInFlight
 	keyRequests
 	keyBusyUSec
@@ -122,6 +128,7 @@ var keyNames = [numKeys]string{
 	keyErrno:        "ERRNO",
 	keyBarrier:      "BARRIER",
 	keyDrain:        "X_NOTIFYD_DRAIN",
+	keyExpect:       "X_NOTIFYD_EXPECT",
 	keyInFlight:     "X_NOTIFYD_IN_FLIGHT",
 	keyRequests:     "X_NOTIFYD_REQUESTS",
 	keyBusyUSec:     "X_NOTIFYD_BUSY_USEC",
@@ -281,6 +288,11 @@ func (p *parser) message() (Message, error) {
 			}
 			drain := v == "1"
 			m.Drain = &drain
+		case keyExpect:
+			var n uint64
+			n, err = parseCount(k, v, MaxPID)
+			expect := int(n)
+			m.Expect = &expect
 		case keyErrno:
 			var n int64
 			n, err = strconv.ParseInt(v, 10, 32)
@@ -313,6 +325,9 @@ func (p *parser) message() (Message, error) {
 	}
 	if p.seen[keyDrain] && p.assignments > 1 {
 		return Message{}, fmt.Errorf("%w: X_NOTIFYD_DRAIN must come alone; it is about the instance, not a worker", ErrConflict)
+	}
+	if p.seen[keyExpect] && p.assignments > 1 {
+		return Message{}, fmt.Errorf("%w: X_NOTIFYD_EXPECT must come alone; it is about the instance, not a worker", ErrConflict)
 	}
 	switch activities {
 	case 0:
@@ -443,6 +458,9 @@ func (m Message) Encode() ([]byte, error) {
 	}
 	if m.Drain != nil {
 		add(keyDrain, map[bool]string{true: "1", false: "0"}[*m.Drain])
+	}
+	if m.Expect != nil {
+		add(keyExpect, strconv.Itoa(*m.Expect))
 	}
 	if len(b) > MaxDatagramSize {
 		return nil, fmt.Errorf("%w (got %d)", ErrTooLarge, len(b))

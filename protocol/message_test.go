@@ -10,6 +10,7 @@ import (
 func strptr(s string) *string { return &s }
 
 func boolptr(b bool) *bool { return &b }
+func intptr(n int) *int    { return &n }
 
 // sameMessage reports whether a and b say the same thing, comparing the
 // Status text rather than the pointer.
@@ -26,7 +27,11 @@ func sameMessage(a, b Message) bool {
 	if (a.Activity == nil) != (b.Activity == nil) || a.Activity != nil && *a.Activity != *b.Activity {
 		return false
 	}
+	if (a.Expect == nil) != (b.Expect == nil) || a.Expect != nil && *a.Expect != *b.Expect {
+		return false
+	}
 	a.Status, b.Status, a.Drain, b.Drain, a.Activity, b.Activity = nil, nil, nil, nil, nil, nil
+	a.Expect, b.Expect = nil, nil
 	return a == b
 }
 
@@ -210,6 +215,11 @@ func TestParse(t *testing.T) {
 		{name: "drain with a worker key", in: "X_NOTIFYD_DRAIN=1\nREADY=1\nPID=5", err: ErrConflict},
 		{name: "drain with an unknown key", in: "X_NOTIFYD_DRAIN=1 X_FOO=1", err: ErrConflict},
 		{name: "drain with a bad value", in: "X_NOTIFYD_DRAIN=yes", err: ErrBadValue},
+		{name: "expect alone", in: "X_NOTIFYD_EXPECT=4", want: Message{Expect: intptr(4)}},
+		{name: "expect zero", in: "X_NOTIFYD_EXPECT=0", want: Message{Expect: intptr(0)}},
+		{name: "expect with a worker key", in: "X_NOTIFYD_EXPECT=4\nREADY=1", err: ErrConflict},
+		{name: "expect negative", in: "X_NOTIFYD_EXPECT=-1", err: ErrBadValue},
+		{name: "expect beyond any pid count", in: "X_NOTIFYD_EXPECT=99999999", err: ErrBadValue},
 		{name: "BARRIER=1 with READY=1", in: "BARRIER=1\nREADY=1", err: ErrBarrier},
 		{name: "BARRIER=1 with PID", in: "BARRIER=1 PID=5", err: ErrBarrier},
 		{name: "BARRIER=1 with STATUS", in: "STATUS=x\nBARRIER=1", err: ErrBarrier},

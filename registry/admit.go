@@ -162,14 +162,20 @@ func (r *Registry) readsUID(pid int, sender protocol.Credentials) bool {
 	return r.cfg.Access == SameUID && sender.UID != 0 && pid != sender.PID
 }
 
-// mayDrain checks that sender may drain or undrain the instance: root and
-// notifyd's own uid only, and only root under --access root.
+// mayDrain checks that sender may drain or undrain the instance.
 func (r *Registry) mayDrain(sender protocol.Credentials) error {
+	return r.mayInstance(sender, "drain")
+}
+
+// mayInstance checks that sender may speak for the whole instance (drain
+// it, reload it, set its capacity): root and notifyd's own uid only, and
+// only root under --access root. what names the act for the error.
+func (r *Registry) mayInstance(sender protocol.Credentials, what string) error {
 	if r.cfg.Access == RootOnly && sender.UID != 0 {
 		return fmt.Errorf("%w: uid %d is not root and --access is root", ErrNotPermitted, sender.UID)
 	}
 	if sender.UID != 0 && sender.UID != os.Getuid() {
-		return fmt.Errorf("%w: only root and notifyd's own uid may drain, the sender is uid %d", ErrNotPermitted, sender.UID)
+		return fmt.Errorf("%w: only root and notifyd's own uid may %s, the sender is uid %d", ErrNotPermitted, what, sender.UID)
 	}
 	return nil
 }

@@ -95,6 +95,21 @@ type Config struct {
 	WatchdogUSec uint64
 	// Logger receives the registry's log lines; nil discards them.
 	Logger *slog.Logger
+	// Required is the number of ready workers the health answer needs
+	// (--require): a reload ends once that many workers of the new
+	// generation are ready, and the instance has started once that many are.
+	Required int
+	// Expected is the number of workers the server is configured to run
+	// (--expect), until an X_NOTIFYD_EXPECT= message changes it.
+	Expected int
+	// MainPID is the application's main process (the gunicorn master), whose
+	// RELOADING=1 reloads the instance; 0 when not known, and then a
+	// process that is not a registered worker and sends RELOADING=1 about
+	// itself is taken for it.
+	MainPID int
+	// ReloadGrace is how long a reload keeps the stopping generation's count
+	// while the new generation boots; zero turns that off.
+	ReloadGrace time.Duration
 	// OnChange, if set, is called with every new Summary, under the
 	// registry's lock: it must return quickly and not call the registry.
 	OnChange func(Summary)

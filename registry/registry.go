@@ -29,6 +29,7 @@ type Registry struct {
 	workers  map[int]*entry
 	ready    int // workers that count, kept in step with every change
 	draining bool
+	instance instance
 
 	summary    atomic.Pointer[Summary]
 	totals     totals
@@ -47,6 +48,9 @@ type entry struct {
 	// reported is set once the worker has sent its activity: the first
 	// report only sets where the totals count from.
 	reported bool
+	// generation is the instance's generation when the worker last became
+	// ready: a reload counts only the workers of its own generation.
+	generation uint64
 }
 
 // counts reports whether the worker counts towards the health answer.
@@ -69,7 +73,8 @@ func New(cfg Config) (*Registry, error) {
 	if err := prepareDir(cfg.Dir); err != nil {
 		return nil, err
 	}
-	r := &Registry{cfg: cfg, log: cfg.Logger, files: files, workers: make(map[int]*entry)}
+	r := &Registry{cfg: cfg, log: cfg.Logger, files: files, workers: make(map[int]*entry),
+		instance: instance{expected: cfg.Expected}}
 	switch cfg.Detection {
 	case Auto, Pidfd:
 		if pidfdSupported() {
@@ -90,6 +95,10 @@ func New(cfg Config) (*Registry, error) {
 		r.Close()
 		return nil, err
 	}
+	// Only the main process's notifyd knows that the instance starts; and
+	// workers that were ready before notifyd started mean that it is
+	// notifyd that starts, not the instance.
+	r.instance.starting = cfg.MainPID != 0 && len(r.workers) == 0
 	if r.draining = files.drainMarked(); r.draining {
 		r.log.Info("draining, as before the restart", "undrain", "notify --undrain, or SIGUSR2")
 	}
@@ -158,6 +167,9 @@ func (r *Registry) HandleMessage(m protocol.Message, sender protocol.Credentials
 		// error; the drain itself has taken effect, so the message did too.
 		r.SetDraining(*m.Drain)
 		return nil
+	}
+	if done, err := r.instanceMessage(m, sender); done {
+		return err
 	}
 	a, err := r.admit(m, sender)
 	defer r.release(&a)
@@ -299,6 +311,7 @@ func (r *Registry) apply(e *entry, m protocol.Message, now time.Time) {
 		if e.State != Ready {
 			r.log.Debug("worker ready", "pid", e.PID)
 			e.State, e.ReadyAt = Ready, now
+			e.generation = r.instance.generation
 		}
 		e.beat = now
 	case protocol.Reloading:
@@ -362,7 +375,9 @@ func (r *Registry) SetDraining(on bool) error {
 }
 
 func (r *Registry) publish() {
-	s := &Summary{Ready: r.ready, Workers: len(r.workers), Draining: r.draining}
+	r.settleInstance()
+	s := &Summary{Ready: r.ready, Workers: len(r.workers), Draining: r.draining,
+		Expected: r.instance.expected, Starting: r.instance.starting, Reload: r.instance.reload}
 	if old := r.summary.Load(); old != nil && *old == *s {
 		return
 	}
@@ -548,6 +563,9 @@ func (r *Registry) Close() error {
 		}
 		if r.watcher != nil {
 			r.watcher.close()
+		}
+		if t := r.instance.graceTimer; t != nil {
+			t.Stop()
 		}
 		r.mirror.close()
 	})

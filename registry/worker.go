@@ -70,4 +70,40 @@ type Summary struct {
 	// Draining is set while the instance is drained: the health check
 	// fails, whatever the count, so load balancers send it no new work.
 	Draining bool
+	// Expected is the number of workers the server is configured to run.
+	Expected int
+	// Starting is set from notifyd's start until Ready first reaches
+	// Config.Required, when notifyd knows the main process (Config.MainPID,
+	// as in gunicorn's managed mode) and recovered no worker from its state
+	// files: a notifyd of its own cannot tell an instance that starts from
+	// one that has not said anything yet.
+	Starting bool
+	// Reload is the instance reload in progress, if any.
+	Reload Reload
+}
+
+// Counted is the number of ready workers the health answer counts: Ready,
+// or during a reload the stopping generation's count when that is more.
+func (s Summary) Counted() int {
+	if s.Reload.Active {
+		return max(s.Ready, s.Reload.Kept)
+	}
+	return s.Ready
+}
+
+// Reload is an instance reload: the application's main process said
+// RELOADING=1, and its workers are being replaced by a new generation.
+type Reload struct {
+	// Active is set from the RELOADING=1 until Fresh reaches
+	// Config.Required or the grace period ends; the other fields are zero
+	// when it is not set.
+	Active bool
+	// Since is when the reload began; GraceEnds when it ends at the latest.
+	Since, GraceEnds time.Time
+	// Kept is the ready count of the stopping generation, which the health
+	// answer keeps meanwhile.
+	Kept int
+	// Fresh is the number of ready workers of the new generation: those that
+	// became ready after the reload began.
+	Fresh int
 }

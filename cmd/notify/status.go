@@ -32,10 +32,19 @@ type statusDoc struct {
 	Expected     *int          `json:"expected"`
 	Healthy      *bool         `json:"healthy"`
 	Draining     bool          `json:"draining"`
+	Starting     bool          `json:"starting"`
+	Reload       *reloadDoc    `json:"reload"`
 	Workers      []workerDoc   `json:"workers"`
 	ListenQueues []listenQueue `json:"listen_queues"`
 	InFlight     *int          `json:"in_flight"`
 	BusyWorkers  *int          `json:"busy_workers"`
+}
+
+// reloadDoc is the instance reload in progress in statusDoc.
+type reloadDoc struct {
+	GraceEnds time.Time `json:"grace_ends"`
+	Kept      int       `json:"kept"`
+	Fresh     int       `json:"fresh"`
 }
 
 // workerDoc is one worker in statusDoc.

@@ -120,7 +120,8 @@ func writeTable(b *strings.Builder, rows [][]string, term terminal) {
 }
 
 // summary is the line under the table: healthy or not, ready against
-// required and expected, draining, and busy when notifyd reports activity.
+// required and expected, starting or reloading, draining, and busy when
+// notifyd reports activity.
 func summary(doc statusDoc, term terminal) string {
 	verdict, colour := "unhealthy", red
 	if *doc.Healthy {
@@ -130,6 +131,13 @@ func summary(doc statusDoc, term terminal) string {
 		verdict = colour + verdict + reset
 	}
 	parts := []string{fmt.Sprintf("%d ready", *doc.Ready), fmt.Sprintf("%d required", *doc.Required), fmt.Sprintf("%d expected", *doc.Expected)}
+	switch r := doc.Reload; {
+	case r != nil:
+		parts = append(parts, fmt.Sprintf("reloading (%d of the new workers ready, %d kept until %s)",
+			r.Fresh, r.Kept, r.GraceEnds.Local().Format(time.TimeOnly)))
+	case doc.Starting:
+		parts = append(parts, "starting")
+	}
 	if doc.Draining {
 		parts = append(parts, "draining")
 	} else {

@@ -42,9 +42,26 @@ type config struct {
 	reapInterval time.Duration
 	watchdogUSec uint64
 	systemdReady string
-	exitWith     int    // 0: none
+	exitWith     int // 0: none
+	mainPID      int // 0: none
+	reloadGrace  time.Duration
 	addressFile  string // "" is off
 }
+
+// defaultReloadGrace is how long a reload keeps the stopping generation's
+// count by default. Requests that arrive meanwhile wait in the kernel's
+// listen queue for the new workers, so the grace is also about how long a
+// client may wait: 10 s covers the import of most applications (a large
+// Django project imports in 2 to 5 s) and stays well inside common client
+// and proxy timeouts (30 s and more), and inside gunicorn's own 30 s
+// worker timeout, after which a worker that hangs in its import is killed.
+// A reload whose new workers are still not ready by then is more likely
+// broken than slow, and the answer tells the truth.
+const defaultReloadGrace = 10 * time.Second
+
+// maxReloadGrace bounds --reload-grace: a longer one would keep a broken
+// instance in rotation for longer than any client waits.
+const maxReloadGrace = 10 * time.Minute
 
 // The --agent-weight modes. idle and queue combine: "idle,queue".
 const (
@@ -132,6 +149,17 @@ func (c *config) options() []option {
 					return errors.New("is a directory; name a file")
 				}
 				return nil
+			}},
+		{"main-pid", "", "the application's main process, such as the gunicorn master: its RELOADING=1 reloads the instance (default: a process that is not a worker and reloads itself)", false,
+			unlessEmpty(func(v string) (err error) {
+				c.mainPID, err = strconv.Atoi(v)
+				return check(err == nil && c.mainPID > 0, "must be a process id, a whole number above 0")
+			})},
+		{"reload-grace", defaultReloadGrace.String(), "during an instance reload, how long the health answer keeps the stopping workers' count while the new ones boot; 0s tells the truth at once", false,
+			func(v string) (err error) {
+				c.reloadGrace, err = time.ParseDuration(v)
+				return check(err == nil && c.reloadGrace >= 0 && c.reloadGrace <= maxReloadGrace,
+					"must be a duration from 0s to "+maxReloadGrace.String()+", such as 10s")
 			}},
 		{"exit-with", "", "exit when the process with this pid exits, such as the gunicorn master that started notifyd (default none)", false,
 			unlessEmpty(func(v string) (err error) {

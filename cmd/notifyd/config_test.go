@@ -38,6 +38,7 @@ func TestParseConfigDefaults(t *testing.T) {
 		require: 1, expect: 1, agentFloor: 10, dir: ".",
 		filename: ".gunicorn.worker.{}", logLevel: slog.LevelInfo, access: registry.SameUID,
 		detection: registry.Auto, reapInterval: time.Second, systemdReady: readyWhenListening,
+		reloadGrace: 10 * time.Second,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", c, want)
@@ -55,6 +56,9 @@ func TestParseConfig(t *testing.T) {
 		{"environment twin", map[string]string{"NOTIFYD_REQUIRE": "4"}, nil, func(c config) bool { return c.require == 4 }},
 		{"flag wins over its twin", map[string]string{"NOTIFYD_REQUIRE": "4"}, []string{"--require", "2"}, func(c config) bool { return c.require == 2 }},
 		{"last flag wins", nil, []string{"--require", "2", "--require", "5"}, func(c config) bool { return c.require == 5 }},
+		{"reload grace and main pid", map[string]string{"NOTIFYD_RELOAD_GRACE": "2s"}, []string{"--main-pid", "7"},
+			func(c config) bool { return c.reloadGrace == 2*time.Second && c.mainPID == 7 }},
+		{"reload grace off", nil, []string{"--reload-grace", "0s"}, func(c config) bool { return c.reloadGrace == 0 }},
 		{"expect apart from require", nil, []string{"--require", "2", "--expect", "4"}, func(c config) bool { return c.require == 2 && c.expect == 4 }},
 		{"socket mode", nil, []string{"--socket-mode", "0600"}, func(c config) bool { return c.socketMode == 0o600 }},
 		{"socket group by number", nil, []string{"--socket-group", "0"}, func(c config) bool { return c.socketGID == 0 }},
@@ -136,6 +140,9 @@ func TestParseConfigErrors(t *testing.T) {
 		{"zero reap interval", nil, []string{"--reap-interval", "0s"}, `--reap-interval "0s": must be a positive duration such as 1s or 250ms`},
 		{"bad watchdog", nil, []string{"--watchdog-usec", "-5"}, `--watchdog-usec "-5": must be a whole number of microseconds, 0 for off`},
 		{"bad systemd gate", nil, []string{"--systemd-ready", "soon"}, `--systemd-ready "soon": must be listening or workers`},
+		{"reload grace too long", nil, []string{"--reload-grace", "1h"}, `--reload-grace "1h": must be a duration from 0s to 10m0s, such as 10s`},
+		{"negative reload grace", map[string]string{"NOTIFYD_RELOAD_GRACE": "-1s"}, nil, `NOTIFYD_RELOAD_GRACE "-1s": must be a duration from 0s to 10m0s, such as 10s`},
+		{"bad main pid", nil, []string{"--main-pid", "x"}, `--main-pid "x": must be a process id, a whole number above 0`},
 		{"bad exit-with", nil, []string{"--exit-with", "0"}, `--exit-with "0": must be a process id, a whole number above 0`},
 		{"unknown flag", nil, []string{"--requre", "2"}, `flag provided but not defined: -requre (see notifyd --help)`},
 		{"argument", nil, []string{"serve"}, `unexpected argument "serve": notifyd takes only flags (see notifyd --help)`},

@@ -87,6 +87,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Detection:    cfg.detection,
 		ReapInterval: cfg.reapInterval,
 		WatchdogUSec: cfg.watchdogUSec,
+		Required:     cfg.require,
+		Expected:     cfg.expect,
+		MainPID:      cfg.mainPID,
+		ReloadGrace:  cfg.reloadGrace,
 		Logger:       log.With("component", "registry"),
 		OnChange:     notifier.poke,
 		OnAllBusy:    onBusy,
@@ -99,7 +103,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	srv := protocol.NewServer(conn, reg, log.With("component", "protocol"))
 	handler := httpapi.NewHandler(httpapi.Config{
-		Registry: reg, Required: cfg.require, Expected: cfg.expect, MessageCounts: srv.Counts, Queues: queues,
+		Registry: reg, Required: cfg.require, MessageCounts: srv.Counts, Queues: queues,
 	})
 	httpLog := log.With("component", "http")
 	parts := []func(context.Context) error{
@@ -133,7 +137,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		defer agent.Close()
 		addrs.Agent = agent.Addr().String()
 		started = append(started, "agent", addrs.Agent)
-		weigh := httpapi.AgentConfig{Source: reg, Required: cfg.require, Expected: cfg.expect,
+		weigh := httpapi.AgentConfig{Source: reg, Required: cfg.require,
 			Idle: cfg.weighByIdle, Floor: cfg.agentFloor, Log: httpLog}
 		if cfg.weighByQueue {
 			weigh.Queues = queues

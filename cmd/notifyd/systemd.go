@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -133,16 +134,20 @@ func listen(cfg config, inherited inheritedSockets, log *slog.Logger) (*protocol
 }
 
 // systemdNotifier tells systemd how notifyd is doing when it runs as a
-// Type=notify service: READY=1 by the --systemd-ready gate, a STATUS= line
-// when the count changes, WATCHDOG=1 when systemd asks for it, and
-// STOPPING=1 at shutdown. Outside systemd it does nothing.
+// Type=notify service, or for the gunicorn master in managed mode: READY=1
+// by the --systemd-ready gate, RELOADING=1 (with MONOTONIC_USEC) when an
+// instance reload begins and READY=1 when it ends, a STATUS= line when the
+// count changes, WATCHDOG=1 when systemd asks for it, and STOPPING=1 at
+// shutdown. Gate and reload changes are sent at once; a count that only
+// changed waits for statusInterval. Outside systemd it does nothing.
 type systemdNotifier struct {
-	log      *slog.Logger
-	gate     string
-	required int
-	summary  func() registry.Summary
-	changed  chan struct{}
-	ready    bool
+	log       *slog.Logger
+	gate      string
+	required  int
+	summary   func() registry.Summary
+	changed   chan struct{}
+	ready     bool
+	reloading bool
 }
 
 func newSystemdNotifier(cfg config, log *slog.Logger) *systemdNotifier {
@@ -193,7 +198,10 @@ func (n *systemdNotifier) Run(ctx context.Context) error {
 		case <-watchdog:
 			n.send("WATCHDOG=1")
 		case <-n.changed:
-			if pending == nil {
+			if n.turning(n.summary()) {
+				pending, last = nil, time.Now()
+				n.report()
+			} else if pending == nil {
 				pending = time.After(time.Until(last.Add(statusInterval)))
 			}
 		case <-pending:
@@ -203,16 +211,46 @@ func (n *systemdNotifier) Run(ctx context.Context) error {
 	}
 }
 
+// turning reports whether s opens the gate, or begins or ends a reload:
+// systemd hears of those at once.
+func (n *systemdNotifier) turning(s registry.Summary) bool {
+	return !n.ready && n.gateOpen(s) || n.reloading != s.Reload.Active
+}
+
+func (n *systemdNotifier) gateOpen(s registry.Summary) bool {
+	return n.gate == readyWhenListening || s.Counted() >= n.required
+}
+
 // report sends the current count, with READY=1 the first time the gate
-// opens.
+// opens, RELOADING=1 when a reload begins and READY=1 again when it ends.
 func (n *systemdNotifier) report() {
 	s := n.summary()
 	state := fmt.Sprintf("STATUS=%d/%d workers ready", s.Ready, n.required)
-	if !n.ready && (n.gate == readyWhenListening || s.Ready >= n.required) {
+	if s.Reload.Active {
+		state = fmt.Sprintf("STATUS=reloading: %d/%d new workers ready, %d ready in all", s.Reload.Fresh, n.required, s.Ready)
+	}
+	switch {
+	case s.Reload.Active && !n.reloading:
+		n.reloading = true
+		state = "RELOADING=1\nMONOTONIC_USEC=" + strconv.FormatInt(monotonicUSec(), 10) + "\n" + state
+	case !s.Reload.Active && n.reloading:
+		n.reloading, n.ready = false, true
+		state = "READY=1\n" + state
+	case !n.ready && n.gateOpen(s):
 		n.ready = true
 		state = "READY=1\n" + state
 	}
 	n.send(state)
+}
+
+// monotonicUSec is CLOCK_MONOTONIC in microseconds, which systemd wants
+// with RELOADING=1.
+func monotonicUSec() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0
+	}
+	return ts.Nano() / 1000
 }
 
 func (n *systemdNotifier) send(state string) {

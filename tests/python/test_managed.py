@@ -172,7 +172,7 @@ class StartTest(unittest.TestCase):
         self.assertEqual(ns['notifyd_socket'], self.manager.path)
         for name in ('post_worker_init', 'worker_exit', 'child_exit',
                      'when_ready', 'on_reload', 'pre_exec', 'post_fork',
-                     'on_exit'):
+                     'on_exit', 'nworkers_changed'):
             self.assertTrue(callable(ns.get(name)), name)
 
     def test_taken_port_is_one_line_and_installs_no_worker_hook(self):
@@ -189,6 +189,30 @@ class StartTest(unittest.TestCase):
             "already in use; notifyd is not started" % port)])
         self.assertNotIn('post_worker_init', ns)
         self.assertNotIn('notifyd_socket', ns)
+
+    def test_the_supervisors_socket_is_taken_only_for_notifyd(self):
+        with mock.patch.dict(os.environ, {'NOTIFY_SOCKET': '@sd'}):
+            notifyd_gunicorn.start({'healthcheck_bind': None})
+            self.assertEqual(os.environ.get('NOTIFY_SOCKET'), '@sd')
+            self.assertIsNone(self.manager.supervisor)
+            notifyd_gunicorn.start({'healthcheck_bind': '127.0.0.1:0',
+                                    'notifyd_binary': self.binary.name})
+            self.assertNotIn('NOTIFY_SOCKET', os.environ)
+            self.assertEqual(self.manager.supervisor, '@sd')
+
+    def test_reload_grace_setting(self):
+        settings, error = _managed._read_settings({
+            'healthcheck_bind': '127.0.0.1:0',
+            'healthcheck_reload_grace': 2.5})
+        self.assertIsNone(error)
+        self.assertEqual(settings.flags()[-2:], ['--reload-grace', '2500ms'])
+        for bad in ('10', -1, 601, True):
+            settings, error = _managed._read_settings({
+                'healthcheck_bind': '127.0.0.1:0',
+                'healthcheck_reload_grace': bad})
+            self.assertIsNone(settings)
+            self.assertEqual(error, 'healthcheck_reload_grace %r: must be a '
+                             'number of seconds from 0 to 600' % (bad,))
 
     def test_hooks_chain_after_the_files_own_once(self):
         calls = []

@@ -208,11 +208,50 @@ class HookTest(SocketTestCase):
         self.assertEqual(data, READY)
         self.assertEqual(credentials, OUR_CREDENTIALS)
 
-    def test_install_adds_only_its_five_hooks(self):
+    def test_install_adds_only_its_six_hooks(self):
         notifyd_gunicorn.install(self.ns)
         self.assertEqual(sorted(self.ns),
-                         sorted(('notifyd_socket',) + ALL_HOOKS
+                         sorted(('notifyd_socket', 'on_reload') + ALL_HOOKS
                                 + REQUEST_HOOKS))
+
+    def test_on_reload_sends_reloading_and_waits_for_the_barrier(self):
+        notifyd_gunicorn.install(self.ns)
+        acknowledged = []
+
+        def notifyd():
+            # notifyd's side: read RELOADING=1, then close the barrier's
+            # descriptor once it is applied.
+            data, credentials = self.notifyd.receive()
+            msg, ancillary, _, _ = self.notifyd.sock.recvmsg(
+                4096, socket.CMSG_SPACE(CREDENTIALS)
+                + socket.CMSG_SPACE(struct.calcsize('i')))
+            fds = [fd for level, kind, payload in ancillary
+                   if kind == socket.SCM_RIGHTS
+                   for fd in struct.unpack('i', payload[:4])]
+            acknowledged.append((data, credentials, msg, len(fds)))
+            for fd in fds:
+                os.close(fd)
+
+        thread = threading.Thread(target=notifyd)
+        thread.start()
+        server = FakeServer()
+        self.ns['on_reload'](server)
+        thread.join()
+        data, credentials, barrier, fds = acknowledged[0]
+        self.assertRegex(data, rb'^RELOADING=1\nMONOTONIC_USEC=\d+$')
+        self.assertEqual(credentials, OUR_CREDENTIALS)
+        self.assertEqual((barrier, fds), (b'BARRIER=1', 1))
+        self.assertEqual(server.log.warnings, [])
+
+    def test_on_reload_without_acknowledgement_warns_and_returns(self):
+        notifyd_gunicorn.install(self.ns)
+        server = FakeServer()
+        with mock.patch.object(notifyd_gunicorn, 'SEND_TIMEOUT', 0.2):
+            self.ns['on_reload'](server)
+        self.assertEqual(len(server.log.warnings), 1, server.log.warnings)
+        self.assertIn('could not send RELOADING=1 for the master to %s: '
+                      'no acknowledgement' % self.path,
+                      server.log.warnings[0])
 
     def test_user_hook_runs_first_and_once(self):
         for name in ALL_HOOKS:

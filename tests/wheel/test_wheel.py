@@ -18,6 +18,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -106,12 +107,13 @@ def elf_machine(path):
 
 
 class Prober:
-    """Probes a health URL every 50 ms in a thread of the test, each probe
-    on a new connection, and keeps every outcome. While the test holds
-    between(), no probe is in flight."""
+    """Probes a health URL every interval (50 ms) in a thread of the test,
+    each probe on a new connection with timeout, and keeps every outcome.
+    While the test holds between(), no probe is in flight."""
 
-    def __init__(self, url):
+    def __init__(self, url, interval=0.05, timeout=5):
         self.url = url
+        self.interval, self.timeout = interval, timeout
         self.answers = []
         self.failures = []
         self.between = threading.Lock()
@@ -123,10 +125,10 @@ class Prober:
         while not self._stop.is_set():
             with self.between:
                 try:
-                    self.answers.append(get(self.url))
+                    self.answers.append(get(self.url, self.timeout))
                 except OSError as err:
                     self.failures.append(repr(err))
-            self._stop.wait(0.05)
+            self._stop.wait(self.interval)
 
     def stop(self):
         self._stop.set()
@@ -202,22 +204,28 @@ class WheelTest(unittest.TestCase):
             f.write('\n'.join(lines) + '\n')
         return path
 
-    def gunicorn(self, **settings):
-        """Start gunicorn on a config of settings; return its master."""
+    def gunicorn(self, _app='hello:app', _env=(), _wait=True, **settings):
+        """Start gunicorn on a config of settings; return its master, once
+        it listens unless _wait is false. An app of the test's own
+        (slow_app) is in self.dir."""
         config = self.config(**settings)
         log = open(os.path.join(self.dir, 'gunicorn.log'), 'w')
         env = dict(os.environ, PATH='/usr/bin:/bin')
         env.pop('VIRTUAL_ENV', None)
+        env.update(_env)
+        chdir = (self.dir if _app != 'hello:app'
+                 else os.path.join(self.src, 'examples', 'gunicorn'))
         master = subprocess.Popen(
             [self.python, '-m', 'gunicorn', '--config', config,
-             '--chdir', os.path.join(self.src, 'examples', 'gunicorn'),
-             'hello:app'],
+             '--chdir', chdir, _app],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.dir,
             start_new_session=True)
         log.close()
         self.addCleanup(self.kill_all, master)
         self.master = master
-        self.app = wait_for('gunicorn to listen', lambda: self.match(APP_AT))
+        if _wait:
+            self.app = wait_for('gunicorn to listen',
+                                lambda: self.match(APP_AT))
         return master
 
     def kill_all(self, master):
@@ -384,8 +392,10 @@ class WheelTest(unittest.TestCase):
         self.assertEqual(prober.failures, [])
         self.assertEqual(self.notifyd_children(master.pid), [again])
 
-        # A HUP that changes a setting applies it.
-        self.config(healthcheck_require_workers=3)
+        # A HUP that changes a setting applies it. Two workers never make
+        # three: the answer tells the truth when the reload's grace ends.
+        self.config(healthcheck_require_workers=3,
+                    healthcheck_reload_grace=0.5)
         before = set(self.workers(master.pid))
         mark = len(self.log())
         master.send_signal(signal.SIGHUP)
@@ -607,6 +617,169 @@ class WheelTest(unittest.TestCase):
                 self.assertIn(want, errors[0])
                 self.assertEqual(self.notifyd_children(master.pid), [])
                 self.kill_all(master)
+
+    # Reload, boot and the supervisor, with an application of the test's own.
+
+    def slow_app(self, seconds):
+        """Write slowapp.py, whose import takes seconds, and forever while
+        the file named by self.hang exists; return its gunicorn name."""
+        self.hang = os.path.join(self.dir, 'hang')
+        with open(os.path.join(self.dir, 'slowapp.py'), 'w') as f:
+            f.write('import os, time\n'
+                    'time.sleep(%r)\n'
+                    'while os.path.exists(%r):\n'
+                    '    time.sleep(0.05)\n'
+                    'def app(environ, start_response):\n'
+                    '    start_response("200 OK", [])\n'
+                    '    return [b"slow\\n"]\n' % (seconds, self.hang))
+        return 'slowapp:app'
+
+    def reload(self, master, url):
+        """HUP master and wait until its new workers are ready; return
+        them."""
+        before = set(self.workers(master.pid))
+        master.send_signal(signal.SIGHUP)
+
+        def reloaded():
+            now = set(self.workers(master.pid))
+            return len(now) == 2 and not now & before and now
+        new = wait_for('the new workers', reloaded)
+        self.wait_health(url, 200, '2 workers ready\n')
+        return new
+
+    def test_hup_keeps_every_probe_at_200(self):
+        # gunicorn stops the old workers as it starts the new ones, which
+        # take 0.5 s to import: the answer keeps the old count meanwhile.
+        master = self.gunicorn(_app=self.slow_app(0.5))
+        pid, url = self.notifyd_started()
+        self.wait_health(url, 200, '2 workers ready\n')
+        prober = Prober(url, interval=0.005)
+        for _ in range(3):
+            self.reload(master, url)
+        prober.stop()
+        self.assertEqual(prober.failures, [])
+        bad = [a for a in prober.answers if a[0] != 200]
+        sys.stderr.write('\n%d of %d probes through 3 HUPs were not 200\n'
+                         % (len(bad), len(prober.answers)))
+        self.assertEqual(bad, [])
+        self.assertIn((200, '2 workers ready, reloading\n'), prober.answers)
+        self.assertEqual(self.notifyd_children(master.pid), [pid])
+
+    def test_reload_grace_ends_with_the_truth(self):
+        master = self.gunicorn(_app=self.slow_app(0),
+                               healthcheck_reload_grace=1)
+        pid, url = self.notifyd_started()
+        self.wait_health(url, 200, '2 workers ready\n')
+        open(self.hang, 'w').close()  # the new workers never finish importing
+        master.send_signal(signal.SIGHUP)
+        hup = time.monotonic()
+        # The bound is the grace plus one second.
+        deadline = hup + 1 + 1
+        answers = []
+        while time.monotonic() < deadline:
+            answers.append(get(url))
+            if answers[-1][0] == 500:
+                break
+            time.sleep(0.01)
+        self.assertEqual(answers[-1], (500, '0 workers ready\n'), answers)
+        self.assertIn((200, '2 workers ready, reloading\n'), answers)
+        os.remove(self.hang)
+        self.wait_health(url, 200, '2 workers ready\n')
+
+    def test_supervisor_hears_ready_reloading_and_stopping(self):
+        path = os.path.join(self.dir, 'sd.sock')
+        supervisor = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(supervisor.close)
+        supervisor.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        supervisor.bind(path)
+        supervisor.settimeout(DEADLINE)
+        heard = []
+
+        def hear(what, probe=True):
+            """Receive datagrams until one holds what; return it and the
+            health answer right after it."""
+            while True:
+                data, anc, _, _ = supervisor.recvmsg(
+                    4096, socket.CMSG_SPACE(12))
+                sender = struct.unpack('3i', anc[0][2][:12])[0]
+                heard.append((data.decode(), sender))
+                if what in data.decode().split('\n'):
+                    return data.decode(), sender, probe and get(url)
+
+        master = self.gunicorn(_env={'NOTIFY_SOCKET': path})
+        pid, url = self.notifyd_started()
+        data, sender, answer = hear('READY=1')
+        # From notifyd, once the workers are ready; gunicorn's own READY=1
+        # (before any worker) never went.
+        self.assertEqual(sender, pid)
+        self.assertEqual(answer, (200, '2 workers ready\n'), heard)
+        self.assertEqual([h for h in heard if 'arbiter' in h[0]
+                          or h[1] == master.pid], [])
+        self.assertIn('STATUS=2/2 workers ready', data)
+
+        master.send_signal(signal.SIGHUP)
+        data, sender, _ = hear('RELOADING=1')
+        self.assertEqual(sender, pid)
+        self.assertRegex(data, r'(^|\n)MONOTONIC_USEC=\d+(\n|$)')
+        data, sender, answer = hear('READY=1')
+        self.assertEqual(answer, (200, '2 workers ready\n'))
+
+        master.send_signal(signal.SIGTERM)
+        hear('STOPPING=1', probe=False)
+        master.wait(DEADLINE)
+
+    def test_preload_app_answers_every_probe_at_once(self):
+        for daemon in (False, True):
+            with self.subTest(daemon=daemon):
+                self.setUp()
+                self.preload_app(daemon)
+
+    def preload_app(self, daemon):
+        settings = {'preload_app': True}
+        if daemon:
+            # The daemon's output goes to the log file; its pid to a file.
+            pidfile = os.path.join(self.dir, 'gunicorn.pid')
+            settings.update(daemon=True, pidfile=pidfile,
+                            errorlog=os.path.join(self.dir, 'gunicorn.log'))
+        app = self.slow_app(0)
+        open(self.hang, 'w').close()
+        master = self.gunicorn(_app=app, _wait=False, **settings)
+        pid, url = self.notifyd_started()
+        if daemon:
+            # Not the pid file, written only once the application loaded.
+            with open('/proc/%d/stat' % pid) as f:
+                self.strays = [int(f.read().rpartition(')')[2].split()[1])]
+        # The application imports until the test lets it go: every probe
+        # meanwhile is answered within 100 ms, the bound the answer must
+        # keep.
+        answers, failures = [], []
+        started = time.monotonic()
+        while time.monotonic() < started + 3:
+            try:
+                answers.append(get(url, timeout=0.1))
+            except OSError as err:
+                failures.append(repr(err))
+            time.sleep(0.01)
+        os.remove(self.hang)
+        self.assertEqual(failures, [])
+        self.assertEqual(set(answers), {(500, '0 workers ready, starting\n')})
+        self.wait_health(url, 200, '2 workers ready\n')
+        self.kill_all(master)
+
+    def test_capacity_follows_workers_ttin_and_ttou(self):
+        master = self.gunicorn(workers=4)
+        pid, url = self.notifyd_started()
+        self.wait_health(url, 200, '4 workers ready\n')
+        status = lambda: json.loads(get(url + 'status')[1])
+        self.assertEqual(status()['expected'], 4)
+        master.send_signal(signal.SIGTTIN)
+        wait_for('expected 5', lambda: status()['expected'] == 5)
+        self.wait_health(url, 200, '5 workers ready\n')
+        self.assertFalse(status()['reloading'])
+        master.send_signal(signal.SIGTTOU)
+        wait_for('expected 4', lambda: status()['expected'] == 4)
+        self.assertFalse(status()['reloading'])
+        self.assertIn('[+]capacity ok: ', get(url + '?verbose')[1])
 
 
 if __name__ == '__main__':
