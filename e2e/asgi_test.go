@@ -75,6 +75,9 @@ func waitListed(t *testing.T, d *daemon, n int, live func() []int) []int {
 // instance's request counter rises by exactly that many.
 func addsExactly(t *testing.T, d *daemon, s *server, requests int) {
 	t.Helper()
+	// A request's end is reported after its answer: wait until the last
+	// ones are in before counting from here.
+	waitFor(t, "no request in flight", func() bool { return statusActivity(t, d).InFlight == 0 })
 	before := activityCounters(t, d)
 	getAll(t, s, "/", requests, 2)
 	want := before.requests + float64(requests)
