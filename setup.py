@@ -4,8 +4,15 @@ setuptools' own scripts handling reads each script as Python source, so it
 refuses a binary: build_scripts here compiles the two commands straight into
 its build directory instead, and install_scripts copies them from there into
 the wheel's .data/scripts, which pip installs into the environment's bin with
-their mode. The wheel is tagged py3-none-linux_<arch> for the GOARCH it was
-built for, never any.
+their mode. The binaries are static (CGO_ENABLED=0: no ELF interpreter, no
+shared library), so the wheel is tagged for every glibc and musl Linux of
+the GOARCH it was built for: manylinux2014 (glibc 2.17) and musllinux 1.1,
+never linux_<arch>, which PyPI refuses, and never any.
+
+The build is reproducible: -trimpath and -buildvcs=false keep the build
+directory and the checkout's state out of the binaries, and the wheel
+package stamps every file with SOURCE_DATE_EPOCH when it is set (as
+packaging/release sets it, to the commit's time).
 
 Environment: GOARCH (default: Go's own, the build machine's) picks the
 architecture, GO the go command (default: go on PATH).
@@ -30,10 +37,11 @@ except ImportError:  # setuptools before 70.1 has it in the wheel package
 
 COMMANDS = ('notifyd', 'notify')
 
-# PLATFORMS maps GOARCH to the wheel's platform tag.
+# PLATFORMS maps GOARCH to the wheel's platform tags: pip on glibc 2.17 or
+# later takes the first two, pip on musl 1.1 or later the third.
 PLATFORMS = {
-    'amd64': 'linux_x86_64',
-    'arm64': 'linux_aarch64',
+    arch: 'manylinux_2_17_{0}.manylinux2014_{0}.musllinux_1_1_{0}'.format(m)
+    for arch, m in (('amd64', 'x86_64'), ('arm64', 'aarch64'))
 }
 
 
@@ -61,8 +69,8 @@ class BuildGo(build_scripts):
     def run(self):
         os.makedirs(self.build_dir, exist_ok=True)
         env = dict(os.environ, CGO_ENABLED='0', GOOS='linux', GOARCH=goarch())
-        command = [go_command(), 'build', '-trimpath', '-ldflags=-s -w',
-                   '-o', self.build_dir + os.sep]
+        command = [go_command(), 'build', '-trimpath', '-buildvcs=false',
+                   '-ldflags=-s -w', '-o', self.build_dir + os.sep]
         command += ['./cmd/' + name for name in COMMANDS]
         self.announce('running %s' % ' '.join(command), level=2)
         subprocess.run(command, check=True, env=env,
@@ -74,6 +82,12 @@ class BuildGo(build_scripts):
 
 class PlatformWheel(bdist_wheel):
     """Tags the wheel for the architecture of the binaries it holds."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        # Binaries for one platform: installed as platform files, never
+        # taken for pure Python.
+        self.root_is_pure = False
 
     def get_tag(self):
         return 'py3', 'none', PLATFORMS[goarch()]

@@ -3,7 +3,8 @@
 # installs the tools the tests use: gunicorn, uvicorn, Celery with
 # redis-server, curl, systemd (for
 # systemd-notify, systemd-socket-activate and systemd-analyze), haproxy,
-# prometheus (for promtool), git and the wheel's Python build tools. Under
+# prometheus (for promtool), git, the wheel's Python build tools, and what
+# the release tests use (binutils, twine, qemu-user, python3-debian). Under
 # CI=true a tool that is still missing fails the run.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -27,6 +28,13 @@ command -v git >/dev/null || missing+=(git)
 /usr/bin/python3 -c 'import build, setuptools, wheel, ensurepip' 2>/dev/null ||
 	missing+=(python3-build python3-setuptools python3-wheel python3-venv)
 command -v go-md2man >/dev/null || missing+=(go-md2man)
+# The release tests: static binaries (readelf), wheels PyPI takes (twine),
+# the aarch64 binaries run under emulation (qemu-aarch64), the copyright
+# file parsed as Debian parses it (python3-debian).
+command -v readelf >/dev/null || missing+=(binutils)
+command -v twine >/dev/null || missing+=(twine)
+command -v qemu-aarch64 >/dev/null || missing+=(qemu-user)
+/usr/bin/python3 -c 'import debian.copyright' 2>/dev/null || missing+=(python3-debian)
 command -v man >/dev/null || missing+=(man-db)
 if ((${#missing[@]})); then
 	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -58,6 +66,9 @@ python=$(sed -n '1s/^#! *//p' "$(command -v gunicorn)")
 # The wheel, built from a clean clone, in a fresh venv, in managed mode.
 "${python:-python3}" -m unittest discover -s tests/wheel
 
+# Every release artifact, for both architectures, built twice and checked:
+# reproducible, static, licensed, and run under qemu for aarch64.
+/usr/bin/python3 -m unittest discover -s tests/release
 deploy/prometheus/test-rules
 packaging/test-deb
 

@@ -487,23 +487,24 @@ func TestActivityHostileValues(t *testing.T) {
 	}
 	wantHealth(t, d, 200, "1 workers ready\n")
 
-	// The largest values are valid. Two workers' worth of them would wrap
-	// a 64-bit total around to a small number; it stops at the top.
+	// The largest values are valid. As a worker's first report they only
+	// set where its counting starts; as a leap from a worker's last report
+	// they are more than a worker can do, so they are ignored and counted,
+	// and the totals are never frozen at the top of 64 bits.
 	other := strconv.Itoa(sleeper(t).Process.Pid)
-	sendNow("READY=1\nPID=" + other + "\nX_NOTIFYD_IN_FLIGHT=0\nX_NOTIFYD_REQUESTS=0\nX_NOTIFYD_BUSY_USEC=0")
 	const most = "18446744073709551615"
+	sendNow("READY=1\nPID=" + other + "\nX_NOTIFYD_IN_FLIGHT=4294967295\nX_NOTIFYD_REQUESTS=" + most + "\nX_NOTIFYD_BUSY_USEC=" + most)
 	sendNow(report("4294967295", most, most))
-	sendNow("PID=" + other + "\nX_NOTIFYD_IN_FLIGHT=4294967295\nX_NOTIFYD_REQUESTS=" + most + "\nX_NOTIFYD_BUSY_USEC=" + most)
+	if got := activityCounters(t, d); got != (counters{requests: 2, busy: 0.5, backwards: 3}) {
+		t.Fatalf("counters %+v after a leap to the largest values, want it ignored and counted", got)
+	}
 	m := metrics(t, d)
-	if got, want := m["notifyd_requests_in_flight"], float64(2*math.MaxUint32); got != want {
+	if got, want := m["notifyd_requests_in_flight"], float64(math.MaxUint32+2); got != want {
 		t.Fatalf("notifyd_requests_in_flight %v, want %v", got, want)
 	}
-	if got, want := m["notifyd_busy_seconds_total"], float64(uint64(math.MaxUint64))/1e6; got != want {
-		t.Fatalf("notifyd_busy_seconds_total %v, want %v, the largest uint64 of microseconds", got, want)
-	}
 	wantHealth(t, d, 200, "2 workers ready\n")
-	if got := statusActivity(t, d); got.InFlight != 2*math.MaxUint32 || got.BusyWorkers != 2 {
-		t.Fatalf("/status in_flight %d, busy_workers %d; want %d and 2", got.InFlight, got.BusyWorkers, 2*math.MaxUint32)
+	if got := statusActivity(t, d); got.InFlight != math.MaxUint32+2 || got.BusyWorkers != 2 {
+		t.Fatalf("/status in_flight %d, busy_workers %d; want %d and 2", got.InFlight, got.BusyWorkers, math.MaxUint32+2)
 	}
 	promtoolCheck(t, need(t, "promtool"), func() string { _, b := httpGet(t, "http://"+d.addr+"/metrics"); return b }())
 }

@@ -193,7 +193,9 @@ func TestAbstractSocketWithSystemdNotifyAndNotify(t *testing.T) {
 	}
 	var names []string
 	for _, e := range entries {
-		names = append(names, e.Name())
+		if e.Name() != ".notifyd.lock" { // notifyd's lock on its state directory
+			names = append(names, e.Name())
+		}
 	}
 	wantNames := []string{".gunicorn.worker." + strconv.Itoa(want[0]), ".gunicorn.worker." + strconv.Itoa(want[1])}
 	slices.Sort(wantNames)

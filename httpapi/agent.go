@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/notifyd/notifyd/backlog"
+	"github.com/notifyd/notifyd/protocol"
 	"github.com/notifyd/notifyd/registry"
 )
 
@@ -122,6 +123,9 @@ type AgentConfig struct {
 type Agent struct {
 	AgentConfig
 	ln net.Listener
+	// acceptLog limits the accept failures a client can cause (by using up
+	// notifyd's descriptors elsewhere) to a few lines a second.
+	acceptLog *protocol.LogLimiter
 }
 
 // NewAgent returns an Agent that answers on ln as cfg says.
@@ -129,7 +133,7 @@ func NewAgent(ln net.Listener, cfg AgentConfig) *Agent {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Agent{AgentConfig: cfg, ln: ln}
+	return &Agent{AgentConfig: cfg, ln: ln, acceptLog: protocol.NewLogLimiter(5, time.Second)}
 }
 
 // queueMaxAge bounds how old a listen-queue reading the agent may use.
@@ -174,7 +178,7 @@ func (a *Agent) Serve(ctx context.Context) error {
 			// Out of descriptors, or the like: wait and try again, as
 			// net/http does, rather than end notifyd over one connection.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			a.Log.Warn("agent accept failed; retrying", "error", err, "in", backoff)
+			a.acceptLog.Log(a.Log, slog.LevelWarn, "agent accept failed; retrying", "error", err, "in", backoff)
 			select {
 			case <-ctx.Done():
 				return nil

@@ -37,7 +37,7 @@ var (
 	descBusy      = prometheus.NewDesc("notifyd_workers_busy", "Registered workers with at least one request in flight.", nil, nil)
 	descRequests  = prometheus.NewDesc("notifyd_requests_total", "Requests the workers finished, as they reported them; workers that left included.", nil, nil)
 	descBusyTime  = prometheus.NewDesc("notifyd_busy_seconds_total", "Seconds the workers spent with at least one request in flight, summed over workers; workers that left included.", nil, nil)
-	descBackwards = prometheus.NewDesc("notifyd_activity_backwards_total", "Activity reports ignored because a counter went backwards for the same worker.", nil, nil)
+	descBackwards = prometheus.NewDesc("notifyd_activity_backwards_total", "Activity reports ignored because a counter went backwards for the same worker, or grew faster than a worker can (one request and one microsecond busy per microsecond).", nil, nil)
 	descListening = prometheus.NewDesc("notifyd_listen_queue_listening", "1 when something listens on the address, else 0.", []string{"addr"}, nil)
 	descOldest    = prometheus.NewDesc("notifyd_listen_queue_oldest_seconds", "How long the oldest connection in the listen queue has waited for a worker; 0 when none waits.", []string{"addr"}, nil)
 	descPeak      = prometheus.NewDesc("notifyd_listen_queue_peak", "The longest listen queue seen in the last 60 s, sampled while every worker is busy.", []string{"addr"}, nil)

@@ -182,3 +182,52 @@ func TestServerServeAndClose(t *testing.T) {
 		t.Fatal("the listener still accepts after Close")
 	}
 }
+
+// TestServerCapClosesAnIdleConnectionFirst: with its cap of connections
+// full, a new connection closes an idle keep-alive connection rather than
+// the older one that has not sent its request yet, and is answered itself.
+func TestServerCapClosesAnIdleConnectionFirst(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	srv := httpapi.NewServer(ln, h, slog.New(slog.DiscardHandler))
+	srv.SetMaxConns(3)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	addr := ln.Addr().String()
+
+	silent := dial(t, addr) // the oldest; never sends a request
+	idle := []net.Conn{dial(t, addr), dial(t, addr)}
+	readers := []*bufio.Reader{bufio.NewReader(idle[0]), bufio.NewReader(idle[1])}
+	for i := range idle {
+		ask(t, idle[i], readers[i])
+	}
+
+	probe := dial(t, addr)
+	if resp, body := ask(t, probe, bufio.NewReader(probe)); resp.StatusCode != 200 || body != "ok\n" {
+		t.Fatalf("probe with the cap full = %d %q, want 200 \"ok\\n\"", resp.StatusCode, body)
+	}
+	// One idle connection was closed for the probe: its read ends at once.
+	closed := -1
+	for deadline := time.Now().Add(waitLimit); closed < 0 && time.Now().Before(deadline); {
+		for i, c := range idle {
+			c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+			if _, err := readers[i].ReadByte(); errors.Is(err, io.EOF) {
+				closed = i
+			}
+		}
+	}
+	if closed < 0 {
+		t.Fatal("no idle keep-alive connection was closed for the probe")
+	}
+	kept := idle[1-closed]
+	kept.SetDeadline(time.Now().Add(waitLimit))
+	ask(t, kept, readers[1-closed])
+	if resp, _ := ask(t, silent, bufio.NewReader(silent)); resp.StatusCode != 200 {
+		t.Fatalf("the connection that had sent nothing = %d, want 200", resp.StatusCode)
+	}
+}

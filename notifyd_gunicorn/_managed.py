@@ -654,10 +654,13 @@ class _Manager:
     def _spawn(self):
         log = self.server.log
         settings = self.wanted
+        # notifyd writes gunicorn's error-log format into gunicorn's error
+        # log, also under daemon = True, where standard error is /dev/null.
         master = str(os.getpid())
         argv = [settings.binary, '--socket', self.path,
                 '--exit-with', master, '--main-pid', master,
-                '--expect', str(self.server.num_workers or 0)]
+                '--expect', str(self.server.num_workers or 0),
+                '--log-format', 'gunicorn']
         argv += settings.flags()
         if self.supervisor is not None:
             argv += ['--systemd-ready', 'workers']
@@ -671,7 +674,8 @@ class _Manager:
         env['LISTEN_FDNAMES'] = 'notify:http'
         try:
             pid, pidfd = _fork_exec(argv, env, [self.notify.fileno(),
-                                                self.http.fileno()])
+                                                self.http.fileno()],
+                                    _error_log_fd(log))
         except OSError as err:
             self.given_up = True
             log.error('notifyd: cannot run %s: %s; not starting it again '
@@ -840,10 +844,22 @@ def _private_path():
     return path
 
 
-def _fork_exec(argv, env, fds):
-    """Run argv with fds as descriptors 3, 4, ... and LISTEN_PID set to its
-    own pid, as socket activation passes sockets. Returns its pid and a
-    pidfd; raises OSError when the program could not be run."""
+def _error_log_fd(log):
+    """Return the descriptor of gunicorn's error log (its errorlog file, or
+    standard error for '-'), or None when it has none, as with syslog."""
+    for handler in getattr(getattr(log, 'error_log', None), 'handlers', ()):
+        try:
+            return handler.stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            continue
+    return None
+
+
+def _fork_exec(argv, env, fds, stderr=None):
+    """Run argv with fds as descriptors 3, 4, ..., stderr (when not None)
+    as its standard error, and LISTEN_PID set to its own pid, as socket
+    activation passes sockets. Returns its pid and a pidfd; raises OSError
+    when the program could not be run."""
     first = 3 + len(fds)
     # SIGCHLD is held until the pidfd is open, so that gunicorn's handler
     # cannot reap the child first.
@@ -852,7 +868,7 @@ def _fork_exec(argv, env, fds):
     try:
         pid = os.fork()
         if pid == 0:
-            _exec_child(argv, env, fds, first, report_w, mask)
+            _exec_child(argv, env, fds, stderr, first, report_w, mask)
         os.close(report_w)
         report_w = None
         pidfd = os.pidfd_open(pid)
@@ -874,12 +890,14 @@ def _fork_exec(argv, env, fds):
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
-def _exec_child(argv, env, fds, first, report_w, mask):
+def _exec_child(argv, env, fds, stderr, first, report_w, mask):
     # In the child, between fork and exec: every way out is os._exit.
     report = report_w
     try:
         report = fcntl.fcntl(report_w, fcntl.F_DUPFD_CLOEXEC, first)
         moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, first) for fd in fds]
+        if stderr is not None:
+            os.dup2(fcntl.fcntl(stderr, fcntl.F_DUPFD_CLOEXEC, first), 2)
         for i, fd in enumerate(moved):
             os.dup2(fd, 3 + i)  # inheritable
         os.closerange(first, report)

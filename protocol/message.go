@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"math"
 	"strconv"
@@ -278,9 +279,12 @@ func (p *parser) message() (Message, error) {
 				err = fmt.Errorf(`%w: WATCHDOG=%q, want "1" or "trigger"`, ErrBadValue, v)
 			}
 		case keyWatchdogUSec:
-			m.WatchdogUSec, err = strconv.ParseUint(v, 10, 64)
-			if err != nil || m.WatchdogUSec == 0 || !isDigits(v) {
-				err = fmt.Errorf("%w: WATCHDOG_USEC=%q, want a positive number of microseconds", ErrBadValue, v)
+			m.WatchdogUSec, err = ParseWatchdogUSec(v)
+			if err == nil && m.WatchdogUSec == 0 {
+				err = errors.New("want a positive number of microseconds")
+			}
+			if err != nil {
+				err = fmt.Errorf("%w: WATCHDOG_USEC=%q: %w", ErrBadValue, v, err)
 			}
 		case keyDrain:
 			if v != "0" && v != "1" {
@@ -382,6 +386,29 @@ func checkStatus(s string) error {
 		}
 	}
 	return nil
+}
+
+// WatchdogInfinity is the WATCHDOG_USEC value that means no deadline at all,
+// as in systemd, where it is USEC_INFINITY.
+const WatchdogInfinity = math.MaxUint64
+
+// MaxWatchdogUSec is the longest heartbeat deadline notifyd can time: the
+// largest time.Duration, about 292 years, in microseconds. A longer one
+// would overflow into the past and make a worker hung at once.
+const MaxWatchdogUSec = math.MaxInt64 / 1000
+
+// ParseWatchdogUSec parses a heartbeat deadline in microseconds: decimal
+// digits from 0 to MaxWatchdogUSec, or WatchdogInfinity for none. Anything
+// else is an error that says what is allowed.
+func ParseWatchdogUSec(s string) (uint64, error) {
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil || !isDigits(s) {
+		return 0, fmt.Errorf("want a whole number of microseconds")
+	}
+	if n > MaxWatchdogUSec && n != WatchdogInfinity {
+		return 0, fmt.Errorf("longer than the %d microseconds (about 292 years) notifyd can time; %d means no deadline", uint64(MaxWatchdogUSec), uint64(WatchdogInfinity))
+	}
+	return n, nil
 }
 
 // ParsePID parses a pid as the wire protocol writes it: decimal digits only,

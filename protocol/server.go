@@ -10,6 +10,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Handler applies one accepted message. Serve makes one call at a time, in
@@ -34,7 +36,8 @@ type Syncer interface {
 type Server struct {
 	handler Handler
 	log     *slog.Logger
-	limiter logLimiter
+	limiter *LogLimiter
+	closer  *closer    // closes received descriptors off the reading goroutines, while Serve runs
 	apply1  sync.Mutex // held while one datagram is applied
 	readers sync.WaitGroup
 	failed  chan error    // a read error of the current socket
@@ -57,7 +60,7 @@ func NewServer(conn *Conn, h Handler, log *slog.Logger) *Server {
 		closing: make(chan struct{}),
 		handler: h,
 		log:     log,
-		limiter: logLimiter{burst: 5, every: time.Second},
+		limiter: NewLogLimiter(5, time.Second),
 		counts:  make(map[string]uint64),
 	}
 }
@@ -71,6 +74,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	defer cancel()
 	s.mu.Lock()
 	s.serving = true
+	s.closer = newCloser()
 	s.start(s.conn)
 	if s.retired != nil { // replaced before Serve began
 		s.start(s.retired)
@@ -94,6 +98,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	s.readers.Wait()
+	s.closer.stop()
 	return err
 }
 
@@ -172,9 +177,12 @@ func (s *Server) read(c *Conn) {
 	}
 }
 
-// handle applies one datagram and closes its descriptors whatever happens.
+// handle applies one datagram and closes its descriptors whatever happens:
+// the sender's pidfd here, as that close cannot block, and the passed ones
+// on the closer. A barrier is acknowledged by the close of its descriptor,
+// so that comes after the message is applied, as it must.
 func (s *Server) handle(d Datagram) {
-	defer d.Close()
+	defer s.release(&d)
 	s.apply1.Lock()
 	result, err := s.apply(&d)
 	s.apply1.Unlock()
@@ -185,6 +193,17 @@ func (s *Server) handle(d Datagram) {
 	s.mu.Lock()
 	s.counts[result]++
 	s.mu.Unlock()
+}
+
+// release closes what came with d. A descriptor the handler keeps must
+// have been taken out of d.FDs (or set to -1) by then.
+func (s *Server) release(d *Datagram) {
+	if d.pidfd > 0 {
+		unix.Close(d.pidfd)
+		d.pidfd = 0
+	}
+	s.closer.close(d.FDs)
+	d.FDs = nil
 }
 
 func (s *Server) apply(d *Datagram) (string, error) {
@@ -221,18 +240,11 @@ func (s *Server) apply(d *Datagram) (string, error) {
 }
 
 func (s *Server) reject(d Datagram, err error) {
-	ok, suppressed := s.limiter.allow(time.Now())
-	if !ok {
-		return
-	}
 	attrs := []any{"reason", ReasonOf(err), "error", err}
 	if d.Cred != nil {
 		attrs = append(attrs, "sender_pid", d.Cred.PID, "sender_uid", d.Cred.UID)
 	}
-	if suppressed > 0 {
-		attrs = append(attrs, "suppressed", suppressed)
-	}
-	s.log.Warn("rejected notification", attrs...)
+	s.limiter.Log(s.log, slog.LevelWarn, "rejected notification", attrs...)
 }
 
 // Counts returns how many datagrams ended in each result: "accepted",
@@ -247,25 +259,54 @@ func (s *Server) Counts() map[string]uint64 {
 	return out
 }
 
-// logLimiter lets through at most burst lines every interval, and counts
-// the ones it held back so the next line can say how many there were.
-type logLimiter struct {
-	burst      int
-	every      time.Duration
+// LogLimiter lets through at most Burst log lines every Every, and counts
+// the ones it held back so that the next line can say how many there were.
+// Every line an outsider can cause goes through one. It is safe for
+// concurrent use; the zero value lets nothing through.
+type LogLimiter struct {
+	Burst int
+	Every time.Duration
+
+	mu         sync.Mutex
 	start      time.Time
 	n          int
 	suppressed int
 }
 
-func (l *logLimiter) allow(now time.Time) (ok bool, suppressed int) {
-	if now.Sub(l.start) >= l.every {
+// NewLogLimiter returns a LogLimiter of burst lines every interval.
+func NewLogLimiter(burst int, every time.Duration) *LogLimiter {
+	return &LogLimiter{Burst: burst, Every: every}
+}
+
+// Allow reports whether a line may be logged now, and how many were held
+// back since the last one that was.
+func (l *LogLimiter) Allow(now time.Time) (ok bool, suppressed int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Sub(l.start) >= l.Every {
 		l.start, l.n = now, 0
 	}
-	if l.n >= l.burst {
+	if l.n >= l.Burst {
 		l.suppressed++
 		return false, 0
 	}
 	l.n++
 	suppressed, l.suppressed = l.suppressed, 0
 	return true, suppressed
+}
+
+// Log writes one line at level through the limiter, with a "suppressed"
+// attribute when lines were held back before it.
+func (l *LogLimiter) Log(log *slog.Logger, level slog.Level, msg string, attrs ...any) {
+	if !log.Enabled(context.Background(), level) {
+		return
+	}
+	ok, suppressed := l.Allow(time.Now())
+	if !ok {
+		return
+	}
+	if suppressed > 0 {
+		attrs = append(attrs, "suppressed", suppressed)
+	}
+	log.Log(context.Background(), level, msg, attrs...)
 }

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -31,7 +32,9 @@ type Datagram struct {
 	// Cred is nil when the kernel attached no credentials.
 	Cred *Credentials
 	// FDs are the descriptors that came with the datagram. The reader owns
-	// them and must close every one.
+	// them and must close every one. Server closes them after the handler
+	// returns, off its reading goroutine; a descriptor to keep is taken out
+	// of FDs first (or set to -1).
 	FDs []int
 	// pidfd is the SCM_PIDFD descriptor, or 0; it is copied into Cred.
 	pidfd int
@@ -47,9 +50,7 @@ func (d *Datagram) Close() {
 		unix.Close(d.pidfd)
 		d.pidfd = 0
 	}
-	for _, fd := range d.FDs {
-		unix.Close(fd)
-	}
+	closeFDs(d.FDs)
 	d.FDs = nil
 }
 
@@ -154,12 +155,23 @@ func (c *Conn) secure(cfg ListenConfig) error {
 			return fmt.Errorf("set group of socket %s: %w", cfg.Path, err)
 		}
 	}
-	if err := os.Chmod(cfg.Path, cfg.Mode.Perm()); err != nil {
+	// The mode is set through a descriptor of the file itself, never
+	// through the path, which another user of a shared directory could
+	// have swapped for a symlink to a file of notifyd's.
+	fd, err := unix.Open(cfg.Path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
 		return fmt.Errorf("set mode of socket %s: %w", cfg.Path, err)
 	}
+	defer unix.Close(fd)
 	var st unix.Stat_t
-	if err := unix.Lstat(cfg.Path, &st); err != nil {
+	if err := unix.Fstat(fd, &st); err != nil {
 		return fmt.Errorf("stat socket %s: %w", cfg.Path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return fmt.Errorf("set mode of socket %s: replaced by something else while notifyd set it up", cfg.Path)
+	}
+	if err := os.Chmod("/proc/self/fd/"+strconv.Itoa(fd), cfg.Mode.Perm()); err != nil {
+		return fmt.Errorf("set mode of socket %s: %w", cfg.Path, err)
 	}
 	c.ino = st.Ino
 	return nil

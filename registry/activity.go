@@ -3,8 +3,10 @@
 package registry
 
 import (
+	"log/slog"
 	"math"
 	"sync/atomic"
+	"time"
 
 	"github.com/notifyd/notifyd/protocol"
 )
@@ -22,7 +24,7 @@ type Totals struct {
 	// included: they never go down, and stop at the largest uint64.
 	Requests, BusyUSec uint64
 	// Backwards counts activity reports ignored because a counter went
-	// backwards for the same process.
+	// backwards for the same process, or grew faster than MaxActivityRate.
 	Backwards uint64
 }
 
@@ -49,6 +51,21 @@ func (r *Registry) Activity() Totals {
 	}
 }
 
+// MaxActivityRate bounds how fast a worker's counters may grow: by one
+// request, and one microsecond busy, per microsecond of wall-clock time
+// (a million requests a second, far beyond any worker). ActivityBurst is
+// the slack for reports that queued in the socket and arrive together. A
+// report that grows faster is ignored and counted, and the next plausible
+// one carries the truth, as the values are absolute. So no worker can add
+// more to the totals than a worker could really do: at that rate the
+// uint64 totals of a thousand workers last for centuries, where one report
+// of 2^64-1 used to freeze them for good. The slack is a minute: a
+// stalled notifyd, or reports queued behind a flood, read as a burst.
+const (
+	MaxActivityRate = time.Microsecond // per request, and per µs busy
+	ActivityBurst   = time.Minute
+)
+
 // AllBusy reports whether every ready worker has a request in flight, so
 // that a new connection waits in a listen queue: at least one worker is
 // busy, and no fewer than are ready (a hung worker may be busy and not
@@ -73,19 +90,29 @@ func (r *Registry) busier() {
 // sets where that counting starts: what a worker did before this notifyd
 // heard of it, before a restart of notifyd say, is never counted again, so
 // a restart shows no burst of past work. A counter lower than the one
-// before, from the same process, is a stale or forged report: it is
-// ignored whole and counted.
-func (r *Registry) record(e *entry, a protocol.Activity) {
+// before, from the same process, is a stale or forged report, and so is
+// growth beyond MaxActivityRate: it is ignored whole and counted.
+func (r *Registry) record(e *entry, a protocol.Activity, now time.Time) {
 	was := e.Activity
 	switch {
 	case !e.reported:
 		was.Requests, was.BusyUSec = a.Requests, a.BusyUSec
+		e.credit, e.creditAt = ActivityBurst, now
 	case a.Requests < was.Requests || a.BusyUSec < was.BusyUSec:
 		r.totals.backwards.Add(1)
-		r.log.Debug("activity went backwards; ignored", "pid", e.PID,
+		r.activityLog.Log(r.log, slog.LevelDebug, "activity went backwards; ignored", "pid", e.PID,
 			"requests", a.Requests, "was", was.Requests, "busy_usec", a.BusyUSec, "was_busy_usec", was.BusyUSec)
 		return
 	}
+	credit := min(e.credit+now.Sub(e.creditAt), ActivityBurst)
+	grew := max(a.Requests-was.Requests, a.BusyUSec-was.BusyUSec)
+	if grew > uint64(credit/MaxActivityRate) {
+		r.totals.backwards.Add(1)
+		r.activityLog.Log(r.log, slog.LevelDebug, "activity grew faster than a worker can; ignored", "pid", e.PID,
+			"requests", a.Requests, "was", was.Requests, "busy_usec", a.BusyUSec, "was_busy_usec", was.BusyUSec)
+		return
+	}
+	e.credit, e.creditAt = credit-time.Duration(grew)*MaxActivityRate, now
 	r.gauge(was.InFlight, a.InFlight)
 	addSaturating(&r.totals.requests, a.Requests-was.Requests)
 	addSaturating(&r.totals.busyUSec, a.BusyUSec-was.BusyUSec)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/notifyd/notifyd/protocol"
 )
@@ -224,11 +225,32 @@ func TestActivityTotalsNeverGoDown(t *testing.T) {
 
 			send(t, r, activity(b.pid(), 0, 3, 1_500_000), rootCreds())
 			wantTotals(t, r, Totals{Requests: 43, BusyUSec: 7_500_000})
-			send(t, r, activity(b.pid(), 0, math.MaxUint64, math.MaxUint64), rootCreds())
-			wantTotals(t, r, Totals{Requests: math.MaxUint64, BusyUSec: math.MaxUint64})
 			send(t, r, stopping(b.pid()), rootCreds())
-			wantTotals(t, r, Totals{Requests: math.MaxUint64, BusyUSec: math.MaxUint64})
+			wantTotals(t, r, Totals{Requests: 43, BusyUSec: 7_500_000})
 		})
+	}
+}
+
+// TestActivityHostileValuesCannotFreezeTotals: a worker whose counters leap
+// further than a worker can go (2^64-1 requests, an hour busy in a moment)
+// is ignored and counted, so the totals go on counting another worker's
+// requests; within the bound, its reports count.
+func TestActivityHostileValuesCannotFreezeTotals(t *testing.T) {
+	r := startRegistry(t, testConfig(t))
+	hostile, honest := startSleep(t), startSleep(t)
+	for _, c := range []*child{hostile, honest} {
+		send(t, r, ready(c.pid()), rootCreds())
+		send(t, r, activity(c.pid(), 0, 0, 0), rootCreds())
+	}
+	send(t, r, activity(hostile.pid(), 0, math.MaxUint64, 0), rootCreds())
+	send(t, r, activity(hostile.pid(), 0, 0, uint64(time.Hour/time.Microsecond)), rootCreds())
+	wantTotals(t, r, Totals{Backwards: 2})
+	send(t, r, activity(honest.pid(), 0, 1000, 500_000), rootCreds())
+	wantTotals(t, r, Totals{Requests: 1000, BusyUSec: 500_000, Backwards: 2})
+	send(t, r, activity(hostile.pid(), 0, 7, 7), rootCreds())
+	wantTotals(t, r, Totals{Requests: 1007, BusyUSec: 500_007, Backwards: 2})
+	if got := r.Activity().Requests; got == math.MaxUint64 {
+		t.Fatal("the totals reached the top of uint64")
 	}
 }
 

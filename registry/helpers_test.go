@@ -245,7 +245,8 @@ func exists(path string) bool {
 	return err == nil
 }
 
-// dirNames lists the names in dir, sorted.
+// dirNames lists the names in dir, sorted, but for the state directory's
+// lock, which every registry keeps there.
 func dirNames(tb testing.TB, dir string) []string {
 	tb.Helper()
 	des, err := os.ReadDir(dir)
@@ -254,6 +255,9 @@ func dirNames(tb testing.TB, dir string) []string {
 	}
 	names := []string{}
 	for _, de := range des {
+		if de.Name() == lockFile {
+			continue
+		}
 		names = append(names, de.Name())
 	}
 	slices.Sort(names)

@@ -5,9 +5,14 @@ package registry
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/notifyd/notifyd/protocol"
 )
 
 // recover adopts the workers named by the state files in the directory that
@@ -20,6 +25,7 @@ func (r *Registry) recover() error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	dropLog := protocol.NewLogLimiter(20, time.Minute)
 	kept, dropped := 0, 0
 	for _, de := range names {
 		pid, tmp, ok := r.files.match(de.Name())
@@ -36,10 +42,11 @@ func (r *Registry) recover() error {
 			return err
 		}
 		if why != "" {
-			r.log.Info("state file dropped at recovery", "pid", pid, "reason", why)
+			// Another user may have filled the directory with such files.
+			dropLog.Log(r.log, slog.LevelInfo, "state file dropped at recovery", "pid", pid, "reason", why)
 			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 				r.fileErrors.Add(1)
-				r.log.Error("state file not removed", "pid", pid, "error", err)
+				dropLog.Log(r.log, slog.LevelError, "state file not removed", "pid", pid, "error", err)
 			}
 			dropped++
 			continue
@@ -53,16 +60,25 @@ func (r *Registry) recover() error {
 // adopt registers the worker of one state file as ready. It returns why the
 // file does not describe a live worker, or "" when it was adopted.
 func (r *Registry) adopt(pid int, path string) (string, error) {
-	saved, err := readState(path)
+	saved, owner, err := readState(path)
 	if err != nil {
 		return "unreadable: " + err.Error(), nil
+	}
+	if !ownFile(unix.Stat_t{Uid: uint32(owner)}) {
+		return fmt.Sprintf("owned by uid %d, neither notifyd's user nor root", owner), nil
 	}
 	if saved.pid != 0 && saved.pid != pid {
 		return fmt.Sprintf("file says PID=%d", saved.pid), nil
 	}
 	info, err := readProc(pid)
+	if err == nil {
+		err = r.mayAdopt(pid, owner)
+	}
 	if errors.Is(err, errExited) {
 		return "process has exited", nil
+	}
+	if errors.Is(err, ErrNotPermitted) {
+		return err.Error(), nil
 	}
 	if err != nil {
 		return "", err
@@ -89,4 +105,16 @@ func (r *Registry) adopt(pid int, path string) (string, error) {
 	r.armHeartbeat(e, now)
 	r.ready++
 	return "", nil
+}
+
+// mayAdopt applies the access rule to a state file as to a message: the
+// file's owner is its sender. Root's files may name any pid; under
+// --access same-uid any other owner only its own processes, and under
+// --access root none. So a file adopts no worker that its owner could not
+// have registered by a datagram.
+func (r *Registry) mayAdopt(pid, owner int) error {
+	if r.cfg.Access == RootOnly && owner != 0 {
+		return fmt.Errorf("%w: the file belongs to uid %d, and --access is root", ErrNotPermitted, owner)
+	}
+	return r.mayDirect(pid, protocol.Credentials{UID: owner})
 }

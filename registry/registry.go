@@ -12,7 +12,10 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/notifyd/notifyd/protocol"
 )
@@ -24,12 +27,18 @@ type Registry struct {
 	files   stateFiles
 	mirror  *mirror
 	watcher *pidfdWatcher // nil when exits are found by sweeping
+	lock    int           // the state directory's lock, or -1
 
 	mu       sync.Mutex
 	workers  map[int]*entry
 	ready    int // workers that count, kept in step with every change
 	draining bool
 	instance instance
+
+	// One limiter per line a worker can cause, so that a flood of one kind
+	// never hides the other.
+	failedLog, hungLog, activityLog *protocol.LogLimiter
+	debugLog                        *protocol.LogLimiter // comings and goings, at debug level
 
 	summary    atomic.Pointer[Summary]
 	totals     totals
@@ -48,6 +57,10 @@ type entry struct {
 	// reported is set once the worker has sent its activity: the first
 	// report only sets where the totals count from.
 	reported bool
+	// credit is how much the worker's counters may still grow, as time at
+	// MaxActivityRate, as of creditAt.
+	credit   time.Duration
+	creditAt time.Time
 	// generation is the instance's generation when the worker last became
 	// ready: a reload counts only the workers of its own generation.
 	generation uint64
@@ -73,15 +86,26 @@ func New(cfg Config) (*Registry, error) {
 	if err := prepareDir(cfg.Dir); err != nil {
 		return nil, err
 	}
-	r := &Registry{cfg: cfg, log: cfg.Logger, files: files, workers: make(map[int]*entry),
-		instance: instance{expected: cfg.Expected}}
+	lock, err := lockDir(cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	if lock < 0 {
+		cfg.Logger.Warn("state directory not locked: it is read-only; make sure no other notifyd uses it", "dir", cfg.Dir)
+	}
+	r := &Registry{cfg: cfg, log: cfg.Logger, files: files, workers: make(map[int]*entry), lock: lock,
+		instance:  instance{expected: cfg.Expected},
+		failedLog: protocol.NewLogLimiter(5, time.Second), hungLog: protocol.NewLogLimiter(5, time.Second),
+		activityLog: protocol.NewLogLimiter(5, time.Second), debugLog: protocol.NewLogLimiter(100, time.Second)}
 	switch cfg.Detection {
 	case Auto, Pidfd:
 		if pidfdSupported() {
 			if r.watcher, err = newPidfdWatcher(); err != nil {
+				r.unlock()
 				return nil, err
 			}
 		} else if cfg.Detection == Pidfd {
+			r.unlock()
 			return nil, errors.New("exit detection pidfd: this kernel has no pidfd_open (Linux 5.3 or later needed)")
 		}
 	}
@@ -123,10 +147,30 @@ func prepareDir(dir string) error {
 	if !fi.IsDir() {
 		return fmt.Errorf("state directory %s is not a directory", dir)
 	}
-	if fi.Mode().Perm()&0o002 != 0 && fi.Mode()&fs.ModeSticky == 0 {
+	if fi.Mode().Perm()&0o002 == 0 {
+		return nil
+	}
+	// Any user may create files in it. With the sticky bit and notifyd's
+	// user as its owner, no one else can remove or rename notifyd's files,
+	// and notifyd can remove theirs; recovery adopts only files of its own
+	// user or root.
+	owner := fi.Sys().(*syscall.Stat_t).Uid
+	switch {
+	case fi.Mode()&fs.ModeSticky == 0:
 		return fmt.Errorf("state directory %s is world-writable without the sticky bit; use a private directory such as $RUNTIME_DIRECTORY", dir)
+	case int(owner) != os.Geteuid():
+		return fmt.Errorf("state directory %s is world-writable and belongs to uid %d, not to notifyd's uid %d; use a private directory such as $RUNTIME_DIRECTORY", dir, owner, os.Geteuid())
 	}
 	return nil
+}
+
+// unlock releases the state directory's lock. The caller holds r.mu, or
+// is New.
+func (r *Registry) unlock() {
+	if r.lock >= 0 {
+		unix.Close(r.lock)
+		r.lock = -1
+	}
 }
 
 // Summary returns the latest summary. It takes no lock and does no I/O.
@@ -284,7 +328,7 @@ func (r *Registry) add(pid int, startTime uint64, pinned int) (*entry, error) {
 // new summary.
 func (r *Registry) apply(e *entry, m protocol.Message, now time.Time) {
 	if m.Activity != nil {
-		r.record(e, *m.Activity)
+		r.record(e, *m.Activity, now)
 	}
 	if !changesWorker(m) {
 		return
@@ -309,7 +353,7 @@ func (r *Registry) apply(e *entry, m protocol.Message, now time.Time) {
 		// again; to a notifyd that holds it, the repetition is a sign of
 		// life and nothing more.
 		if e.State != Ready {
-			r.log.Debug("worker ready", "pid", e.PID)
+			r.debugLog.Log(r.log, slog.LevelDebug, "worker ready", "pid", e.PID)
 			e.State, e.ReadyAt = Ready, now
 			e.generation = r.instance.generation
 		}
@@ -319,7 +363,7 @@ func (r *Registry) apply(e *entry, m protocol.Message, now time.Time) {
 	}
 	if m.Failed {
 		e.State, e.Errno = Failed, m.Errno
-		r.log.Warn("worker declared itself failed", "pid", e.PID, "errno", m.Errno)
+		r.failedLog.Log(r.log, slog.LevelWarn, "worker declared itself failed", "pid", e.PID, "errno", m.Errno)
 	}
 	r.armHeartbeat(e, now)
 
@@ -393,6 +437,9 @@ func (r *Registry) deadline(e *entry) time.Duration {
 	if usec == 0 {
 		usec = r.cfg.WatchdogUSec
 	}
+	if usec > protocol.MaxWatchdogUSec { // WATCHDOG_USEC=infinity: none
+		return 0
+	}
 	return time.Duration(usec) * time.Microsecond
 }
 
@@ -427,7 +474,7 @@ func (r *Registry) checkHeartbeat(e *entry) {
 		return
 	}
 	e.State = Hung
-	r.log.Warn("worker missed its heartbeat deadline", "pid", e.PID, "deadline", r.deadline(e))
+	r.hungLog.Log(r.log, slog.LevelWarn, "worker missed its heartbeat deadline", "pid", e.PID, "deadline", r.deadline(e))
 	r.settle(e, true)
 }
 
@@ -476,7 +523,7 @@ func (r *Registry) drop(e *entry, why leaving) {
 	if e.saved {
 		r.removeFile(e)
 	}
-	r.log.Debug("worker left", "pid", e.PID, "reason", why)
+	r.debugLog.Log(r.log, slog.LevelDebug, "worker left", "pid", e.PID, "reason", why)
 }
 
 func (r *Registry) writeFile(e *entry) {
@@ -568,6 +615,7 @@ func (r *Registry) Close() error {
 			t.Stop()
 		}
 		r.mirror.close()
+		r.unlock() // last: the directory is in step, and the next notifyd may take it
 	})
 	return nil
 }

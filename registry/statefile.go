@@ -34,16 +34,46 @@ func (s stateFiles) setDrainMark(on bool) error {
 		}
 		return nil
 	}
-	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+	fd, err := openOwn(path, unix.O_RDONLY)
 	if err != nil {
 		return fmt.Errorf("write drain mark %s: %w", path, err)
 	}
 	return unix.Close(fd)
 }
 
+// errNotRegular is openRegular's answer for a name that holds a FIFO, a
+// device, a socket or a directory.
+var errNotRegular = errors.New("not a regular file")
+
+// openRegular opens path in the state directory, which other users may be
+// able to write, so that nothing they put there can make notifyd block or
+// write elsewhere: it never follows a symlink, never waits for a FIFO's
+// other end (O_NONBLOCK), and refuses anything but a regular file. The
+// descriptor it returns is blocking again.
+func openRegular(path string, flags int) (int, error) {
+	fd, err := unix.Open(path, flags|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return -1, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(fd)
+		return -1, errNotRegular
+	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
 func (s stateFiles) drainMarked() bool {
 	var st unix.Stat_t
-	return unix.Lstat(filepath.Join(s.dir, drainFile), &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG
+	return unix.Lstat(filepath.Join(s.dir, drainFile), &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && ownFile(st)
 }
 
 // stateFiles names, writes and removes the per-pid state files: dir joined
@@ -109,11 +139,22 @@ func (s stateFiles) match(name string) (pid int, tmp, ok bool) {
 // write replaces the state file of w in one rename, so a reader sees the old
 // file or the new one and never a part. There is no fsync: the files describe
 // live processes, and after a crash of the machine none of them is left.
+//
+// The temporary name is removed first and created anew with O_EXCL, so the
+// file written is always a new regular file of notifyd's own, whatever
+// another user left under that name (a FIFO, a symlink); and a write that
+// fails removes it again.
 func (s stateFiles) write(w *Worker) error {
 	final := s.path(w.PID)
 	tmp := final + tmpSuffix
-	fd, err := unix.Open(tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+	if err := unix.Unlink(tmp); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("write state file %s: %w", tmp, err)
+	}
+	fd, err := unix.Open(tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0o644)
 	if err != nil {
+		if !errors.Is(err, unix.ENOENT) {
+			unix.Unlink(tmp) // a name someone made in between
+		}
 		return fmt.Errorf("write state file %s: %w", tmp, err)
 	}
 	err = writeAll(fd, encodeState(w))
@@ -205,7 +246,7 @@ func decodeState(b []byte) (savedState, error) {
 		case "STATUS":
 			st.status = v
 		case "WATCHDOG_USEC":
-			st.watchdogUSec, err = strconv.ParseUint(v, 10, 64)
+			st.watchdogUSec, err = protocol.ParseWatchdogUSec(v)
 		}
 		if err != nil {
 			return st, fmt.Errorf("%s: %w", k, err)
@@ -214,18 +255,26 @@ func decodeState(b []byte) (savedState, error) {
 	return st, nil
 }
 
-// readState reads one state file, refusing to follow a symlink.
-func readState(path string) (savedState, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+// readState reads one state file, refusing to follow a symlink, to wait
+// for a FIFO, or to read anything but a regular file. It returns the uid
+// that owns the file too.
+func readState(path string) (savedState, int, error) {
+	fd, err := openRegular(path, unix.O_RDONLY)
 	if err != nil {
-		return savedState{}, err
+		return savedState{}, -1, err
 	}
+	f := os.NewFile(uintptr(fd), path)
 	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return savedState{}, -1, err
+	}
 	b, err := io.ReadAll(io.LimitReader(f, maxStateFile))
 	if err != nil {
-		return savedState{}, err
+		return savedState{}, -1, err
 	}
-	return decodeState(b)
+	saved, err := decodeState(b)
+	return saved, int(st.Uid), err
 }
 
 // maxStateFile bounds what recovery reads of one file: a state file holds a

@@ -159,12 +159,13 @@ func openFDs(t *testing.T) int {
 func TestNoDescriptorLeak(t *testing.T) {
 	tests := []struct {
 		detection Detection
-		// own is the registry's descriptors besides its pidfds; perWorker
-		// is 1 when each worker costs a pidfd.
+		// own is the registry's descriptors besides its pidfds, the state
+		// directory's lock among them; perWorker is 1 when each worker
+		// costs a pidfd.
 		own, perWorker int
 	}{
-		{detection: Pidfd, own: 2, perWorker: 1},
-		{detection: Sweep, own: 0, perWorker: 0},
+		{detection: Pidfd, own: 3, perWorker: 1},
+		{detection: Sweep, own: 1, perWorker: 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.detection.String(), func(t *testing.T) {

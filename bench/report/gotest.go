@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/notifyd/notifyd/httpapi"
 )
 
 // goTest runs go test with args in the repository and returns its output.
@@ -96,9 +98,10 @@ func badClients(ctx context.Context, l *lab, o options) (*section, error) {
 		return nil, err
 	}
 	s := &section{}
-	s.p("## Health under 2000 bad clients\n\n")
-	s.p("`TestFaultIdleAndSlowHealthClients` holds 1000 idle TCP connections and 1000 that send their headers one byte a\n")
-	s.p("second against notifyd, then makes 200 health checks, each on a new connection, from the test's Go client\n")
+	s.p("## Health under 400 bad clients\n\n")
+	s.p("`TestFaultIdleAndSlowHealthClients` holds 200 idle TCP connections and 200 that send their headers one byte a\n")
+	s.p("second against notifyd (fewer than its cap of %d connections, so it holds them all until its timeouts cut\n", httpapi.MaxConns)
+	s.p("them off; the connection cap section has 5000), then makes 200 health checks, each on a new connection, from the test's Go client\n")
 	s.p("(built with `-race`) and 20 with curl (process start included). It asserts that every check is answered 200\n")
 	s.p("and that notifyd cuts the bad clients off by itself; it logs the latencies:\n\n")
 	s.p("Command: `go test %s`\n\n```\n", strings.Join(quoteArgs(args), " "))

@@ -152,11 +152,36 @@ type server struct {
 // its own, on a port the kernel picks, and with env added to the
 // environment (GOGC=400 for the old settings).
 func (l *lab) startNotifyd(env []string, args ...string) (*server, error) {
+	return l.startNotifydBinary(l.notifyd, env, args...)
+}
+
+// buildAt builds notifyd as it was at the git revision rev, into the lab's
+// directory, and returns the binary's path.
+func (l *lab) buildAt(ctx context.Context, rev string) (string, error) {
+	src, err := l.tempDir()
+	if err != nil {
+		return "", err
+	}
+	archive := exec.CommandContext(ctx, "sh", "-c", `git -C "$1" archive "$2" | tar -x -C "$3"`, "sh", l.root, rev, src)
+	if out, err := archive.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("git archive %s: %v\n%s", rev, err, out)
+	}
+	bin := filepath.Join(l.dir, "notifyd-"+strconv.Itoa(l.seq))
+	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, "./cmd/notifyd")
+	build.Dir, build.Env = src, append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build at %s: %v\n%s", rev, err, out)
+	}
+	return bin, nil
+}
+
+// startNotifydBinary is startNotifyd with another notifyd binary.
+func (l *lab) startNotifydBinary(binary string, env []string, args ...string) (*server, error) {
 	dir, err := l.tempDir()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(l.notifyd, append([]string{"--socket", filepath.Join(dir, "notify.sock"),
+	cmd := exec.Command(binary, append([]string{"--socket", filepath.Join(dir, "notify.sock"),
 		"--dir", dir, "--bind", "127.0.0.1:0", "--log-level", "warn"}, args...)...)
 	cmd.Env = append(cleanEnv(), env...)
 	path := filepath.Join(dir, "address.json")
@@ -174,7 +199,13 @@ func (l *lab) startNotifyd(env []string, args ...string) (*server, error) {
 
 // startBare runs the bare server with env added to the environment.
 func (l *lab) startBare(env ...string) (*server, error) {
-	cmd := exec.Command(l.bare)
+	return l.startBareArgs(nil, env...)
+}
+
+// startBareArgs runs the bare server with args, and env added to the
+// environment.
+func (l *lab) startBareArgs(args []string, env ...string) (*server, error) {
+	cmd := exec.Command(l.bare, args...)
 	cmd.Env = append(cleanEnv(), env...)
 	r, w, err := os.Pipe()
 	if err != nil {

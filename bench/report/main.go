@@ -13,9 +13,10 @@
 //   - what notifyd's gunicorn hooks cost each request;
 //   - what notifyd.asgi's middleware costs each request under uvicorn;
 //   - what the workers' re-announcement costs an idle notifyd;
-//   - health under 2000 bad clients;
+//   - health under 400 bad clients;
 //   - queue time: notifyd's oldest age against the clients' own wait, as
-//     wrk ramps gunicorn past saturation, and notifyd's CPU then and idle.
+//     wrk ramps gunicorn past saturation, and notifyd's CPU then and idle;
+//   - what the cap on HTTP connections costs and buys.
 //
 // Each goal is a ratio or a median of contenders run side by side in one
 // run, alternating, so that the other work of a shared machine weighs on
@@ -56,6 +57,7 @@ type options struct {
 	deaths   int           // death detection trials
 	bootSize int           // gunicorn workers per boot
 	only     []string      // the sections to run; every one when empty
+	baseline string        // a git revision whose notifyd the connection cap section measures too
 }
 
 // splitList splits a comma-separated list, dropping empty items.
@@ -73,6 +75,7 @@ func main() {
 	out := flag.String("out", "docs", "directory for PERFORMANCE.md and saturation.csv")
 	quick := flag.Bool("quick", false, "every measurement briefly, to check the machinery")
 	only := flag.String("only", "", "comma-separated `sections` to run (such as \"hook overhead,throughput\"); all when empty")
+	baseline := flag.String("baseline", "", "a git `revision` (such as main) whose notifyd the connection cap section measures beside this one")
 	flag.Parse()
 	o := options{rounds: 15, round: time.Second, probe: 30 * time.Second, burst: 5 * time.Second,
 		idle: 60 * time.Second, many: 10000, boots: 5, deaths: 500, bootSize: 64}
@@ -81,7 +84,7 @@ func main() {
 			idle: 2 * time.Second, many: 200, boots: 1, deaths: 20, bootSize: 4}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	o.only = splitList(*only)
+	o.only, o.baseline = splitList(*only), *baseline
 	err := run(ctx, *out, o)
 	stop()
 	if err != nil {
@@ -143,6 +146,7 @@ func run(ctx context.Context, out string, o options) error {
 		{"ASGI middleware overhead", asgiOverhead},
 		{"self-healing's cost", reannounceCost},
 		{"health under bad clients", badClients},
+		{"connection cap", connectionCap},
 		{"micro-benchmarks", micro},
 		{"queue time", func(ctx context.Context, l *lab, o options) (*section, error) {
 			return queueTime(ctx, l, o, filepath.Join(out, "queue-time.csv"))

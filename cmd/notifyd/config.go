@@ -37,6 +37,7 @@ type config struct {
 	dir          string
 	filename     string
 	logLevel     slog.Level
+	logFormat    string
 	access       registry.Access
 	detection    registry.Detection
 	reapInterval time.Duration
@@ -125,15 +126,22 @@ func (c *config) options() []option {
 		{"log-level", "info", "debug, info, warn or error", false, func(v string) error {
 			return check(c.logLevel.UnmarshalText([]byte(v)) == nil, "must be debug, info, warn or error")
 		}},
+		{"log-format", logText, "text, slog's key=value lines; or gunicorn, gunicorn's error log format, as managed mode asks", false,
+			text(&c.logFormat, oneOf(logText, logGunicorn), "must be text or gunicorn")},
 		{"access", "same-uid", "who may name which pid: same-uid, root or all", false, parsed(&c.access, registry.ParseAccess)},
 		{"exit-detection", "auto", "how worker exits are seen: auto, pidfd or sweep", false, parsed(&c.detection, registry.ParseDetection)},
 		{"reap-interval", "1s", "sweep interval, used only when exits are found by sweeping", false, func(v string) (err error) {
 			c.reapInterval, err = time.ParseDuration(v)
 			return check(err == nil && c.reapInterval > 0, "must be a positive duration such as 1s or 250ms")
 		}},
-		{"watchdog-usec", "0", "heartbeat deadline in µs for workers that declare none; 0 is off", false, func(v string) (err error) {
-			c.watchdogUSec, err = strconv.ParseUint(v, 10, 64)
-			return check(err == nil, "must be a whole number of microseconds, 0 for off")
+		{"watchdog-usec", "0", "heartbeat deadline in µs for workers that declare none; 0 (or 18446744073709551615, systemd's infinity) is off", false, func(v string) (err error) {
+			if _, err := strconv.ParseUint(v, 10, 64); err != nil {
+				return errors.New("must be a whole number of microseconds, 0 for off")
+			}
+			if c.watchdogUSec, err = protocol.ParseWatchdogUSec(v); err != nil {
+				return fmt.Errorf("must be a whole number of microseconds, 0 for off: %w", err)
+			}
+			return nil
 		}},
 		{"systemd-ready", readyWhenListening, "when to tell systemd READY=1: listening, or workers once --require are ready", false,
 			text(&c.systemdReady, oneOf(readyWhenListening, readyWhenWorkers), "must be listening or workers")},

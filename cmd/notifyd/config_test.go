@@ -36,7 +36,7 @@ func TestParseConfigDefaults(t *testing.T) {
 	want := config{
 		socket: "notify.sock", socketMode: 0o660, socketGID: -1, bind: "127.0.0.1:8001",
 		require: 1, expect: 1, agentFloor: 10, dir: ".",
-		filename: ".gunicorn.worker.{}", logLevel: slog.LevelInfo, access: registry.SameUID,
+		filename: ".gunicorn.worker.{}", logLevel: slog.LevelInfo, logFormat: logText, access: registry.SameUID,
 		detection: registry.Auto, reapInterval: time.Second, systemdReady: readyWhenListening,
 		reloadGrace: 10 * time.Second,
 	}
@@ -135,6 +135,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"empty dir", nil, []string{"--dir", ""}, `--dir "": must name a directory`},
 		{"filename without placeholder", nil, []string{"--filename", "worker"}, `--filename "worker": `},
 		{"bad log level", nil, []string{"--log-level", "loud"}, `--log-level "loud": must be debug, info, warn or error`},
+		{"bad log format", nil, []string{"--log-format", "json"}, `--log-format "json": must be text or gunicorn`},
 		{"bad access", nil, []string{"--access", "everyone"}, `--access "everyone": `},
 		{"bad detection", nil, []string{"--exit-detection", "poll"}, `--exit-detection "poll": `},
 		{"zero reap interval", nil, []string{"--reap-interval", "0s"}, `--reap-interval "0s": must be a positive duration such as 1s or 250ms`},

@@ -26,7 +26,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.logLevel}))
+	log := slog.New(newLogHandler(stderr, cfg.logFormat, cfg.logLevel))
 
 	// A reload signal must never end notifyd: the seed died of it.
 	signal.Ignore(syscall.SIGHUP)
@@ -95,6 +95,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		OnChange:     notifier.poke,
 		OnAllBusy:    onBusy,
 	})
+	if errors.Is(err, registry.ErrDirInUse) {
+		// A setting to change, as a socket in use is: managed mode then
+		// stops restarting notifyd and says why.
+		return &usageError{fmt.Sprintf("--dir %q: %v", cfg.dir, err)}
+	}
 	if err != nil {
 		return err
 	}
@@ -154,7 +159,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"dir", cfg.dir, "ready", reg.Summary().Ready, "draining", reg.Draining())...)
 	err = runAll(ctx, parts...)
 	stop() // from here on, a second signal ends the process
-	log.Info("notifyd stopped", "ready", reg.Summary().Ready, "messages", srv.Counts())
+	log.Info("notifyd stopped", "ready", reg.Summary().Ready, counters("messages", srv.Counts()))
 	return err
 }
 
