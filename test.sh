@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every notifyd test. On a fresh Debian machine, run as root, it first
-# installs the tools the tests use: gunicorn, curl, systemd (for
+# installs the tools the tests use: gunicorn, uvicorn, Celery with
+# redis-server, curl, systemd (for
 # systemd-notify, systemd-socket-activate and systemd-analyze), haproxy,
 # prometheus (for promtool), strace, git, the wheel's Python build tools, and what
 # the release tests use (binutils, twine, qemu-user, python3-debian). Under
@@ -18,10 +19,12 @@ command -v ss >/dev/null || missing+=(iproute2)
 command -v promtool >/dev/null || missing+=(prometheus)
 # Shows that the request hooks make no system call.
 command -v strace >/dev/null || missing+=(strace)
-# The worker classes the self-healing tests run, on Debian's interpreter.
-for mod in gevent eventlet; do
+# The worker classes the self-healing tests run, and the ASGI server and
+# Celery the notifyd package's tests run, on Debian's interpreter.
+for mod in gevent eventlet uvicorn celery redis; do
 	/usr/bin/python3 -c "import $mod" 2>/dev/null || missing+=("python3-$mod")
 done
+command -v redis-server >/dev/null || missing+=(redis-server)
 command -v git >/dev/null || missing+=(git)
 # The wheel's build front end, backend and the venv it is installed into.
 /usr/bin/python3 -c 'import build, setuptools, wheel, ensurepip' 2>/dev/null ||

@@ -39,8 +39,6 @@ func startGunicornAt(t *testing.T, socket, addr string, args ...string) *server 
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &server{log: &syncBuffer{}, done: make(chan struct{})}
-	s.port, _ = strconv.Atoi(port)
 	full := append([]string{
 		"--config", filepath.Join(repoRoot, "examples/gunicorn/gunicorn.conf.py"),
 		"--chdir", filepath.Join(repoRoot, "examples/gunicorn"),
@@ -48,8 +46,18 @@ func startGunicornAt(t *testing.T, socket, addr string, args ...string) *server 
 		"--workers", "2",
 	}, args...)
 	full = append(full, "hello:app")
-	s.cmd = exec.Command(gunicorn, full...)
-	s.cmd.Env = append(os.Environ(), "NOTIFYD_SOCKET="+socket)
+	cmd := exec.Command(gunicorn, full...)
+	cmd.Env = append(os.Environ(), "NOTIFYD_SOCKET="+socket)
+	n, _ := strconv.Atoi(port)
+	return runServer(t, cmd, n)
+}
+
+// runServer starts cmd, a server of the application on port, with its
+// output in its log, and stops it with SIGTERM (SIGKILL after 15 s) at the
+// end of the test, showing the log if the test failed.
+func runServer(t *testing.T, cmd *exec.Cmd, port int) *server {
+	t.Helper()
+	s := &server{cmd: cmd, port: port, log: &syncBuffer{}, done: make(chan struct{})}
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -64,7 +72,7 @@ func startGunicornAt(t *testing.T, socket, addr string, args ...string) *server 
 			<-s.done
 		}
 		if t.Failed() {
-			t.Logf("gunicorn log:\n%s", s.log.String())
+			t.Logf("%s log:\n%s", filepath.Base(s.cmd.Args[0]), s.log.String())
 		}
 	})
 	return s

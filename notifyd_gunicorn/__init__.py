@@ -43,52 +43,31 @@ worker it knows for one lookup, and never counts a dead or reused pid.
 pre_request and post_request report the worker's activity: requests in flight
 now (with gthread, the requests its threads serve at once), requests finished
 and microseconds spent with at least one request in flight since it booted.
-They write it into the worker's activity page (notifyd_gunicorn._page), a
-sealed memfd passed to notifyd with every READY=1, and make no system call:
-notifyd reads the page when it is asked. Where a memfd cannot be made, the
-worker logs one warning and reports by datagrams instead: each hook then
-costs one non-blocking send on a socket the worker keeps connected, and
-nothing at all while that socket is down. Those values are absolute, so a
+Each costs one non-blocking send on a socket the worker keeps connected, and
+nothing at all while that socket is down. The values are absolute, so a
 datagram dropped on a full queue costs nothing: the next one, or the next
 READY=1, which carries them too, tells the truth. A failed send never delays
 the request: it only wakes the worker's thread, which connects again and
 re-announces.
 """
 
-import _socket
 import importlib
 import inspect
 import logging
-import os
-import random
-import select
-import socket
-import struct
-import threading
 import time
 
-from . import _page
+from notifyd import _reporter
+from notifyd._client import SEND_TIMEOUT, resolve_socket as _resolve
+from notifyd._client import send, send_and_wait
+from notifyd._reporter import notify as _notify
+
 from ._managed import start
 
 __all__ = ['install', 'resolve_socket', 'send', 'start']
 
-# SEND_TIMEOUT bounds one blocking send. A blocking send waits for room in the
-# receiver's queue (net.unix.max_dgram_qlen, often 10 datagrams), where a
-# non-blocking one could drop a READY while many workers boot at once. One
-# second keeps a hung notifyd from stalling a worker's boot or the master's
-# SIGCHLD handling for long.
-SEND_TIMEOUT = 1.0
-
-DEFAULT_SOCKET_NAME = 'notify.sock'
-
-# DEFAULT_REANNOUNCE is how often, in seconds, a ready worker repeats its
-# READY=1 unless notifyd_reannounce says otherwise. JITTER is the largest
-# fraction taken off each interval at random, so that workers booted together
-# do not announce together. RETRY is the wait after a failed send; it doubles
-# after each failure in a row, up to the interval.
-DEFAULT_REANNOUNCE = 10.0
-JITTER = 0.1
-RETRY = 1.0
+# The socket, the sending and the Reporter (READY=1, its repetition and the
+# activity) are the notifyd package's, shared with notifyd.asgi and
+# notifyd.celery; this module adds what is gunicorn's: its hooks.
 
 # _MARK is set on the hooks install() makes, so a second install() on the
 # same namespace recognises them and does not wrap them again.
@@ -129,19 +108,8 @@ def reannounce_interval(ns):
     A value that is not a number of seconds, 0 or more, is logged as an
     error and the default is used: a typo must not stop gunicorn.
     """
-    value = ns.get('notifyd_reannounce')
-    if value is None:
-        value = os.environ.get('NOTIFYD_REANNOUNCE', DEFAULT_REANNOUNCE)
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = -1.0
-    if not 0 <= seconds < float('inf') or isinstance(value, bool):
-        _logger.error('notifyd: notifyd_reannounce %r must be a number of '
-                      'seconds, 0 or more; using %g', value,
-                      DEFAULT_REANNOUNCE)
-        return DEFAULT_REANNOUNCE
-    return seconds
+    return _reporter.reannounce_interval(ns.get('notifyd_reannounce'),
+                                        'notifyd_reannounce', _logger)
 
 
 def resolve_socket(ns):
@@ -149,14 +117,7 @@ def resolve_socket(ns):
 
     The result is an absolute path, or '@name' for an abstract socket.
     """
-    address = ns.get('notifyd_socket') or os.environ.get('NOTIFYD_SOCKET')
-    if not address:
-        # systemd joins several RuntimeDirectory= entries with ':'.
-        runtime = os.environ.get('RUNTIME_DIRECTORY', '').split(':')[0]
-        address = os.path.join(runtime or '.', DEFAULT_SOCKET_NAME)
-    if address.startswith('@'):
-        return address
-    return os.path.abspath(address)
+    return _resolve(ns.get('notifyd_socket'))
 
 
 def reload_instance(log, address):
@@ -169,8 +130,8 @@ def reload_instance(log, address):
     failure is logged as one warning and the reload goes on.
     """
     try:
-        _send_and_wait(address, 'RELOADING=1\nMONOTONIC_USEC=%d'
-                       % (time.monotonic_ns() // 1000))
+        send_and_wait(address, 'RELOADING=1\nMONOTONIC_USEC=%d'
+                      % (time.monotonic_ns() // 1000), SEND_TIMEOUT)
     except OSError as err:
         log.warning('notifyd: could not send %s for the master to %s: %s',
                     'RELOADING=1', address, err)
@@ -178,289 +139,10 @@ def reload_instance(log, address):
     return True
 
 
-def _send_and_wait(address, message):
-    # BARRIER=1 with one descriptor, as sd_notify_barrier(3) does: notifyd
-    # closes it once everything sent before it is applied, so the read end
-    # sees the hang-up.
-    credentials = struct.pack('3i', os.getpid(), os.getuid(), os.getgid())
-    cred = (socket.SOL_SOCKET, socket.SCM_CREDENTIALS, credentials)
-    deadline = time.monotonic() + SEND_TIMEOUT
-    r, w = os.pipe()
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(SEND_TIMEOUT)
-            sock.connect(_sockaddr(address))
-            sock.sendmsg([message.encode()], [cred])
-            sock.sendmsg([b'BARRIER=1'], [
-                cred, (socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                       struct.pack('i', w))])
-        os.close(w)
-        w = None
-        poller = select.poll()
-        poller.register(r, select.POLLHUP)
-        left = deadline - time.monotonic()
-        if not poller.poll(max(0, left) * 1000):
-            raise TimeoutError('no acknowledgement within %gs'
-                               % SEND_TIMEOUT)
-    finally:
-        os.close(r)
-        if w is not None:
-            os.close(w)
-
-
-def send(address, message, page=None):
-    """Send message as one datagram to the notifyd socket at address.
-
-    The datagram carries our own SCM_CREDENTIALS: the kernel attaches none to
-    datagrams queued before the receiver set SO_PASSCRED, as happens under
-    socket activation. With page (a _page.Page), it carries the page's
-    descriptor too. Raises OSError (TimeoutError after SEND_TIMEOUT) when
-    the datagram could not be sent.
-    """
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(SEND_TIMEOUT)
-        sock.connect(_sockaddr(address))
-        _sendmsg(sock, message, page)
-
-
-def _sendmsg(sock, message, page):
-    credentials = (os.getpid(), os.getuid(), os.getgid())
-    if page is not None:
-        _page.send_ready(sock, message, page, credentials)
-        return
-    sock.sendmsg(
-        [message.encode()],
-        [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS,
-          struct.pack('3i', *credentials))],
-    )
-
-
-class _Announcer:
-    """Reports one worker to notifyd: its READY=1, and its activity.
-
-    READY=1 is sent once as the worker boots, with a blocking send, then
-    repeated from a daemon thread every interval. Each READY=1 carries the
-    worker's activity page, and the request hooks call begin() and end(),
-    which only write into it. Without a page (no memfd on this system), they
-    update the activity and send it with one
-    non-blocking send on a socket the worker keeps connected. The repeated
-    READY=1 goes through that socket too, with the activity: every snapshot
-    is taken and sent under self.lock, so notifyd receives them in the order
-    they were taken, and no counter ever seems to go backwards.
-
-    A send that fails drops the socket and wakes the thread; until the thread
-    has connected again and re-announced, the hooks send nothing. The thread
-    re-announces at once (at most once a RETRY), and after a failure of its
-    own tries again after RETRY seconds, then after twice that, up to the
-    interval. stop() ends all of it before the worker says STOPPING=1, so
-    that nothing follows it.
-    """
-
-    def __init__(self, address, pid, interval, log):
-        self.address, self.pid, self.interval, self.log = (
-            address, pid, interval, log)
-        # Held while the activity changes or a datagram is on its way; only
-        # non-blocking calls are made under it.
-        self.lock = threading.Lock()
-        self.stopped = threading.Event()
-        self.wakeup = threading.Event()
-        self.failing = False
-        self.retry = RETRY
-        self.last = 0.0  # time.monotonic() of the last re-announcement
-        self.sock = None  # connected to notifyd, or None
-        self.credentials = struct.pack('3i', os.getpid(), os.getuid(),
-                                       os.getgid())
-        self.in_flight = 0
-        self.requests = 0
-        self.busy_ns = 0  # busy time up to busy_since
-        self.busy_since = 0  # time.monotonic_ns() when in_flight left 0
-        try:
-            self.page = _page.Page()
-        except OSError as err:
-            self.page = None
-            _logger.info('notifyd: no activity page for pid %s (%s); '
-                         'reporting activity by datagrams', pid, err)
-        else:
-            # The request hooks go straight to the page.
-            self.begin, self.end = self.page.begin, self.page.end
-
-    def announce(self):
-        """Send READY=1 now, as the worker boots; report whether it went.
-
-        The send blocks for up to SEND_TIMEOUT, so that many workers booting
-        at once do not lose a READY=1 to a short queue. Then the socket the
-        hooks use is connected.
-        """
-        with self.lock:
-            message = self._ready()
-        try:
-            send(self.address, message, self.page)
-        except OSError as err:
-            return self._went(err)
-        with self.lock:
-            if self.sock is None and not self.stopped.is_set():
-                try:
-                    self._connect()
-                except OSError:
-                    pass  # the next re-announcement connects
-        return self._went(None)
-
-    def start(self, sent):
-        if not sent:
-            self.failing = True
-        thread = threading.Thread(target=self._run, daemon=True,
-                                  name='notifyd-reannounce')
-        thread.start()
-
-    def begin(self):
-        """Count a request that has begun, and report it."""
-        with self.lock:
-            if self.in_flight == 0:
-                self.busy_since = time.monotonic_ns()
-            self.in_flight += 1
-            failed = self._push()
-        if failed:
-            self.wakeup.set()
-
-    def end(self):
-        """Count a request that has ended, and report it."""
-        with self.lock:
-            self.in_flight -= 1
-            self.requests += 1
-            if self.in_flight == 0:
-                self.busy_ns += time.monotonic_ns() - self.busy_since
-            failed = self._push()
-        if failed:
-            self.wakeup.set()
-
-    def stop(self):
-        """End the repetition and the reports; one on its way goes first."""
-        self.stopped.set()
-        self.wakeup.set()
-        if self.lock.acquire(timeout=SEND_TIMEOUT):
-            try:
-                self._disconnect()
-            finally:
-                self.lock.release()
-
-    def _activity(self):
-        # The caller holds self.lock. Busy time includes the request in
-        # flight so far, so a long request shows in every re-announcement.
-        busy = self.busy_ns
-        if self.in_flight:
-            busy += time.monotonic_ns() - self.busy_since
-        return ('X_NOTIFYD_IN_FLIGHT=%d\nX_NOTIFYD_REQUESTS=%d\n'
-                'X_NOTIFYD_BUSY_USEC=%d' % (self.in_flight, self.requests,
-                                            busy // 1000))
-
-    def _ready(self):
-        # The caller holds self.lock.
-        if self.page is not None:
-            return 'READY=1\nPID=%d\n%s' % (self.pid, _page.MESSAGE)
-        return 'READY=1\nPID=%d\n%s' % (self.pid, self._activity())
-
-    def _push(self):
-        """Send the activity if connected; return whether a send failed.
-
-        The caller holds self.lock. This is the request's whole cost: one
-        system call, or none while the socket is down.
-        """
-        if self.sock is None:
-            return False
-        try:
-            self._sendmsg(self._activity())
-        except OSError:
-            self._disconnect()
-            return True
-        return False
-
-    def _sendmsg(self, message):
-        self.sock.sendmsg(
-            [message.encode()],
-            [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, self.credentials)])
-
-    def _connect(self):
-        # The caller holds self.lock. The socket is the C module's own, which
-        # gevent and eventlet leave alone, and non-blocking: a send on it
-        # never waits and never yields to another greenlet.
-        sock = _socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            sock.setblocking(False)
-            sock.connect(_sockaddr(self.address))
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-    def _disconnect(self):
-        # The caller holds self.lock.
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
-    def _reannounce(self):
-        with self.lock:
-            if self.stopped.is_set():
-                return
-            self.last = time.monotonic()
-            try:
-                if self.sock is None:
-                    self._connect()
-                _sendmsg(self.sock, self._ready(), self.page)
-                err = None
-            except OSError as e:
-                self._disconnect()
-                err = e
-        self._went(err)
-
-    def _went(self, err):
-        """Note how a READY=1 fared, and return whether it went.
-
-        Only the first failure in a row is logged, and the recovery after it.
-        """
-        if err is not None:
-            if not self.failing:
-                self.log.warning('notifyd: could not send %s for pid %s to '
-                                 '%s: %s', 'READY=1', self.pid, self.address,
-                                 err)
-            self.failing = True
-            return False
-        if self.failing:
-            self.log.info('notifyd: READY=1 for pid %s reached %s', self.pid,
-                          self.address)
-        self.failing, self.retry = False, RETRY
-        return True
-
-    def _next(self):
-        """Return how long to wait before the next READY=1; None is never.
-
-        With the repetition off (an interval of 0), only a failure brings
-        one, retried up to every DEFAULT_REANNOUNCE seconds.
-        """
-        longest = self.interval or DEFAULT_REANNOUNCE
-        if self.failing:
-            wait, self.retry = self.retry, min(self.retry * 2, longest)
-            return min(wait, longest)
-        if not self.interval:
-            return None
-        return self.interval * (1 - JITTER * random.random())
-
-    def _run(self):
-        while True:
-            woken = self.wakeup.wait(self._next())
-            if self.stopped.is_set():
-                return
-            self.wakeup.clear()
-            if woken:
-                # A hook's send failed: re-announce now, but not more often
-                # than every RETRY seconds.
-                pause = self.last + RETRY - time.monotonic()
-                if pause > 0 and self.stopped.wait(pause):
-                    return
-            self._reannounce()
-
-
-# _announcer is this worker process's, once post_worker_init has run in it.
+# _announcer is this worker process's Reporter, once post_worker_init has run
+# in it. The notifyd package knows it too (notifyd._reporter.current()), so
+# that notifyd.asgi under UvicornWorker reports through it rather than
+# announcing the worker a second time.
 _announcer = None
 
 
@@ -471,10 +153,8 @@ def _post_worker_init(previous, address, interval):
         global _announcer
         if previous is not None:
             previous(worker)
-        if _announcer is not None:
-            _announcer.stop()
-        _announcer = _Announcer(address, worker.pid, interval, _log(worker))
-        _announcer.start(_announcer.announce())
+        _announcer = _reporter.boot(address, worker.pid, interval,
+                                    _log(worker))
 
     return post_worker_init
 
@@ -595,18 +275,6 @@ def _post_request_arity(hook):
     return arity
 
 
-def _notify(log, address, state, pid, warn=True):
-    """Send state for pid; return whether it went. Never raises."""
-    try:
-        send(address, '%s\nPID=%d' % (state, pid))
-    except OSError as err:
-        if warn:
-            log.warning('notifyd: could not send %s for pid %s to %s: %s',
-                        state, pid, address, err)
-        return False
-    return True
-
-
 def _notify_instance(log, address, message):
     """Send the master's message about the instance; return whether it went.
     Never raises."""
@@ -633,9 +301,3 @@ def _callable(name, hook):
         return getattr(importlib.import_module(module), attr)
     raise TypeError('%s must be a callable or a "module.function" string, '
                     'not %r' % (name, hook))
-
-
-def _sockaddr(address):
-    if address.startswith('@'):
-        return '\0' + address[1:]
-    return address

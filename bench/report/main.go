@@ -13,6 +13,7 @@
 //   - idle CPU with 10000 workers;
 //   - what notifyd's gunicorn hooks cost each request, with the activity
 //     page and with datagrams, and what the requests cost notifyd;
+//   - what notifyd.asgi's middleware costs each request under uvicorn;
 //   - what the workers' re-announcement costs an idle notifyd;
 //   - health under 400 bad clients;
 //   - queue time: notifyd's oldest age against the clients' own wait, as
@@ -25,8 +26,8 @@
 //
 //	go run ./bench/report -out DIR [-quick]
 //
-// writes DIR/PERFORMANCE.md, DIR/saturation.csv and DIR/queue-time.csv. It needs gunicorn and
-// wrk, and stops everything it started on every path out, SIGINT included.
+// writes DIR/PERFORMANCE.md, DIR/saturation.csv and DIR/queue-time.csv. It needs gunicorn,
+// uvicorn and wrk, and stops everything it started on every path out, SIGINT included.
 package main
 
 import (
@@ -145,6 +146,7 @@ func run(ctx context.Context, out string, o options) error {
 		{"death detection", deathDetection},
 		{"boot to healthy", boot},
 		{"hook overhead", hookOverhead},
+		{"ASGI middleware overhead", asgiOverhead},
 		{"self-healing's cost", reannounceCost},
 		{"health under bad clients", badClients},
 		{"connection cap", connectionCap},

@@ -43,7 +43,8 @@ if os.environ.get('SEED_HEALTHCHECK_BIND'):
 if os.environ.get('BENCH_NOTIFYD_ACTIVITY') == 'datagrams':
     def _no_page():
         raise OSError('activity page turned off by BENCH_NOTIFYD_ACTIVITY')
-    notifyd_gunicorn._page.Page = _no_page
+    import notifyd._page
+    notifyd._page.Page = _no_page
 
 if os.environ.get('NOTIFYD_SOCKET'):
     notifyd_socket = os.environ['NOTIFYD_SOCKET']

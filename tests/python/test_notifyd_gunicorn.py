@@ -26,6 +26,7 @@ import urllib.request
 from unittest import mock
 
 import notifyd_gunicorn
+from notifyd import _page, _reporter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLE = os.path.join(ROOT, 'examples', 'gunicorn')
@@ -37,6 +38,15 @@ WORKER_PID = 4321
 # GUARD bounds every wait for a datagram, so a broken hook fails a test
 # instead of hanging it. No test depends on how long anything takes.
 GUARD = 30.0
+
+def datagrams_only(test):
+    """Turn the activity page off for the rest of test, as where no memfd
+    can be made: activity then travels in datagrams, which a test reads."""
+    no_page = mock.patch.object(
+        _page, 'Page', side_effect=OSError(errno.ENOSYS, 'memfd_create'))
+    no_page.start()
+    test.addCleanup(no_page.stop)
+
 
 def eventually(test, what, cond):
     """Poll cond until it holds; fail test if it does not within GUARD."""
@@ -179,6 +189,9 @@ class SocketTestCase(unittest.TestCase):
         if notifyd_gunicorn._announcer is not None:
             notifyd_gunicorn._announcer.stop()
             notifyd_gunicorn._announcer = None
+        if _reporter._current is not None:
+            _reporter._current.stop()
+            _reporter._current = None
 
     def receiver(self, address, passcred=True):
         receiver = Receiver(address, passcred)
@@ -418,7 +431,7 @@ class ReannounceTest(SocketTestCase):
     def setUp(self):
         super().setUp()
         self.path = os.path.join(self.dir, 'notify.sock')
-        retry = mock.patch.object(notifyd_gunicorn, 'RETRY', self.INTERVAL)
+        retry = mock.patch.object(_reporter, 'RETRY', self.INTERVAL)
         retry.start()
         self.addCleanup(retry.stop)
 
@@ -580,14 +593,10 @@ class ActivityTest(SocketTestCase):
         super().setUp()
         self.path = os.path.join(self.dir, 'notify.sock')
         self.notifyd = self.receiver(self.path)
-        retry = mock.patch.object(notifyd_gunicorn, 'RETRY', 0.02)
+        retry = mock.patch.object(_reporter, 'RETRY', 0.02)
         retry.start()
         self.addCleanup(retry.stop)
-        no_page = mock.patch.object(
-            notifyd_gunicorn._page, 'Page',
-            side_effect=OSError(errno.ENOSYS, 'memfd_create'))
-        no_page.start()
-        self.addCleanup(no_page.stop)
+        datagrams_only(self)
 
     def boot(self, ns=None, reannounce=3600):
         """Install the hooks and boot a worker, as gunicorn would."""

@@ -139,6 +139,12 @@ class Prober:
         return self
 
 
+def sysconfig_purelib(python):
+    """Return the site-packages directory of the interpreter python."""
+    return run(python, '-c', 'import sysconfig; '
+               'print(sysconfig.get_path("purelib"))').stdout.strip()
+
+
 class ManagedTestCase(unittest.TestCase):
     """The wheel, built and installed into a venv, and helpers to run
     gunicorn with it in managed mode."""
@@ -320,7 +326,18 @@ class WheelTest(ManagedTestCase):
                    out.stdout.split('Files:')[1].splitlines()
                    if line.strip() and not line.strip().startswith('..')}
         self.assertEqual({m for m in modules if not m.endswith('-info')},
-                         {'notifyd_gunicorn'})
+                         {'notifyd', 'notifyd_gunicorn'})
+
+    def test_notifyd_package_imports_from_the_wheel(self):
+        # From a directory outside the clone, so that only the installed
+        # packages can be imported.
+        out = run(self.python, '-c', 'import notifyd.asgi, notifyd.celery, '
+                  'notifyd_gunicorn; print(notifyd.asgi.__file__); '
+                  'print(notifyd_gunicorn.__file__)', cwd=self.dir).stdout
+        site = sysconfig_purelib(self.python)
+        self.assertEqual(out.splitlines(), [
+            os.path.join(site, 'notifyd', 'asgi.py'),
+            os.path.join(site, 'notifyd_gunicorn', '__init__.py')])
 
     # Managed mode.
 

@@ -2,10 +2,11 @@
 
 A worker that serves requests (a gunicorn worker, an ASGI server, a Celery
 worker process) creates one Page, passes its descriptor to notifyd once with
-READY=1 (see MESSAGE and send_ready()), and from then on only writes into it:
+READY=1 (see MESSAGE and notifyd._client.send()), and from then on only
+writes into it:
 
     page = Page()             # raises OSError where memfds are not available
-    send_ready(sock, 'READY=1\n' + MESSAGE, page, (pid, uid, gid))
+    send(address, 'READY=1\n' + MESSAGE, page)
     page.begin()              # a request begins: memory writes, no system call
     page.end()                # it ends
     page.close()              # the worker is done
@@ -43,12 +44,10 @@ This module uses the standard library only and imports nothing of gunicorn.
 import fcntl
 import mmap
 import os
-import socket
-import struct
 import threading
 import time
 
-__all__ = ['MESSAGE', 'SIZE', 'Page', 'send_ready']
+__all__ = ['MESSAGE', 'SIZE', 'Page']
 
 # SIZE, MAGIC and VERSION are notifyd's (protocol.PageSize, PageMagic,
 # PageVersion): a page of another size or header is refused.
@@ -143,17 +142,3 @@ class Page:
         os.close(self.fd)
         self.fd = -1
 
-
-def send_ready(sock, message, page, credentials=None):
-    """Send message (str, with READY=1 and MESSAGE) on the connected
-    datagram socket sock, with the page's descriptor and, when given,
-    credentials (pid, uid, gid) as SCM_CREDENTIALS.
-
-    Raises OSError when the datagram could not be sent.
-    """
-    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                  struct.pack('i', page.fd))]
-    if credentials is not None:
-        ancillary.append((socket.SOL_SOCKET, socket.SCM_CREDENTIALS,
-                          struct.pack('3i', *credentials)))
-    sock.sendmsg([message.encode()], ancillary)
