@@ -440,8 +440,8 @@ class ReannounceTest(SocketTestCase):
         chooses; return (attempts, waits), a semaphore released once per
         re-announcement and a list of the waits chosen so far."""
         attempts, waits = threading.Semaphore(0), []
-        reannounce = notifyd_gunicorn._Announcer._reannounce
-        next_wait = notifyd_gunicorn._Announcer._next
+        reannounce = _reporter.Reporter._reannounce
+        next_wait = _reporter.Reporter._next
 
         def counted(announcer):
             reannounce(announcer)
@@ -452,7 +452,7 @@ class ReannounceTest(SocketTestCase):
             waits.append(wait)
             return wait
         for name, spy in (('_reannounce', counted), ('_next', recorded)):
-            patch = mock.patch.object(notifyd_gunicorn._Announcer, name, spy)
+            patch = mock.patch.object(_reporter.Reporter, name, spy)
             patch.start()
             self.addCleanup(patch.stop)
         return attempts, waits
