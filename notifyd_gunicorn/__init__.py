@@ -51,7 +51,6 @@ the request: it only wakes the worker's thread, which connects again and
 re-announces.
 """
 
-import importlib
 import inspect
 import logging
 import time
@@ -61,6 +60,7 @@ from notifyd._client import SEND_TIMEOUT, resolve_socket as _resolve
 from notifyd._client import send, send_and_wait
 from notifyd._reporter import notify as _notify
 
+from ._chain import _callable
 from ._managed import start
 
 __all__ = ['install', 'resolve_socket', 'send', 'start']
@@ -281,14 +281,3 @@ def _notify_instance(log, address, message):
 def _log(owner):
     # owner is the gunicorn worker or arbiter; its log is gunicorn's logger.
     return getattr(owner, 'log', None) or _logger
-
-
-def _callable(name, hook):
-    # gunicorn also accepts a hook given as 'package.module.function'.
-    if hook is None or callable(hook):
-        return hook
-    if isinstance(hook, str) and '.' in hook:
-        module, _, attr = hook.rpartition('.')
-        return getattr(importlib.import_module(module), attr)
-    raise TypeError('%s must be a callable or a "module.function" string, '
-                    'not %r' % (name, hook))

@@ -89,6 +89,7 @@ import sys
 import tempfile
 import time
 
+from ._chain import _MARK, _chain
 from ._process import (_Process, _child_alive, _error_log_fd, _fork_exec,
                        find_binary)
 
@@ -119,9 +120,6 @@ MAX_RELOAD_GRACE = 600
 # USAGE_ERROR is notifyd's exit status for arguments it refuses.
 USAGE_ERROR = 2
 
-# _MARK is set on the hooks start() makes, so that a second start() on the
-# same namespace does not wrap them again.
-_MARK = '_notifyd_managed_hook'
 
 # Unix socket paths are limited by sun_path (108 bytes with its NUL).
 _SUN_PATH_MAX = 107
@@ -1102,36 +1100,6 @@ def _await_unlocked(directory):
                 time.sleep(0.005)
     finally:
         os.close(fd)
-
-
-def _chain(name, previous, hook):
-    """Return the hook to set as name: previous (the file's own, which may
-    raise, as it would without notifyd), then hook, whose errors are
-    logged and never reach gunicorn."""
-    from . import _callable
-    previous = _callable(name, previous)
-
-    def run(server, *worker):
-        if previous is not None:
-            previous(server, *worker)
-        try:
-            hook(server, *worker)
-        except Exception:
-            server.log.exception('notifyd: in the %s hook', name)
-
-    # gunicorn checks each hook's arity, so the parameters are spelt out.
-    if name == 'post_fork':
-        def chained(server, worker):
-            run(server, worker)
-    elif name == 'nworkers_changed':
-        def chained(server, new_value, old_value):
-            run(server, new_value, old_value)
-    else:
-        def chained(server):
-            run(server)
-    setattr(chained, _MARK, True)
-    chained._notifyd_previous = previous
-    return chained
 
 
 _manager = _Manager()
