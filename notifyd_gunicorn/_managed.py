@@ -465,7 +465,7 @@ class _Manager:
 
     def _sync(self, server):
         self._flush()
-        if self.handed_over or server.reexec_pid:
+        if self.handed_over or _reexec_pid(server):
             # The master a USR2 started holds the sockets, and runs notifyd
             # on them: this one starts none beside it.
             return
@@ -544,7 +544,7 @@ class _Manager:
         self.server = server
         self._flush()
         self.wanted = None
-        if self.handed_over or _child_alive(server.reexec_pid):
+        if self.handed_over or _child_alive(_reexec_pid(server)):
             return  # the new master's notifyd, sockets and directory
         self._stop_all()
         self._close_sockets(server)
@@ -1100,6 +1100,12 @@ def _await_unlocked(directory):
                 time.sleep(0.005)
     finally:
         os.close(fd)
+
+
+def _reexec_pid(server):
+    """The pid of the master a USR2 started, or 0. gunicorn's Arbiter runs
+    the nworkers_changed hook from its setup, before it sets reexec_pid."""
+    return getattr(server, 'reexec_pid', 0)
 
 
 _manager = _Manager()
