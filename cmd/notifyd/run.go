@@ -77,10 +77,11 @@ func drainSignals(reg *registry.Registry, signals <-chan os.Signal, log *slog.Lo
 				}
 				sig, n = next, n+1
 			}
-			log.Debug("drain signals", "signals", n, "draining", draining, "tie", tie)
 			// A drain mark that cannot be saved is logged by the registry;
-			// the drain itself has taken effect.
+			// the drain itself has taken effect. The line comes after it, so
+			// that whoever reads it finds the health answer changed.
 			reg.SetDraining(draining)
+			log.Debug("drain signals", "signals", n, "draining", draining, "tie", tie)
 		}
 	}
 }
