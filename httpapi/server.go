@@ -130,9 +130,10 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 // Close stops the Server at once, closing its listener and every
-// connection. It is idempotent.
+// connection, also when Serve never ran. It is idempotent.
 func (s *Server) Close() error {
 	s.srv.Close()
+	s.ln.Close()
 	return nil
 }
 

@@ -51,7 +51,6 @@ the request: it only wakes the worker's thread, which connects again and
 re-announces.
 """
 
-import importlib
 import inspect
 import logging
 import time
@@ -61,6 +60,7 @@ from notifyd._client import SEND_TIMEOUT, resolve_socket as _resolve
 from notifyd._client import send, send_and_wait
 from notifyd._reporter import notify as _notify
 
+from ._chain import _callable
 from ._managed import start
 
 __all__ = ['install', 'resolve_socket', 'send', 'start']
@@ -159,8 +159,12 @@ def _post_worker_init(previous, address, interval):
     return post_worker_init
 
 
-def _worker_exit(previous, address, interval):
-    def worker_exit(server, worker):
+def _stopping(previous, address, interval):
+    # worker_exit runs in a worker that exits cleanly, child_exit in the
+    # master for every worker, so that a killed worker is reported too: both
+    # say STOPPING=1 for the worker. Only a worker has a reporter to stop
+    # first, so that no READY=1 follows.
+    def stopping(server, worker):
         try:
             if previous is not None:
                 previous(server, worker)
@@ -169,20 +173,7 @@ def _worker_exit(previous, address, interval):
                 _announcer.stop()
             _notify(_log(server), address, 'STOPPING=1', worker.pid)
 
-    return worker_exit
-
-
-def _child_exit(previous, address, interval):
-    # Runs in the master. A worker that exited cleanly has already sent
-    # STOPPING=1 from worker_exit; one that was killed has not.
-    def child_exit(server, worker):
-        try:
-            if previous is not None:
-                previous(server, worker)
-        finally:
-            _notify(_log(server), address, 'STOPPING=1', worker.pid)
-
-    return child_exit
+    return stopping
 
 
 def _pre_request(previous, address, interval):
@@ -225,8 +216,8 @@ def _on_reload(previous, address, interval):
 
 _HOOKS = {
     'post_worker_init': _post_worker_init,
-    'worker_exit': _worker_exit,
-    'child_exit': _child_exit,
+    'worker_exit': _stopping,
+    'child_exit': _stopping,
     'pre_request': _pre_request,
     'post_request': _post_request,
 }
@@ -290,14 +281,3 @@ def _notify_instance(log, address, message):
 def _log(owner):
     # owner is the gunicorn worker or arbiter; its log is gunicorn's logger.
     return getattr(owner, 'log', None) or _logger
-
-
-def _callable(name, hook):
-    # gunicorn also accepts a hook given as 'package.module.function'.
-    if hook is None or callable(hook):
-        return hook
-    if isinstance(hook, str) and '.' in hook:
-        module, _, attr = hook.rpartition('.')
-        return getattr(importlib.import_module(module), attr)
-    raise TypeError('%s must be a callable or a "module.function" string, '
-                    'not %r' % (name, hook))

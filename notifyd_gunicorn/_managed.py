@@ -86,9 +86,12 @@ import signal
 import socket
 import stat
 import sys
-import sysconfig
 import tempfile
 import time
+
+from ._chain import _MARK, _chain
+from ._process import (_Process, _child_alive, _error_log_fd, _fork_exec,
+                       find_binary)
 
 __all__ = ['start']
 
@@ -117,9 +120,6 @@ MAX_RELOAD_GRACE = 600
 # USAGE_ERROR is notifyd's exit status for arguments it refuses.
 USAGE_ERROR = 2
 
-# _MARK is set on the hooks start() makes, so that a second start() on the
-# same namespace does not wrap them again.
-_MARK = '_notifyd_managed_hook'
 
 # Unix socket paths are limited by sun_path (108 bytes with its NUL).
 _SUN_PATH_MAX = 107
@@ -277,89 +277,6 @@ def _split_bind(bind):
     elif ':' in host:
         return None
     return host, int(port)
-
-
-def find_binary(configured=None):
-    """Return the notifyd binary managed mode runs.
-
-    It is configured, when given, else the notifyd installed next to the
-    running interpreter: in the directory of sys.executable (a venv's bin,
-    whether or not the venv is active) or in the interpreter's scripts
-    directory. PATH is never searched. Raises LookupError with a one-line
-    message when there is none.
-    """
-    if configured:
-        if os.path.isfile(configured) and os.access(configured, os.X_OK):
-            return os.path.abspath(configured)
-        raise LookupError('notifyd_binary %r: no executable file there'
-                          % configured)
-    places = []
-    for place in (os.path.dirname(sys.executable),
-                  sysconfig.get_path('scripts'),
-                  sysconfig.get_path('scripts', '%s_user' % os.name)):
-        if place and place not in places:
-            places.append(place)
-    for place in places:
-        path = os.path.join(place, 'notifyd')
-        if os.path.isfile(path) and os.access(path, os.X_OK):
-            return path
-    raise LookupError(
-        'no notifyd binary in %s: install the notifyd wheel into the '
-        'environment gunicorn runs in, or set notifyd_binary'
-        % ' or '.join(places))
-
-
-class _Process:
-    """One notifyd the master started, held by a pidfd."""
-
-    def __init__(self, pid, pidfd, settings):
-        self.pid = pid
-        self.pidfd = pidfd
-        self.settings = settings
-        self.started = time.monotonic()
-        self.status = None  # set once reaped
-        self.code = None    # the exit status, when it exited
-
-    def exited(self):
-        if self.pidfd is None:
-            return True
-        return bool(select.select([self.pidfd], [], [], 0)[0])
-
-    def wait(self, timeout):
-        """Return whether the process exited within timeout seconds."""
-        if self.pidfd is None:
-            return True
-        return bool(select.select([self.pidfd], [], [], timeout)[0])
-
-    def reap(self):
-        """Collect the exit status once the process has exited, and return
-        it as words for the log: 'exited with status 1', 'was killed by
-        signal 9'."""
-        if self.status is None and self.pidfd is not None:
-            try:
-                result = os.waitid(os.P_PIDFD, self.pidfd,
-                                   os.WEXITED | os.WNOHANG)
-            except ChildProcessError:
-                # gunicorn's reap_workers reaped it first.
-                result = None
-                self.status = 'exited'
-            if result is not None:
-                if result.si_code == os.CLD_EXITED:
-                    self.status = 'exited with status %d' % result.si_status
-                    self.code = result.si_status
-                else:
-                    self.status = 'was killed by signal %d' % result.si_status
-        if self.status is not None:
-            self.close()
-        return self.status
-
-    def uptime(self):
-        return time.monotonic() - self.started
-
-    def close(self):
-        if self.pidfd is not None:
-            os.close(self.pidfd)
-            self.pidfd = None
 
 
 class _Manager:
@@ -548,7 +465,7 @@ class _Manager:
 
     def _sync(self, server):
         self._flush()
-        if self.handed_over or server.reexec_pid:
+        if self.handed_over or _reexec_pid(server):
             # The master a USR2 started holds the sockets, and runs notifyd
             # on them: this one starts none beside it.
             return
@@ -627,7 +544,7 @@ class _Manager:
         self.server = server
         self._flush()
         self.wanted = None
-        if self.handed_over or _child_alive(server.reexec_pid):
+        if self.handed_over or _child_alive(_reexec_pid(server)):
             return  # the new master's notifyd, sockets and directory
         self._stop_all()
         self._close_sockets(server)
@@ -1185,117 +1102,10 @@ def _await_unlocked(directory):
         os.close(fd)
 
 
-def _child_alive(pid):
-    """Whether pid is a child of this process that has not exited."""
-    if not pid:
-        return False
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG
-                         | os.WNOWAIT) is None
-    except ChildProcessError:
-        return False
-
-
-def _error_log_fd(log):
-    """Return the descriptor of gunicorn's error log (its errorlog file, or
-    standard error for '-'), or None when it has none, as with syslog."""
-    for handler in getattr(getattr(log, 'error_log', None), 'handlers', ()):
-        try:
-            return handler.stream.fileno()
-        except (AttributeError, OSError, ValueError):
-            continue
-    return None
-
-
-def _fork_exec(argv, env, fds, stderr=None):
-    """Run argv with fds as descriptors 3, 4, ..., stderr (when not None)
-    as its standard error, and LISTEN_PID set to its own pid, as socket
-    activation passes sockets. Returns its pid and a pidfd; raises OSError
-    when the program could not be run."""
-    first = 3 + len(fds)
-    # SIGCHLD is held until the pidfd is open, so that gunicorn's handler
-    # cannot reap the child first.
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
-    report_r, report_w = os.pipe()
-    try:
-        pid = os.fork()
-        if pid == 0:
-            _exec_child(argv, env, fds, stderr, first, report_w, mask)
-        os.close(report_w)
-        report_w = None
-        pidfd = os.pidfd_open(pid)
-        failure = b''
-        while True:  # until exec closes the pipe, or the child reports
-            chunk = os.read(report_r, 512)
-            if not chunk:
-                break
-            failure += chunk
-        if failure:
-            os.close(pidfd)
-            os.waitpid(pid, 0)
-            raise OSError(failure.decode(errors='replace'))
-        return pid, pidfd
-    finally:
-        os.close(report_r)
-        if report_w is not None:
-            os.close(report_w)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-
-def _exec_child(argv, env, fds, stderr, first, report_w, mask):
-    # In the child, between fork and exec: every way out is os._exit.
-    report = report_w
-    try:
-        report = fcntl.fcntl(report_w, fcntl.F_DUPFD_CLOEXEC, first)
-        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, first) for fd in fds]
-        if stderr is not None:
-            os.dup2(fcntl.fcntl(stderr, fcntl.F_DUPFD_CLOEXEC, first), 2)
-        for i, fd in enumerate(moved):
-            os.dup2(fd, 3 + i)  # inheritable
-        os.closerange(first, report)
-        os.closerange(report + 1, os.sysconf('SC_OPEN_MAX'))
-        os.setpgid(0, 0)  # a terminal's ^C goes to gunicorn, not notifyd
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        os.execve(argv[0], argv, dict(env, LISTEN_PID=str(os.getpid())))
-    except BaseException as err:
-        try:
-            os.write(report, str(err).encode())
-        except BaseException:
-            pass
-    finally:
-        os._exit(127)
-
-
-def _chain(name, previous, hook):
-    """Return the hook to set as name: previous (the file's own, which may
-    raise, as it would without notifyd), then hook, whose errors are
-    logged and never reach gunicorn."""
-    from . import _callable
-    previous = _callable(name, previous)
-
-    def run(server, *worker):
-        if previous is not None:
-            previous(server, *worker)
-        try:
-            hook(server, *worker)
-        except Exception:
-            server.log.exception('notifyd: in the %s hook', name)
-
-    # gunicorn checks each hook's arity, so the parameters are spelt out.
-    if name == 'post_fork':
-        def chained(server, worker):
-            run(server, worker)
-    elif name == 'nworkers_changed':
-        def chained(server, new_value, old_value):
-            run(server, new_value, old_value)
-    else:
-        def chained(server):
-            run(server)
-    setattr(chained, _MARK, True)
-    chained._notifyd_previous = previous
-    return chained
+def _reexec_pid(server):
+    """The pid of the master a USR2 started, or 0. gunicorn's Arbiter runs
+    the nworkers_changed hook from its setup, before it sets reexec_pid."""
+    return getattr(server, 'reexec_pid', 0)
 
 
 _manager = _Manager()

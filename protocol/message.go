@@ -259,81 +259,99 @@ func (p *parser) assign(name, value string) error {
 func (p *parser) message() (Message, error) {
 	var m Message
 	var activity Activity
-	lifecycles, activities := 0, 0
 	for k := range numKeys {
 		if !p.seen[k] {
 			continue
 		}
-		v := p.values[k]
-		var err error
-		switch k {
-		case keyReady, keyReloading, keyStopping, keyBarrier:
-			err = wantOne(k, v)
-			lifecycles++
-		case keyStatus:
-			err = checkStatus(v)
-			m.Status = &v
-		case keyPID, keyMainPID:
-			var pid int
-			pid, err = ParsePID(v)
-			if err == nil && m.PID != 0 && m.PID != pid {
-				err = fmt.Errorf("%w: PID=%d and MAINPID=%d", ErrConflict, m.PID, pid)
-			}
-			m.PID = pid
-		case keyWatchdog:
-			switch v {
-			case "1":
-				m.Watchdog = true
-			case "trigger":
-				m.Failed = true
-			default:
-				err = fmt.Errorf(`%w: WATCHDOG=%q, want "1" or "trigger"`, ErrBadValue, v)
-			}
-		case keyWatchdogUSec:
-			m.WatchdogUSec, err = ParseWatchdogUSec(v)
-			if err == nil && m.WatchdogUSec == 0 {
-				err = errors.New("want a positive number of microseconds")
-			}
-			if err != nil {
-				err = fmt.Errorf("%w: WATCHDOG_USEC=%q: %w", ErrBadValue, v, err)
-			}
-		case keyDrain:
-			if v != "0" && v != "1" {
-				err = fmt.Errorf("%w: X_NOTIFYD_DRAIN=%q, want 1 or 0", ErrBadValue, v)
-			}
-			drain := v == "1"
-			m.Drain = &drain
-		case keyExpect:
-			var n uint64
-			n, err = parseCount(k, v, MaxPID)
-			expect := int(n)
-			m.Expect = &expect
-		case keyErrno:
-			var n int64
-			n, err = strconv.ParseInt(v, 10, 32)
-			if err != nil || n < 0 || !isDigits(v) {
-				err = fmt.Errorf("%w: ERRNO=%q, want a non-negative error number", ErrBadValue, v)
-			}
-			m.Failed, m.Errno = true, int(n)
-		case keyInFlight:
-			var n uint64
-			n, err = parseCount(k, v, math.MaxUint32)
-			activity.InFlight = uint32(n)
-			activities++
-		case keyRequests:
-			activity.Requests, err = parseCount(k, v, math.MaxUint64)
-			activities++
-		case keyBusyUSec:
-			activity.BusyUSec, err = parseCount(k, v, math.MaxUint64)
-			activities++
-		case keyPage:
-			err = wantOne(k, v)
-			m.HasPage = true
-		}
-		if err != nil {
+		if err := p.field(k, p.values[k], &m, &activity); err != nil {
 			return Message{}, err
 		}
 	}
+	return p.whole(m, activity)
+}
+
+// field checks the value v of key k and sets it in m, or a for the activity
+// keys.
+func (p *parser) field(k int, v string, m *Message, a *Activity) error {
+	var err error
+	switch k {
+	case keyReady, keyReloading, keyStopping, keyBarrier:
+		err = wantOne(k, v)
+	case keyStatus:
+		err = checkStatus(v)
+		m.Status = &v
+	case keyPID, keyMainPID:
+		var pid int
+		pid, err = ParsePID(v)
+		if err == nil && m.PID != 0 && m.PID != pid {
+			err = fmt.Errorf("%w: PID=%d and MAINPID=%d", ErrConflict, m.PID, pid)
+		}
+		m.PID = pid
+	case keyWatchdog:
+		switch v {
+		case "1":
+			m.Watchdog = true
+		case "trigger":
+			m.Failed = true
+		default:
+			err = fmt.Errorf(`%w: WATCHDOG=%q, want "1" or "trigger"`, ErrBadValue, v)
+		}
+	case keyWatchdogUSec:
+		m.WatchdogUSec, err = ParseWatchdogUSec(v)
+		if err == nil && m.WatchdogUSec == 0 {
+			err = errors.New("want a positive number of microseconds")
+		}
+		if err != nil {
+			err = fmt.Errorf("%w: WATCHDOG_USEC=%q: %w", ErrBadValue, v, err)
+		}
+	case keyDrain:
+		if v != "0" && v != "1" {
+			err = fmt.Errorf("%w: X_NOTIFYD_DRAIN=%q, want 1 or 0", ErrBadValue, v)
+		}
+		drain := v == "1"
+		m.Drain = &drain
+	case keyExpect:
+		var n uint64
+		n, err = parseCount(k, v, MaxPID)
+		expect := int(n)
+		m.Expect = &expect
+	case keyErrno:
+		var n int64
+		n, err = strconv.ParseInt(v, 10, 32)
+		if err != nil || n < 0 || !isDigits(v) {
+			err = fmt.Errorf("%w: ERRNO=%q, want a non-negative error number", ErrBadValue, v)
+		}
+		m.Failed, m.Errno = true, int(n)
+	case keyInFlight:
+		var n uint64
+		n, err = parseCount(k, v, math.MaxUint32)
+		a.InFlight = uint32(n)
+	case keyRequests:
+		a.Requests, err = parseCount(k, v, math.MaxUint64)
+	case keyBusyUSec:
+		a.BusyUSec, err = parseCount(k, v, math.MaxUint64)
+	case keyPage:
+		err = wantOne(k, v)
+		m.HasPage = true
+	}
+	return err
+}
+
+// count is how many of keys the message has.
+func (p *parser) count(keys ...int) int {
+	n := 0
+	for _, k := range keys {
+		if p.seen[k] {
+			n++
+		}
+	}
+	return n
+}
+
+// whole checks what m may hold together: a barrier and the instance keys
+// alone, the three activity keys together, one lifecycle at most, a page
+// only with READY=1; and sets the lifecycle.
+func (p *parser) whole(m Message, activity Activity) (Message, error) {
 	if p.seen[keyBarrier] {
 		if p.assignments > 1 {
 			return Message{}, fmt.Errorf("%w: it came with other assignments", ErrBarrier)
@@ -347,7 +365,7 @@ func (p *parser) message() (Message, error) {
 	if p.seen[keyExpect] && p.assignments > 1 {
 		return Message{}, fmt.Errorf("%w: X_NOTIFYD_EXPECT must come alone; it is about the instance, not a worker", ErrConflict)
 	}
-	switch activities {
+	switch p.count(keyInFlight, keyRequests, keyBusyUSec) {
 	case 0:
 	case 3:
 		m.Activity = &activity
@@ -356,7 +374,7 @@ func (p *parser) message() (Message, error) {
 		// apart from one whose companions went backwards.
 		return Message{}, fmt.Errorf("%w: X_NOTIFYD_IN_FLIGHT, X_NOTIFYD_REQUESTS and X_NOTIFYD_BUSY_USEC come together or not at all", ErrConflict)
 	}
-	if lifecycles > 1 {
+	if p.count(keyReady, keyReloading, keyStopping, keyBarrier) > 1 {
 		return Message{}, fmt.Errorf("%w: at most one of READY=1, RELOADING=1 and STOPPING=1 per message", ErrConflict)
 	}
 	if m.HasPage && !p.seen[keyReady] {

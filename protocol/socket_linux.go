@@ -123,7 +123,7 @@ func Listen(cfg ListenConfig) (*Conn, error) {
 	err = unix.Bind(fd, &unix.SockaddrUnix{Name: name})
 	if errors.Is(err, unix.EADDRINUSE) {
 		unix.Close(fd)
-		return nil, fmt.Errorf("socket %s: %w; stop it or choose another --socket", cfg.Path, ErrInUse)
+		return nil, fmt.Errorf("socket %s: %w", cfg.Path, ErrInUse)
 	}
 	if err != nil {
 		unix.Close(fd)
@@ -225,7 +225,7 @@ func removeStaleSocket(path string) error {
 	probe, err := net.Dial("unixgram", path)
 	if err == nil {
 		probe.Close()
-		return fmt.Errorf("socket path %s: %w; stop it or choose another --socket", path, ErrInUse)
+		return fmt.Errorf("socket path %s: %w", path, ErrInUse)
 	}
 	if !errors.Is(err, syscall.ECONNREFUSED) {
 		return fmt.Errorf("check socket path %s: %w", path, err)

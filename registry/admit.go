@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/notifyd/notifyd/internal/exitwatch"
 	"github.com/notifyd/notifyd/protocol"
 	"golang.org/x/sys/unix"
 )
@@ -26,7 +27,7 @@ type admission struct {
 	known *entry
 	// startTime is the process's, read from /proc when known is nil.
 	startTime uint64
-	// gone is set when the process has exited. Only STOPPING=1 is admitted
+	// gone is set when the process is gone. Only STOPPING=1 is admitted
 	// about a process that is gone; it then removes pid if registered.
 	gone bool
 	// stale is a registered worker found to have exited; it is dropped
@@ -45,7 +46,7 @@ type admission struct {
 func (r *Registry) admit(m protocol.Message, sender protocol.Credentials) (admission, error) {
 	a := admission{pinned: -1}
 	if r.cfg.Access == RootOnly && sender.UID != 0 {
-		return a, fmt.Errorf("%w: uid %d is not root and --access is root", ErrNotPermitted, sender.UID)
+		return a, fmt.Errorf("%w: uid %d is not root, and access is root", ErrNotPermitted, sender.UID)
 	}
 	stopping := m.Lifecycle == protocol.Stopping
 	pid, err := r.subject(m, sender)
@@ -61,9 +62,9 @@ func (r *Registry) admit(m protocol.Message, sender protocol.Credentials) (admis
 		err := r.mayDirect(pid, sender)
 		// A uid read from /proc is e's only if e's process still had not
 		// exited after the read: until then, no other process had its pid.
-		if errors.Is(err, errExited) || err == nil && r.readsUID(pid, sender) && exitedPidfd(e.pidfd) {
+		if errors.Is(err, errGone) || err == nil && r.readsUID(pid, sender) && exitwatch.Exited(e.pidfd) {
 			a.stale = e
-			return a.exited(stopping)
+			return a.withoutProcess(stopping)
 		}
 		a.known = e
 		return a, err
@@ -73,32 +74,32 @@ func (r *Registry) admit(m protocol.Message, sender protocol.Credentials) (admis
 		if pid == sender.PID {
 			senderFD = sender.PIDFD
 		}
-		if a.pinned, err = r.watchPid(pid, senderFD); errors.Is(err, errExited) {
-			return a.exited(stopping)
+		if a.pinned, err = r.watchPid(pid, senderFD); errors.Is(err, errGone) {
+			return a.withoutProcess(stopping)
 		} else if err != nil {
 			return a, err
 		}
 	}
 	info, err := readProc(pid)
-	if err == nil && senderFD > 0 && exitedPidfd(a.pinned) {
+	if err == nil && senderFD > 0 && exitwatch.Exited(a.pinned) {
 		// The sender's own pidfd may have waited in the socket queue long
 		// enough for its process to go and the pid to be taken: then /proc
 		// described the newcomer.
-		err = errExited
+		err = errGone
 	}
 	if err == nil {
 		err = r.mayDirect(pid, sender)
 	}
-	if errors.Is(err, errExited) {
-		return a.exited(stopping)
+	if errors.Is(err, errGone) {
+		return a.withoutProcess(stopping)
 	}
 	a.startTime = info.startTime
 	return a, err
 }
 
-// exited admits a STOPPING=1 about a process that has exited, and rejects
+// withoutProcess admits a STOPPING=1 about a process that is gone, and rejects
 // anything else.
-func (a admission) exited(stopping bool) (admission, error) {
+func (a admission) withoutProcess(stopping bool) (admission, error) {
 	if stopping {
 		a.gone = true
 		return a, nil
@@ -131,7 +132,7 @@ func (r *Registry) subject(m protocol.Message, sender protocol.Credentials) (int
 	}
 	inner, nested, err := innermostPID(sender.PID)
 	switch {
-	case errors.Is(err, errExited), err == nil && !nested:
+	case errors.Is(err, errGone), err == nil && !nested:
 		return m.PID, nil
 	case err != nil:
 		return 0, err
@@ -173,7 +174,7 @@ func (r *Registry) mayDrain(sender protocol.Credentials) error {
 // only root under --access root. what names the act for the error.
 func (r *Registry) mayInstance(sender protocol.Credentials, what string) error {
 	if r.cfg.Access == RootOnly && sender.UID != 0 {
-		return fmt.Errorf("%w: uid %d is not root and --access is root", ErrNotPermitted, sender.UID)
+		return fmt.Errorf("%w: uid %d is not root, and access is root", ErrNotPermitted, sender.UID)
 	}
 	if sender.UID != 0 && sender.UID != os.Getuid() {
 		return fmt.Errorf("%w: only root and notifyd's own uid may %s, the sender is uid %d", ErrNotPermitted, what, sender.UID)

@@ -40,7 +40,7 @@ func lockDir(dir string) (int, error) {
 		holder := lockHolder(fd)
 		unix.Close(fd)
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			return -1, fmt.Errorf("%w: %s is locked by %s; give each notifyd its own --dir (in managed mode, its own healthcheck_directory)", ErrDirInUse, dir, holder)
+			return -1, fmt.Errorf("%w: %s is locked by %s", ErrDirInUse, dir, holder)
 		}
 		return -1, fmt.Errorf("lock state directory %s: %w", dir, err)
 	}

@@ -19,17 +19,16 @@ type procInfo struct {
 	zombie    bool
 }
 
-// errExited means the process does not exist, or exists only as a zombie.
-var errExited = errors.New("process has exited")
+// errGone means there is no live process: none exists under the pid, or
+// only a zombie. The registry says "exited" only of a worker it had
+// registered (the drop reason), and "gone" of a pid without a process.
+var errGone = errors.New("process is gone")
 
-// readProc reads /proc/<pid>/stat. It returns errExited for a pid with no
+// readProc reads /proc/<pid>/stat. It returns errGone for a pid with no
 // process or with a zombie (or dead) one.
 func readProc(pid int) (procInfo, error) {
 	var buf [512]byte
-	b, err := readSmall("/proc/"+strconv.Itoa(pid)+"/stat", buf[:])
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH) {
-		return procInfo{}, errExited
-	}
+	b, err := readProcFile(pid, "stat", buf[:])
 	if err != nil {
 		return procInfo{}, err
 	}
@@ -38,7 +37,7 @@ func readProc(pid int) (procInfo, error) {
 		return procInfo{}, fmt.Errorf("parse /proc/%d/stat: %w", pid, err)
 	}
 	if info.zombie {
-		return info, errExited
+		return info, errGone
 	}
 	return info, nil
 }
@@ -111,10 +110,7 @@ func inOwnPidNamespace(pid int) (same, known bool) {
 // nested one (then the two numbers differ in meaning, if not in value).
 func innermostPID(pid int) (int, bool, error) {
 	var buf [4096]byte
-	b, err := readSmall("/proc/"+strconv.Itoa(pid)+"/status", buf[:])
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH) {
-		return 0, false, errExited
-	}
+	b, err := readProcFile(pid, "status", buf[:])
 	if err != nil {
 		return 0, false, err
 	}
@@ -131,10 +127,7 @@ func innermostPID(pid int) (int, bool, error) {
 // statusField reads the first number of one line of /proc/<pid>/status.
 func statusField(pid int, key string) (int, error) {
 	var buf [4096]byte
-	b, err := readSmall("/proc/"+strconv.Itoa(pid)+"/status", buf[:])
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH) {
-		return 0, errExited
-	}
+	b, err := readProcFile(pid, "status", buf[:])
 	if err != nil {
 		return 0, err
 	}
@@ -144,6 +137,16 @@ func statusField(pid int, key string) (int, error) {
 		return 0, fmt.Errorf("read /proc/%d/status: no %s line", pid, key)
 	}
 	return strconv.Atoi(string(fields[0]))
+}
+
+// readProcFile reads /proc/<pid>/<name> into buf, in one read. It returns
+// errGone when the process does not exist, or has been reaped meanwhile.
+func readProcFile(pid int, name string, buf []byte) ([]byte, error) {
+	b, err := readSmall("/proc/"+strconv.Itoa(pid)+"/"+name, buf)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+		return nil, errGone
+	}
+	return b, err
 }
 
 // readSmall reads a small file in one read, without allocating.

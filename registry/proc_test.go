@@ -118,8 +118,8 @@ func TestReadProcOddName(t *testing.T) {
 	}
 	c.kill(t)
 	waitZombie(t, c.pid())
-	if _, err := readProc(c.pid()); err != errExited {
-		t.Fatalf("readProc of the zombie: %v, want errExited", err)
+	if _, err := readProc(c.pid()); err != errGone {
+		t.Fatalf("readProc of the zombie: %v, want errGone", err)
 	}
 }
 
@@ -128,8 +128,8 @@ func TestReadProcMissing(t *testing.T) {
 	c.killAndReap(t)
 	for _, pid := range []int{c.pid(), 1 << 22, 0, -1} {
 		t.Run(itoa(pid), func(t *testing.T) {
-			if _, err := readProc(pid); err != errExited {
-				t.Fatalf("readProc(%d): %v, want errExited", pid, err)
+			if _, err := readProc(pid); err != errGone {
+				t.Fatalf("readProc(%d): %v, want errGone", pid, err)
 			}
 		})
 	}

@@ -74,7 +74,7 @@ func (r *Registry) adopt(pid int, path string) (string, error) {
 	if err == nil {
 		err = r.mayAdopt(pid, owner)
 	}
-	if errors.Is(err, errExited) {
+	if errors.Is(err, errGone) {
 		return "process has exited", nil
 	}
 	if errors.Is(err, ErrNotPermitted) {
@@ -87,7 +87,7 @@ func (r *Registry) adopt(pid int, path string) (string, error) {
 		return "pid now belongs to another process", nil
 	}
 	e, err := r.add(pid, info.startTime, -1)
-	if errors.Is(err, errExited) {
+	if errors.Is(err, errGone) {
 		return "process has exited", nil
 	}
 	if err != nil {
@@ -114,7 +114,7 @@ func (r *Registry) adopt(pid int, path string) (string, error) {
 // have registered by a datagram.
 func (r *Registry) mayAdopt(pid, owner int) error {
 	if r.cfg.Access == RootOnly && owner != 0 {
-		return fmt.Errorf("%w: the file belongs to uid %d, and --access is root", ErrNotPermitted, owner)
+		return fmt.Errorf("%w: the file belongs to uid %d, and access is root", ErrNotPermitted, owner)
 	}
 	return r.mayDirect(pid, protocol.Credentials{UID: owner})
 }

@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/notifyd/notifyd/internal/exitwatch"
 	"github.com/notifyd/notifyd/protocol"
 )
 
@@ -129,9 +130,7 @@ func New(cfg Config) (*Registry, error) {
 	// workers that were ready before notifyd started mean that it is
 	// notifyd that starts, not the instance.
 	r.instance.starting = cfg.MainPID != 0 && len(r.workers) == 0
-	if r.draining = files.drainMarked(); r.draining {
-		r.log.Info("draining, as before the restart", "undrain", "notify --undrain, or SIGUSR2")
-	}
+	r.draining = files.drainMarked()
 	r.publish()
 	r.mirror.sync() // recovery's own rewrites and removals are done on return
 	return r, nil
@@ -262,7 +261,7 @@ func (r *Registry) HandleMessage(m protocol.Message, sender protocol.Credentials
 		}
 		e, err = r.add(a.pid, a.startTime, a.pinned)
 		a.pinned = -1 // add owns it from the call on
-		if errors.Is(err, errExited) {
+		if errors.Is(err, errGone) {
 			return fmt.Errorf("%w: pid %d exited while registering", ErrNoProcess, a.pid)
 		} else if err != nil {
 			return err
@@ -291,7 +290,7 @@ func (r *Registry) pinned(pid int) *entry {
 	if e == nil || e.pidfd < 0 {
 		return nil
 	}
-	if exitedPidfd(e.pidfd) {
+	if exitwatch.Exited(e.pidfd) {
 		r.drop(e, exited)
 		return nil
 	}
@@ -327,12 +326,12 @@ func (r *Registry) add(pid int, startTime uint64, pinned int) (*entry, error) {
 			}
 			if info, err := readProc(pid); err != nil || info.startTime != startTime {
 				r.watcher.unwatch(fd)
-				return nil, errExited
+				return nil, errGone
 			}
 		}
 		e.pidfd = fd
 	} else if ok, err := isProcess(pid); err != nil || !ok {
-		return nil, errExited
+		return nil, errGone
 	}
 	r.workers[pid] = e
 	return e, nil
@@ -558,13 +557,13 @@ func (r *Registry) removeFile(e *entry) {
 // The notify socket calls it before it acknowledges a BARRIER=1.
 func (r *Registry) Sync() { r.mirror.sync() }
 
-// exited is called by the pidfd watcher. The pidfd may have been closed and
+// pidfdReadable is called by the pidfd watcher. The pidfd may have been closed and
 // its number reused since the event was queued, so it checks that the
 // descriptor is still this worker's and that its process has really exited.
-func (r *Registry) exited(pid, pidfd int) {
+func (r *Registry) pidfdReadable(pid, pidfd int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if e := r.workers[pid]; e != nil && e.pidfd == pidfd && exitedPidfd(pidfd) {
+	if e := r.workers[pid]; e != nil && e.pidfd == pidfd && exitwatch.Exited(pidfd) {
 		r.drop(e, exited)
 	}
 }
@@ -598,7 +597,7 @@ func (r *Registry) Run(ctx context.Context) error {
 		}
 	}
 	done := make(chan error, 1)
-	go func() { done <- r.watcher.run(r.exited) }()
+	go func() { done <- r.watcher.run(r.pidfdReadable) }()
 	select {
 	case <-ctx.Done():
 		r.watcher.stop()

@@ -41,6 +41,10 @@ func (s stateFiles) setDrainMark(on bool) error {
 	return unix.Close(fd)
 }
 
+// stateFileMode is every state file's mode: readers such as a gunicorn
+// master running as another user read them.
+const stateFileMode = 0o644
+
 // errNotRegular is openRegular's answer for a name that holds a FIFO, a
 // device, a socket or a directory.
 var errNotRegular = errors.New("not a regular file")
@@ -80,8 +84,11 @@ func (s stateFiles) drainMarked() bool {
 // with prefix, the pid in decimal, and suffix.
 type stateFiles struct {
 	dir, prefix, suffix string
-	fixMode             bool // the umask would take bits away from 0644
 }
+
+// ErrFilenamePath is wrapped by ValidateFilename when a pattern names a
+// path: the directory is the registry's Dir, never part of the name.
+var ErrFilenamePath = errors.New("must be a file name without '/'")
 
 // ValidateFilename checks a state file name pattern: exactly one {} for the
 // pid and no path separator.
@@ -90,7 +97,7 @@ func ValidateFilename(pattern string) error {
 		return fmt.Errorf("must contain exactly one {} placeholder for the pid")
 	}
 	if strings.ContainsRune(pattern, '/') {
-		return fmt.Errorf("must be a file name without '/'; put the directory in --dir")
+		return ErrFilenamePath
 	}
 	if strings.HasSuffix(pattern, tmpSuffix) {
 		return fmt.Errorf("must not end in %s, which marks a state file being written", tmpSuffix)
@@ -106,9 +113,7 @@ func newStateFiles(dir, pattern string) (stateFiles, error) {
 		return stateFiles{}, fmt.Errorf("state file name %q: %w", pattern, err)
 	}
 	prefix, suffix, _ := strings.Cut(pattern, "{}")
-	mask := unix.Umask(0)
-	unix.Umask(mask)
-	return stateFiles{dir: dir, prefix: prefix, suffix: suffix, fixMode: mask&0o644 != 0}, nil
+	return stateFiles{dir: dir, prefix: prefix, suffix: suffix}, nil
 }
 
 func (s stateFiles) path(pid int) string {
@@ -150,16 +155,19 @@ func (s stateFiles) write(w *Worker) error {
 	if err := unix.Unlink(tmp); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("write state file %s: %w", tmp, err)
 	}
-	fd, err := unix.Open(tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0o644)
+	fd, err := unix.Open(tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, stateFileMode)
 	if err != nil {
 		if !errors.Is(err, unix.ENOENT) {
 			unix.Unlink(tmp) // a name someone made in between
 		}
 		return fmt.Errorf("write state file %s: %w", tmp, err)
 	}
-	err = writeAll(fd, encodeState(w))
-	if err == nil && s.fixMode {
-		err = unix.Fchmod(fd, 0o644)
+	// The mode is set outright: open(2) takes the umask away from it, and
+	// reading the umask means setting it, which races with every other
+	// goroutine that creates a file.
+	err = unix.Fchmod(fd, stateFileMode)
+	if err == nil {
+		err = writeAll(fd, encodeState(w))
 	}
 	if cerr := unix.Close(fd); err == nil {
 		err = cerr

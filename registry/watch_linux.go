@@ -54,7 +54,7 @@ func newPidfdWatcher() (*pidfdWatcher, error) {
 func (w *pidfdWatcher) watch(pid int) (int, error) {
 	fd, err := unix.PidfdOpen(pid, 0)
 	if errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) {
-		return -1, errExited // gone, or a thread of some process rather than a process
+		return -1, errGone // gone, or a thread of some process rather than a process
 	}
 	if err != nil {
 		return -1, fmt.Errorf("pidfd_open %d: %w", pid, err)
@@ -80,7 +80,7 @@ func (w *pidfdWatcher) unwatch(fd int) {
 
 // run reports exits to exited until stop is called. exited gets the pid and
 // the pidfd the event came from, which may have been closed and reused by
-// then: it must check with exitedPidfd before it acts.
+// then: it must check with exitwatch.Exited before it acts.
 func (w *pidfdWatcher) run(exited func(pid, pidfd int)) error {
 	events := make([]unix.EpollEvent, 64)
 	for {
@@ -111,11 +111,4 @@ func (w *pidfdWatcher) stop() {
 func (w *pidfdWatcher) close() {
 	unix.Close(w.epfd)
 	unix.Close(w.wake)
-}
-
-// exitedPidfd reports whether the process behind pidfd has exited.
-func exitedPidfd(fd int) bool {
-	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	n, err := unix.Poll(fds, 0)
-	return err == nil && n > 0 && fds[0].Revents&unix.POLLIN != 0
 }

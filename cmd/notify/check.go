@@ -23,16 +23,9 @@ func runCheck(args []string, stdout io.Writer) error {
 	fs.SetOutput(io.Discard)
 	url := fs.String("url", defaultURL(), "health check URL, from $NOTIFYD_BIND if set")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the answer")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			printSubcommandUsage(stdout, fs, "notify check [--url URL] [--timeout D]",
-				"Exit 0 when notifyd's health check answers 200, else 1 with its answer.")
-			return errHelp
-		}
-		return usagef("%v (see notify check --help)", err)
-	}
-	if fs.NArg() > 0 {
-		return usagef("notify check takes no arguments, got %q", fs.Arg(0))
+	if err := parseSubcommand(fs, args, stdout, "notify check [--url URL] [--timeout D]",
+		"Exit 0 when notifyd's health check answers 200, else 1 with its answer."); err != nil {
+		return err
 	}
 	if *timeout <= 0 {
 		return usagef("--timeout %s: must be a positive duration such as 5s", *timeout)
@@ -45,6 +38,22 @@ func runCheck(args []string, stdout io.Writer) error {
 		return fmt.Errorf("unhealthy: %s: %s", a.status, oneLine(a.body))
 	}
 	fmt.Fprintln(stdout, oneLine(a.body))
+	return nil
+}
+
+// parseSubcommand parses a subcommand's flags. --help prints its usage and
+// returns errHelp; a bad flag or any argument is a usage error.
+func parseSubcommand(fs *flag.FlagSet, args []string, stdout io.Writer, synopsis, about string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printSubcommandUsage(stdout, fs, synopsis, about)
+			return errHelp
+		}
+		return usagef("%v (see %s --help)", err, fs.Name())
+	}
+	if fs.NArg() > 0 {
+		return usagef("%s takes no arguments, got %q", fs.Name(), fs.Arg(0))
+	}
 	return nil
 }
 

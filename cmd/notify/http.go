@@ -11,6 +11,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/notifyd/notifyd/httpapi"
 )
 
 // answer is one HTTP answer from notifyd, or from whatever --url points at.
@@ -55,7 +57,7 @@ func oneLine(body []byte) string {
 func defaultURL() string {
 	bind := os.Getenv("NOTIFYD_BIND")
 	if bind == "" {
-		bind = "127.0.0.1:8001"
+		bind = httpapi.DefaultBind
 	}
 	host, port, err := net.SplitHostPort(bind)
 	if err != nil {

@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/notifyd/notifyd"
+	"github.com/notifyd/notifyd/internal/exitwatch"
 	"github.com/notifyd/notifyd/protocol"
-	"github.com/notifyd/notifyd/registry"
 )
 
 var errHelp = flag.ErrHelp
@@ -179,7 +179,7 @@ func resolvePID(arg string) (int, error) {
 	}
 	// A pid that does not exist is notifyd's to reject; a thread id never
 	// names a worker.
-	if _, err := registry.ProcessOf(pid); errors.Is(err, registry.ErrThread) {
+	if _, err := exitwatch.ProcessOf(pid); errors.Is(err, exitwatch.ErrThread) {
 		return 0, usagef("--pid %d: %v; name the process", pid, err)
 	}
 	return pid, nil

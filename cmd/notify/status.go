@@ -3,7 +3,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/notifyd/notifyd/httpapi"
 )
 
 // maxStatusBody bounds what status and wait read of /status: about 250 bytes
@@ -25,54 +26,6 @@ const askTimeout = 5 * time.Second
 // askFloor is the least time notify wait gives an ask, even when less of
 // the wait is left: notifyd answers in milliseconds.
 const askFloor = 100 * time.Millisecond
-
-// statusDoc is notifyd's GET /status. The fields a document must have are
-// pointers, so that an answer without them is told apart from zeros; the
-// activity fields are pointers because only a notifyd with worker activity
-// reports them.
-type statusDoc struct {
-	Ready        *int          `json:"ready"`
-	Required     *int          `json:"required"`
-	Expected     *int          `json:"expected"`
-	Healthy      *bool         `json:"healthy"`
-	Draining     bool          `json:"draining"`
-	Starting     bool          `json:"starting"`
-	Reload       *reloadDoc    `json:"reload"`
-	Workers      []workerDoc   `json:"workers"`
-	ListenQueues []listenQueue `json:"listen_queues"`
-	InFlight     *int          `json:"in_flight"`
-	BusyWorkers  *int          `json:"busy_workers"`
-}
-
-// reloadDoc is the instance reload in progress in statusDoc.
-type reloadDoc struct {
-	GraceEnds time.Time `json:"grace_ends"`
-	Kept      int       `json:"kept"`
-	Fresh     int       `json:"fresh"`
-}
-
-// workerDoc is one worker in statusDoc.
-type workerDoc struct {
-	PID         int        `json:"pid"`
-	State       string     `json:"state"`
-	ReadyAt     *time.Time `json:"ready_at"`
-	Status      string     `json:"status"`
-	InFlight    *int       `json:"in_flight"`
-	Requests    *uint64    `json:"requests"`
-	BusySeconds *float64   `json:"busy_seconds"`
-}
-
-// listenQueue is one of the application's listen queues in statusDoc. The
-// queue-time fields are pointers: a notifyd without them leaves them out.
-type listenQueue struct {
-	Addr          string   `json:"addr"`
-	Listening     bool     `json:"listening"`
-	Queued        uint32   `json:"queued"`
-	Limit         uint32   `json:"limit"`
-	OldestSeconds *float64 `json:"oldest_seconds"`
-	Peak          *uint32  `json:"peak"`
-	Drops         *uint64  `json:"drops"`
-}
 
 // badAnswer is an answer that is not notifyd's /status: a wrong --url, most
 // likely, or something else listening on notifyd's port.
@@ -90,39 +43,24 @@ func (e *badAnswer) Error() string { return e.url + " " + e.reason }
 // returns the body as it came, for --json. A *badAnswer error means
 // something answered that is not notifyd's /status; any other error means
 // nothing answered.
-func askStatus(url string, timeout time.Duration) (statusDoc, []byte, error) {
+func askStatus(url string, timeout time.Duration) (httpapi.StatusAnswer, []byte, error) {
 	a, err := get(url, timeout, maxStatusBody)
 	if err != nil {
-		return statusDoc{}, nil, err
+		return httpapi.StatusAnswer{}, nil, err
 	}
 	if a.code != http.StatusOK {
 		reason := "answered " + a.status
 		if text := oneLine(a.body); text != "" {
 			reason += ": " + truncate(text, 200)
 		}
-		return statusDoc{}, nil, &badAnswer{url: url, reason: reason, retry: a.code >= 500}
+		return httpapi.StatusAnswer{}, nil, &badAnswer{url: url, reason: reason, retry: a.code >= 500}
 	}
 	if a.truncated {
-		return statusDoc{}, nil, &badAnswer{url: url, reason: fmt.Sprintf("answered more than %d bytes: not notifyd's /status", maxStatusBody)}
+		return httpapi.StatusAnswer{}, nil, &badAnswer{url: url, reason: fmt.Sprintf("answered more than %d bytes: not notifyd's /status", maxStatusBody)}
 	}
-	var doc statusDoc
-	if err := json.Unmarshal(a.body, &doc); err != nil {
-		var typeErr *json.UnmarshalTypeError
-		if errors.As(err, &typeErr) {
-			err = fmt.Errorf("a JSON %s, not an object", typeErr.Value)
-			if typeErr.Field != "" {
-				err = fmt.Errorf("a JSON %s as %s", typeErr.Value, typeErr.Field)
-			}
-		}
-		return statusDoc{}, nil, &badAnswer{url: url, reason: "is not notifyd's /status: " + err.Error()}
-	}
-	if doc.Ready == nil || doc.Required == nil || doc.Expected == nil || doc.Healthy == nil || doc.Workers == nil {
-		return statusDoc{}, nil, &badAnswer{url: url, reason: "is not notifyd's /status: no ready, required, expected, healthy or workers field"}
-	}
-	for _, w := range doc.Workers {
-		if w.PID <= 0 || w.State == "" {
-			return statusDoc{}, nil, &badAnswer{url: url, reason: "is not notifyd's /status: a worker without a pid or state"}
-		}
+	doc, err := httpapi.DecodeStatus(a.body)
+	if err != nil {
+		return httpapi.StatusAnswer{}, nil, &badAnswer{url: url, reason: "is " + err.Error()}
 	}
 	return doc, a.body, nil
 }
@@ -134,16 +72,9 @@ func runStatus(args []string, stdout io.Writer) error {
 	fs.SetOutput(io.Discard)
 	base := fs.String("url", defaultURL(), "notifyd's HTTP address, from $NOTIFYD_BIND if set; /status is asked relative to it")
 	asJSON := fs.Bool("json", false, "print /status as notifyd answers it")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			printSubcommandUsage(stdout, fs, "notify status [--url URL] [--json]",
-				"Show notifyd's workers, one a line, and a summary. Exit 0 when notifyd answered,\n1 when it could not be asked, 2 on a usage error.")
-			return errHelp
-		}
-		return usagef("%v (see notify status --help)", err)
-	}
-	if fs.NArg() > 0 {
-		return usagef("notify status takes no arguments, got %q", fs.Arg(0))
+	if err := parseSubcommand(fs, args, stdout, "notify status [--url URL] [--json]",
+		"Show notifyd's workers, one a line, and a summary. Exit 0 when notifyd answered,\n1 when it could not be asked, 2 on a usage error."); err != nil {
+		return err
 	}
 	url, err := statusURL("url", *base)
 	if err != nil {

@@ -5,11 +5,15 @@ package main
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/notifyd/notifyd/backlog"
+	"github.com/notifyd/notifyd/httpapi"
 )
 
 // ANSI colours for a terminal.
@@ -33,11 +37,8 @@ var stateColour = map[string]string{
 // writeStatus writes doc as a table a person reads at a glance: one line per
 // worker, then a summary line, then one line per watched listen queue. The
 // activity columns appear only when notifyd reports worker activity.
-func writeStatus(w io.Writer, doc statusDoc, now time.Time, term terminal) error {
-	activity := false
-	for _, wk := range doc.Workers {
-		activity = activity || wk.InFlight != nil || wk.Requests != nil
-	}
+func writeStatus(w io.Writer, doc httpapi.StatusAnswer, now time.Time, term terminal) error {
+	activity := slices.Contains(doc.WorkerActivity, true)
 	var b strings.Builder
 	if len(doc.Workers) == 0 {
 		b.WriteString("no workers registered\n")
@@ -47,24 +48,26 @@ func writeStatus(w io.Writer, doc statusDoc, now time.Time, term terminal) error
 			header = append(header, "IN FLIGHT", "REQUESTS")
 		}
 		rows := [][]string{append(header, "STATUS")}
-		for _, wk := range doc.Workers {
+		for i, wk := range doc.Workers {
 			row := []string{strconv.Itoa(wk.PID), wk.State, readyFor(wk, now)}
-			if activity {
-				row = append(row, optional(wk.InFlight), optional(wk.Requests))
+			if activity && doc.WorkerActivity[i] {
+				row = append(row, strconv.FormatUint(uint64(wk.InFlight), 10), strconv.FormatUint(wk.Requests, 10))
+			} else if activity {
+				row = append(row, "-", "-")
 			}
 			rows = append(rows, append(row, printable(wk.Status)))
 		}
 		writeTable(&b, rows, term)
 	}
 	b.WriteString(summary(doc, term))
-	for _, q := range doc.ListenQueues {
+	for i, q := range doc.ListenQueues {
 		switch {
 		case !q.Listening:
 			fmt.Fprintf(&b, "listen queue %s: nothing listens there\n", q.Addr)
 		case q.Limit == 0:
-			fmt.Fprintf(&b, "listen queue %s: %d queued, limit unknown%s\n", q.Addr, q.Queued, queueTime(q))
+			fmt.Fprintf(&b, "listen queue %s: %d queued, limit unknown%s\n", q.Addr, q.Queued, queueTime(q, doc.QueueTime[i]))
 		default:
-			fmt.Fprintf(&b, "listen queue %s: %d of %d queued%s\n", q.Addr, q.Queued, q.Limit, queueTime(q))
+			fmt.Fprintf(&b, "listen queue %s: %d of %d queued%s\n", q.Addr, q.Queued, q.Limit, queueTime(q, doc.QueueTime[i]))
 		}
 	}
 	_, err := io.WriteString(w, b.String())
@@ -74,18 +77,15 @@ func writeStatus(w io.Writer, doc statusDoc, now time.Time, term terminal) error
 // queueTime is what a listen queue line adds when notifyd reports queue
 // time: ", oldest 2.1s, peak 5 in 60s, 3 dropped" (no drops for a Unix
 // socket, which makes clients wait instead).
-func queueTime(q listenQueue) string {
-	var b strings.Builder
-	if q.OldestSeconds != nil {
-		fmt.Fprintf(&b, ", oldest %.1fs", *q.OldestSeconds)
+func queueTime(q backlog.Queue, reported bool) string {
+	if !reported {
+		return ""
 	}
-	if q.Peak != nil {
-		fmt.Fprintf(&b, ", peak %d in 60s", *q.Peak)
+	s := fmt.Sprintf(", oldest %.1fs, peak %d in 60s", q.OldestSeconds, q.Peak)
+	if !strings.HasPrefix(q.Addr, "unix:") {
+		s += fmt.Sprintf(", %d dropped", q.Drops)
 	}
-	if q.Drops != nil && !strings.HasPrefix(q.Addr, "unix:") {
-		fmt.Fprintf(&b, ", %d dropped", *q.Drops)
-	}
-	return b.String()
+	return s
 }
 
 // writeTable lines up rows in columns two spaces apart. On a terminal the
@@ -122,15 +122,15 @@ func writeTable(b *strings.Builder, rows [][]string, term terminal) {
 // summary is the line under the table: healthy or not, ready against
 // required and expected, starting or reloading, draining, and busy when
 // notifyd reports activity.
-func summary(doc statusDoc, term terminal) string {
+func summary(doc httpapi.StatusAnswer, term terminal) string {
 	verdict, colour := "unhealthy", red
-	if *doc.Healthy {
+	if doc.Healthy {
 		verdict, colour = "healthy", green
 	}
 	if term.colour {
 		verdict = colour + verdict + reset
 	}
-	parts := []string{fmt.Sprintf("%d ready", *doc.Ready), fmt.Sprintf("%d required", *doc.Required), fmt.Sprintf("%d expected", *doc.Expected)}
+	parts := []string{fmt.Sprintf("%d ready", doc.Ready), fmt.Sprintf("%d required", doc.Required), fmt.Sprintf("%d expected", doc.Expected)}
 	switch r := doc.Reload; {
 	case r != nil:
 		parts = append(parts, fmt.Sprintf("reloading (%d of the new workers ready, %d kept until %s)",
@@ -143,11 +143,8 @@ func summary(doc statusDoc, term terminal) string {
 	} else {
 		parts = append(parts, "not draining")
 	}
-	if doc.BusyWorkers != nil {
-		parts = append(parts, fmt.Sprintf("%d busy", *doc.BusyWorkers))
-	}
-	if doc.InFlight != nil {
-		parts = append(parts, fmt.Sprintf("%d in flight", *doc.InFlight))
+	if doc.Activity {
+		parts = append(parts, fmt.Sprintf("%d busy", doc.BusyWorkers), fmt.Sprintf("%d in flight", doc.InFlight))
 	}
 	// On a terminal too narrow for one line, the parts go on indented
 	// continuation lines rather than past the edge.
@@ -172,7 +169,7 @@ func summary(doc statusDoc, term terminal) string {
 }
 
 // readyFor is how long a ready worker has been ready, or "-".
-func readyFor(wk workerDoc, now time.Time) string {
+func readyFor(wk httpapi.WorkerStatus, now time.Time) string {
 	if wk.State != "ready" || wk.ReadyAt == nil {
 		return "-"
 	}
@@ -202,12 +199,4 @@ func printable(s string) string {
 		}
 		return r
 	}, s)
-}
-
-// optional writes a reported number, or "-" for one not reported.
-func optional[T int | uint64](v *T) string {
-	if v == nil {
-		return "-"
-	}
-	return fmt.Sprint(*v)
 }

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/notifyd/notifyd/httpapi"
 )
 
 // pollInterval is the least time between two asks of /status: ten a second
@@ -29,19 +31,13 @@ func runWait(args []string, stdout io.Writer) error {
 	fresh := fs.Bool("fresh", false, "count only workers that became ready after the wait began")
 	timeout := fs.Duration("timeout", time.Minute, "how long to wait")
 	base := fs.String("url", defaultURL(), "notifyd's HTTP address, from $NOTIFYD_BIND if set; /status is asked relative to it")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			printSubcommandUsage(stdout, fs, "notify wait --ready N [--fresh] [--timeout D] [--url URL]",
-				"Wait until at least N workers are ready, asking notifyd's /status ten times a second\nat most. Exit 0 then, 1 at the timeout, 2 on a usage error.")
-			return errHelp
-		}
-		return usagef("%v (see notify wait --help)", err)
+	if err := parseSubcommand(fs, args, stdout, "notify wait --ready N [--fresh] [--timeout D] [--url URL]",
+		"Wait until at least N workers are ready, asking notifyd's /status ten times a second\nat most. Exit 0 then, 1 at the timeout, 2 on a usage error."); err != nil {
+		return err
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	switch {
-	case fs.NArg() > 0:
-		return usagef("notify wait takes no arguments, got %q", fs.Arg(0))
 	case !set["ready"]:
 		return usagef("notify wait needs --ready N, the number of workers to wait for")
 	case *want < 1:
@@ -60,7 +56,7 @@ func runWait(args []string, stdout io.Writer) error {
 		what = "fresh workers"
 	}
 	var (
-		last    statusDoc // the last document notifyd answered
+		last    httpapi.StatusAnswer // the last document notifyd answered
 		answers int
 		failed  error // why the last ask failed, if it did
 	)
@@ -95,9 +91,9 @@ func runWait(args []string, stdout io.Writer) error {
 
 // countReady counts the ready workers in doc; with fresh, only those whose
 // ready_at is after began.
-func countReady(doc statusDoc, fresh bool, began time.Time) int {
+func countReady(doc httpapi.StatusAnswer, fresh bool, began time.Time) int {
 	if !fresh {
-		return *doc.Ready
+		return doc.Ready
 	}
 	n := 0
 	for _, w := range doc.Workers {
@@ -110,13 +106,13 @@ func countReady(doc statusDoc, fresh bool, began time.Time) int {
 
 // timedOut is the one line a wait that ran out of time ends with: how many
 // were ready at the last answer, and why the last ask failed if it did.
-func timedOut(timeout time.Duration, want int, what string, last statusDoc, answers int, failed error, fresh bool, began time.Time) error {
+func timedOut(timeout time.Duration, want int, what string, last httpapi.StatusAnswer, answers int, failed error, fresh bool, began time.Time) error {
 	msg := fmt.Sprintf("timed out after %s", timeout)
 	switch {
 	case answers == 0:
 		return fmt.Errorf("%s: notifyd never answered: %w", msg, failed)
 	case fresh:
-		msg += fmt.Sprintf(": %d of %d %s ready (%d ready in all)", countReady(last, fresh, began), want, what, *last.Ready)
+		msg += fmt.Sprintf(": %d of %d %s ready (%d ready in all)", countReady(last, fresh, began), want, what, last.Ready)
 	default:
 		msg += fmt.Sprintf(": %d of %d %s ready", countReady(last, fresh, began), want, what)
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/notifyd/notifyd"
 	"github.com/notifyd/notifyd/backlog"
+	"github.com/notifyd/notifyd/httpapi"
 	"github.com/notifyd/notifyd/protocol"
 	"github.com/notifyd/notifyd/registry"
 )
@@ -94,7 +95,7 @@ func (c *config) options() []option {
 		}},
 		{"socket-group", "", "group of the socket file, by name or number (default: notifyd's group)", false,
 			parsed(&c.socketGID, lookupGroup)},
-		{"bind", "127.0.0.1:8001", "address of the HTTP health check", false,
+		{"bind", httpapi.DefaultBind, "address of the HTTP health check", false,
 			text(&c.bind, isHostPort, "must be host:port, such as 127.0.0.1:8001 or [::1]:8001")},
 		{"require", "1", "workers that must be ready for the health check to answer 200", false, whole(&c.require, 0, -1)},
 		{"expect", "", "workers the server is configured to run, the capacity agent weights follow (default --require)", false,
@@ -122,7 +123,14 @@ func (c *config) options() []option {
 		{"dir", protocol.RuntimeDirectory(), "directory of the state files", false,
 			text(&c.dir, func(v string) bool { return v != "" }, "must name a directory")},
 		{"filename", ".gunicorn.worker.{}", "state file name; {} stands for the pid", false,
-			func(v string) error { c.filename = v; return registry.ValidateFilename(v) }},
+			func(v string) error {
+				c.filename = v
+				err := registry.ValidateFilename(v)
+				if errors.Is(err, registry.ErrFilenamePath) {
+					err = fmt.Errorf("%w; put the directory in --dir", err)
+				}
+				return err
+			}},
 		{"log-level", "info", "debug, info, warn or error", false, func(v string) error {
 			return check(c.logLevel.UnmarshalText([]byte(v)) == nil, "must be debug, info, warn or error")
 		}},

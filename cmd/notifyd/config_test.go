@@ -134,6 +134,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"bad listen queue from the twin", map[string]string{"NOTIFYD_LISTEN_QUEUE": "127.0.0.1:8000,nope"}, nil, `NOTIFYD_LISTEN_QUEUE "nope": `},
 		{"empty dir", nil, []string{"--dir", ""}, `--dir "": must name a directory`},
 		{"filename without placeholder", nil, []string{"--filename", "worker"}, `--filename "worker": `},
+		{"filename with a directory", nil, []string{"--filename", "run/w.{}"}, `--filename "run/w.{}": must be a file name without '/'; put the directory in --dir`},
 		{"bad log level", nil, []string{"--log-level", "loud"}, `--log-level "loud": must be debug, info, warn or error`},
 		{"bad log format", nil, []string{"--log-format", "json"}, `--log-format "json": must be text or gunicorn`},
 		{"bad access", nil, []string{"--access", "everyone"}, `--access "everyone": `},

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/coreos/go-systemd/v22/daemon"
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 	"golang.org/x/sys/unix"
 
 	"github.com/notifyd/notifyd/protocol"
@@ -179,7 +179,9 @@ func listen(cfg config, inherited inheritedSockets, log *slog.Logger) (*protocol
 		if err == nil {
 			log.Info("using the notify socket passed by systemd", "socket", conn.Addr())
 		}
-	} else if conn, err = protocol.Listen(cfg.listenConfig()); err == nil {
+	} else if conn, err = protocol.Listen(cfg.listenConfig()); errors.Is(err, protocol.ErrInUse) {
+		err = fmt.Errorf("%w; stop it or choose another --socket", err)
+	} else if err == nil {
 		if n, short := protocol.ShortQueue(); short {
 			log.Info("short notify socket queue: a burst of workers waits for room; raise net.unix.max_dgram_qlen before notifyd starts",
 				"net.unix.max_dgram_qlen", n, "systemd_sets", protocol.SystemdQueueLength)
@@ -216,8 +218,7 @@ type systemdNotifier struct {
 	log       *slog.Logger
 	gate      string
 	required  int
-	summary   func() registry.Summary
-	changed   chan struct{}
+	changed   chan registry.Summary // the newest summary not yet taken
 	ready     bool
 	reloading bool
 }
@@ -227,20 +228,22 @@ func newSystemdNotifier(cfg config, log *slog.Logger) *systemdNotifier {
 		log:      log,
 		gate:     cfg.systemdReady,
 		required: cfg.require,
-		changed:  make(chan struct{}, 1),
+		changed:  make(chan registry.Summary, 1),
 	}
 }
 
 // enabled reports whether notifyd runs under a service manager that listens.
 func (n *systemdNotifier) enabled() bool { return os.Getenv("NOTIFY_SOCKET") != "" }
 
-// poke says the registry changed. It never blocks: it is called under the
-// registry's lock.
-func (n *systemdNotifier) poke(registry.Summary) {
+// poke hands Run the registry's new summary, in place of one Run has not
+// taken yet. It never blocks: the registry calls it under its lock, one call
+// at a time, so after the drain the channel has room.
+func (n *systemdNotifier) poke(s registry.Summary) {
 	select {
-	case n.changed <- struct{}{}:
+	case <-n.changed:
 	default:
 	}
+	n.changed <- s
 }
 
 // Run reports to systemd until ctx is cancelled, then sends STOPPING=1.
@@ -250,14 +253,22 @@ func (n *systemdNotifier) Run(ctx context.Context) error {
 		return nil
 	}
 	var watchdog <-chan time.Time
-	if every, err := daemon.SdWatchdogEnabled(false); err != nil {
+	if every, err := sddaemon.SdWatchdogEnabled(false); err != nil {
 		n.log.Warn("systemd watchdog settings not understood; no watchdog pings", "error", err)
 	} else if every > 0 {
 		t := time.NewTicker(every / 2)
 		defer t.Stop()
 		watchdog = t.C
 	}
-	n.report()
+	// The registry published its first summary when it was made.
+	var s registry.Summary
+	select {
+	case s = <-n.changed:
+	case <-ctx.Done():
+		n.send("STOPPING=1")
+		return nil
+	}
+	n.report(s)
 	var (
 		last    = time.Now()
 		pending <-chan time.Time // set while a change waits for statusInterval
@@ -269,16 +280,16 @@ func (n *systemdNotifier) Run(ctx context.Context) error {
 			return nil
 		case <-watchdog:
 			n.send("WATCHDOG=1")
-		case <-n.changed:
-			if n.turning(n.summary()) {
+		case s = <-n.changed:
+			if n.turning(s) {
 				pending, last = nil, time.Now()
-				n.report()
+				n.report(s)
 			} else if pending == nil {
 				pending = time.After(time.Until(last.Add(statusInterval)))
 			}
 		case <-pending:
 			pending, last = nil, time.Now()
-			n.report()
+			n.report(s)
 		}
 	}
 }
@@ -293,10 +304,9 @@ func (n *systemdNotifier) gateOpen(s registry.Summary) bool {
 	return n.gate == readyWhenListening || s.Counted() >= n.required
 }
 
-// report sends the current count, with READY=1 the first time the gate
+// report sends the count of s, with READY=1 the first time the gate
 // opens, RELOADING=1 when a reload begins and READY=1 again when it ends.
-func (n *systemdNotifier) report() {
-	s := n.summary()
+func (n *systemdNotifier) report(s registry.Summary) {
 	state := fmt.Sprintf("STATUS=%d/%d workers ready", s.Ready, n.required)
 	if s.Reload.Active {
 		state = fmt.Sprintf("STATUS=reloading: %d/%d new workers ready, %d ready in all", s.Reload.Fresh, n.required, s.Ready)
@@ -326,7 +336,7 @@ func monotonicUSec() int64 {
 }
 
 func (n *systemdNotifier) send(state string) {
-	if _, err := daemon.SdNotify(false, state); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if _, err := sddaemon.SdNotify(false, state); err != nil && !errors.Is(err, os.ErrNotExist) {
 		n.log.Warn("could not notify systemd", "error", err)
 	}
 }

@@ -435,12 +435,48 @@ class ReannounceTest(SocketTestCase):
         retry.start()
         self.addCleanup(retry.stop)
 
+    def watch_reannouncer(self):
+        """Record each re-announcement the thread makes, and each wait it
+        chooses; return (attempts, waits), a semaphore released once per
+        re-announcement and a list of the waits chosen so far."""
+        attempts, waits = threading.Semaphore(0), []
+        reannounce = _reporter.Reporter._reannounce
+        next_wait = _reporter.Reporter._next
+
+        def counted(announcer):
+            reannounce(announcer)
+            attempts.release()
+
+        def recorded(announcer):
+            wait = next_wait(announcer)
+            waits.append(wait)
+            return wait
+        for name, spy in (('_reannounce', counted), ('_next', recorded)):
+            patch = mock.patch.object(_reporter.Reporter, name, spy)
+            patch.start()
+            self.addCleanup(patch.stop)
+        return attempts, waits
+
+    @staticmethod
+    def reannouncers():
+        return {thread for thread in threading.enumerate()
+                if thread.name == 'notifyd-reannounce'}
+
+    def reannouncer_ended(self, before):
+        """Wait until the re-announcer threads started since before have
+        ended: none of them can send again."""
+        for thread in self.reannouncers() - before:
+            thread.join(timeout=30)
+            self.assertFalse(thread.is_alive(),
+                             'the re-announcer outlived STOPPING=1')
+
     def test_ready_repeats_until_stopping(self):
         notifyd = self.receiver(self.path)
         ns = {'notifyd_socket': self.path,
               'notifyd_reannounce': self.INTERVAL}
         notifyd_gunicorn.install(ns)
         worker, server = FakeWorker(), FakeServer()
+        before = self.reannouncers()
         call(ns, 'post_worker_init', worker)
         for _ in range(4):
             data, credentials = notifyd.receive()
@@ -451,12 +487,13 @@ class ReannounceTest(SocketTestCase):
         while not seen or seen[-1] != MESSAGES['worker_exit']:
             seen.append(notifyd.receive()[0])
         self.assertEqual(set(seen[:-1]) - {READY}, set(), seen)
-        # Room for a READY=1 after STOPPING=1, which must never come.
-        time.sleep(self.INTERVAL * 10)
+        # No READY=1 after STOPPING=1: the thread that would send it ends.
+        self.reannouncer_ended(before)
         self.assertEqual(notifyd.pending(), [])
         self.assertEqual(worker.log.warnings, [])
 
     def test_a_failed_ready_is_sent_again_once_notifyd_is_back(self):
+        attempts, _ = self.watch_reannouncer()
         ns = {'notifyd_socket': self.path,
               'notifyd_reannounce': 3600}
         notifyd_gunicorn.install(ns)
@@ -466,7 +503,9 @@ class ReannounceTest(SocketTestCase):
         self.assertIn('could not send READY=1 for pid 4321',
                       worker.log.warnings[0])
         # Several retries fail while nothing listens; one warning says so.
-        time.sleep(self.INTERVAL * 10)
+        for _ in range(3):
+            self.assertTrue(attempts.acquire(timeout=30),
+                            'the re-announcer did not retry')
         notifyd = self.receiver(self.path)
         data, credentials = notifyd.receive()
         self.assertEqual(data, READY)
@@ -479,12 +518,17 @@ class ReannounceTest(SocketTestCase):
                    lambda: worker.log.infos == reached)
 
     def test_zero_turns_it_off(self):
+        attempts, waits = self.watch_reannouncer()
         notifyd = self.receiver(self.path)
         ns = {'notifyd_socket': self.path, 'notifyd_reannounce': 0}
         notifyd_gunicorn.install(ns)
         call(ns, 'post_worker_init', FakeWorker())
         self.assertEqual(notifyd.receive()[0], READY)
-        time.sleep(self.INTERVAL * 10)
+        # The thread has chosen to wait for ever (None): nothing repeats.
+        eventually(self, 'the re-announcer to choose its wait',
+                   lambda: waits != [])
+        self.assertEqual(waits, [None])
+        self.assertFalse(attempts.acquire(blocking=False))
         self.assertEqual(notifyd.pending(), [])
 
     def test_interval(self):

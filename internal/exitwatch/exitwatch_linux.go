@@ -1,4 +1,9 @@
-package registry
+//go:build linux
+
+// Package exitwatch holds a process by a pidfd (pidfd_open(2)), which the
+// kernel makes readable the moment the process exits: nothing polls, and a
+// reused pid is never mistaken for the process that was held.
+package exitwatch
 
 import (
 	"context"
@@ -12,17 +17,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ExitWatch holds one process by a pidfd, which the kernel makes readable
-// the moment the process exits, so nothing polls and a reused pid is never
-// mistaken for the watched process. notifyd --exit-with uses it to go with
-// the gunicorn master that started it, however the master ends.
-type ExitWatch struct {
-	pid  int
-	file *os.File
-}
+// ErrNoProcess is wrapped when a pid names no process: it never existed, or
+// it has been reaped.
+var ErrNoProcess = errors.New("no such process")
 
-// ErrThread is wrapped by WatchExit and ProcessOf when a pid names a thread
-// other than its process's main thread: a thread id is not a process id.
+// ErrThread is wrapped when a pid names a thread other than its process's
+// main thread: a thread id is not a process id.
 var ErrThread = errors.New("a thread id, not a process id")
 
 // ProcessOf returns pid when it names a process. The error wraps ErrThread,
@@ -51,10 +51,16 @@ func ProcessOf(pid int) (int, error) {
 	return 0, fmt.Errorf("read /proc/%d/status: no Tgid", pid)
 }
 
-// WatchExit opens a pidfd for pid. The error wraps ErrNoProcess when pid
-// does not exist, ErrThread when it is a thread id, and says so when the
-// kernel has no pidfd_open (before Linux 5.3).
-func WatchExit(pid int) (*ExitWatch, error) {
+// Process is one process held by its pidfd.
+type Process struct {
+	pid  int
+	file *os.File
+}
+
+// Open opens a pidfd for pid. The error wraps ErrNoProcess when pid does not
+// exist, ErrThread when it is a thread id, and says so when the kernel has
+// no pidfd_open (before Linux 5.3).
+func Open(pid int) (*Process, error) {
 	if _, err := ProcessOf(pid); err != nil {
 		return nil, err
 	}
@@ -69,25 +75,33 @@ func WatchExit(pid int) (*ExitWatch, error) {
 	}
 	// A non-blocking descriptor goes to the runtime's poller, so waiting on
 	// it takes no thread and a deadline interrupts the wait.
-	return &ExitWatch{pid: pid, file: os.NewFile(uintptr(fd), fmt.Sprintf("pidfd:%d", pid))}, nil
+	return &Process{pid: pid, file: os.NewFile(uintptr(fd), fmt.Sprintf("pidfd:%d", pid))}, nil
 }
 
 // Wait blocks until the process has exited, and reports true, or until ctx
 // is cancelled, and reports false.
-func (w *ExitWatch) Wait(ctx context.Context) (bool, error) {
-	raw, err := w.file.SyscallConn()
+func (p *Process) Wait(ctx context.Context) (bool, error) {
+	raw, err := p.file.SyscallConn()
 	if err != nil {
 		return false, err
 	}
-	w.file.SetReadDeadline(time.Time{}) // a cancelled Wait before may have set one
-	defer context.AfterFunc(ctx, func() { w.file.SetReadDeadline(time.Now()) })()
+	p.file.SetReadDeadline(time.Time{}) // a cancelled Wait before may have set one
+	defer context.AfterFunc(ctx, func() { p.file.SetReadDeadline(time.Now()) })()
 	exited := false
 	raw.Read(func(fd uintptr) bool {
-		exited = exitedPidfd(int(fd))
+		exited = Exited(int(fd))
 		return exited
 	})
 	return exited, nil
 }
 
 // Close releases the pidfd.
-func (w *ExitWatch) Close() error { return w.file.Close() }
+func (p *Process) Close() error { return p.file.Close() }
+
+// Exited reports whether the process behind the pidfd fd has exited (a
+// zombie has).
+func Exited(fd int) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n > 0 && fds[0].Revents&unix.POLLIN != 0
+}

@@ -1,0 +1,180 @@
+"""The notifyd process managed mode starts: where its binary is, how it is
+forked and executed with the sockets it is given, and the pidfd the master
+holds it by.
+
+Standard library only. Nothing here runs at import.
+"""
+
+import fcntl
+import os
+import select
+import signal
+import sys
+import sysconfig
+import time
+
+
+def find_binary(configured=None):
+    """Return the notifyd binary managed mode runs.
+
+    It is configured, when given, else the notifyd installed next to the
+    running interpreter: in the directory of sys.executable (a venv's bin,
+    whether or not the venv is active) or in the interpreter's scripts
+    directory. PATH is never searched. Raises LookupError with a one-line
+    message when there is none.
+    """
+    if configured:
+        if os.path.isfile(configured) and os.access(configured, os.X_OK):
+            return os.path.abspath(configured)
+        raise LookupError('notifyd_binary %r: no executable file there'
+                          % configured)
+    places = []
+    for place in (os.path.dirname(sys.executable),
+                  sysconfig.get_path('scripts'),
+                  sysconfig.get_path('scripts', '%s_user' % os.name)):
+        if place and place not in places:
+            places.append(place)
+    for place in places:
+        path = os.path.join(place, 'notifyd')
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise LookupError(
+        'no notifyd binary in %s: install the notifyd wheel into the '
+        'environment gunicorn runs in, or set notifyd_binary'
+        % ' or '.join(places))
+
+
+class _Process:
+    """One notifyd the master started, held by a pidfd."""
+
+    def __init__(self, pid, pidfd, settings):
+        self.pid = pid
+        self.pidfd = pidfd
+        self.settings = settings
+        self.started = time.monotonic()
+        self.status = None  # set once reaped
+        self.code = None    # the exit status, when it exited
+
+    def exited(self):
+        if self.pidfd is None:
+            return True
+        return bool(select.select([self.pidfd], [], [], 0)[0])
+
+    def wait(self, timeout):
+        """Return whether the process exited within timeout seconds."""
+        if self.pidfd is None:
+            return True
+        return bool(select.select([self.pidfd], [], [], timeout)[0])
+
+    def reap(self):
+        """Collect the exit status once the process has exited, and return
+        it as words for the log: 'exited with status 1', 'was killed by
+        signal 9'."""
+        if self.status is None and self.pidfd is not None:
+            try:
+                result = os.waitid(os.P_PIDFD, self.pidfd,
+                                   os.WEXITED | os.WNOHANG)
+            except ChildProcessError:
+                # gunicorn's reap_workers reaped it first.
+                result = None
+                self.status = 'exited'
+            if result is not None:
+                if result.si_code == os.CLD_EXITED:
+                    self.status = 'exited with status %d' % result.si_status
+                    self.code = result.si_status
+                else:
+                    self.status = 'was killed by signal %d' % result.si_status
+        if self.status is not None:
+            self.close()
+        return self.status
+
+    def uptime(self):
+        return time.monotonic() - self.started
+
+    def close(self):
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+def _child_alive(pid):
+    """Whether pid is a child of this process that has not exited."""
+    if not pid:
+        return False
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG
+                         | os.WNOWAIT) is None
+    except ChildProcessError:
+        return False
+
+
+def _error_log_fd(log):
+    """Return the descriptor of gunicorn's error log (its errorlog file, or
+    standard error for '-'), or None when it has none, as with syslog."""
+    for handler in getattr(getattr(log, 'error_log', None), 'handlers', ()):
+        try:
+            return handler.stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            continue
+    return None
+
+
+def _fork_exec(argv, env, fds, stderr=None):
+    """Run argv with fds as descriptors 3, 4, ..., stderr (when not None)
+    as its standard error, and LISTEN_PID set to its own pid, as socket
+    activation passes sockets. Returns its pid and a pidfd; raises OSError
+    when the program could not be run."""
+    first = 3 + len(fds)
+    # SIGCHLD is held until the pidfd is open, so that gunicorn's handler
+    # cannot reap the child first.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
+    report_r, report_w = os.pipe()
+    try:
+        pid = os.fork()
+        if pid == 0:
+            _exec_child(argv, env, fds, stderr, first, report_w, mask)
+        os.close(report_w)
+        report_w = None
+        pidfd = os.pidfd_open(pid)
+        failure = b''
+        while True:  # until exec closes the pipe, or the child reports
+            chunk = os.read(report_r, 512)
+            if not chunk:
+                break
+            failure += chunk
+        if failure:
+            os.close(pidfd)
+            os.waitpid(pid, 0)
+            raise OSError(failure.decode(errors='replace'))
+        return pid, pidfd
+    finally:
+        os.close(report_r)
+        if report_w is not None:
+            os.close(report_w)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _exec_child(argv, env, fds, stderr, first, report_w, mask):
+    # In the child, between fork and exec: every way out is os._exit.
+    report = report_w
+    try:
+        report = fcntl.fcntl(report_w, fcntl.F_DUPFD_CLOEXEC, first)
+        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, first) for fd in fds]
+        if stderr is not None:
+            os.dup2(fcntl.fcntl(stderr, fcntl.F_DUPFD_CLOEXEC, first), 2)
+        for i, fd in enumerate(moved):
+            os.dup2(fd, 3 + i)  # inheritable
+        os.closerange(first, report)
+        os.closerange(report + 1, os.sysconf('SC_OPEN_MAX'))
+        os.setpgid(0, 0)  # a terminal's ^C goes to gunicorn, not notifyd
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.execve(argv[0], argv, dict(env, LISTEN_PID=str(os.getpid())))
+    except BaseException as err:
+        try:
+            os.write(report, str(err).encode())
+        except BaseException:
+            pass
+    finally:
+        os._exit(127)
