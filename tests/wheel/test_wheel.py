@@ -690,9 +690,9 @@ class WheelTest(ManagedTestCase):
                                    'healthcheck_reload_grace': 3600,
                                    'notifyd_args': ['--log-level', 'loud']},
              ['healthcheck_filename "{}.tmp": must not end in .tmp',
-              'healthcheck_reload_grace "3600s": must be a duration',
               'notifyd_args: --log-level "loud": must be debug, info, warn '
-              'or error; notifyd is not started']),
+              'or error; notifyd is not started',
+              'healthcheck_reload_grace "3600s": must be a duration']),
             ('port taken', {'healthcheck_bind': '127.0.0.1:%d' % port},
              ["healthcheck_bind '127.0.0.1:%d': Address already in use; "
               "notifyd is not started" % port]),
