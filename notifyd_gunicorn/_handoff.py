@@ -13,6 +13,7 @@ Standard library only. Nothing here runs at import.
 import collections
 import os
 import select
+import signal
 import socket
 import stat
 
@@ -139,27 +140,56 @@ def _close_named(fields):
             os.close(fd)
 
 
-def old_notifyd(pid, master, socket_path):
-    """Return a pidfd for pid once it proves to be a live notifyd that is a
-    child of master, running on socket_path; raises OSError or ValueError
-    saying what it is not."""
-    pidfd = os.pidfd_open(pid)
-    try:
-        with open('/proc/%d/stat' % pid, 'rb') as f:
-            fields = f.read().rpartition(b')')[2].split()
-        with open('/proc/%d/cmdline' % pid, 'rb') as f:
-            argv = f.read().split(b'\0')
-        # Read while the pidfd held the process: had it exited meanwhile,
-        # and its pid gone to another, the pidfd would say so now.
-        if select.select([pidfd], [], [], 0)[0]:
-            raise ProcessLookupError('it has exited')
-        if int(fields[1]) != master:
-            raise ValueError('it is not a child of the old master (pid %d)'
-                             % master)
-        want = [b'--socket', os.fsencode(socket_path)]
-        if not any(argv[i:i + 2] == want for i in range(len(argv))):
-            raise ValueError('it is not a notifyd on %s' % socket_path)
-    except BaseException:
-        os.close(pidfd)
-        raise
-    return pidfd
+class OldNotifyd:
+    """The old master's notifyd, which the new master stops before it starts
+    its own on the same sockets. It is the old master's child, which reaps
+    it: the new master holds it by a pidfd."""
+
+    def __init__(self, pid, master, socket_path):
+        """Hold pid once it proves to be a live notifyd that is a child of
+        master, running on socket_path; raises OSError or ValueError saying
+        what it is not."""
+        self.pid = pid
+        self.pidfd = os.pidfd_open(pid)
+        try:
+            with open('/proc/%d/stat' % pid, 'rb') as f:
+                fields = f.read().rpartition(b')')[2].split()
+            with open('/proc/%d/cmdline' % pid, 'rb') as f:
+                argv = f.read().split(b'\0')
+            # Read while the pidfd held the process: had it exited
+            # meanwhile, and its pid gone to another, the pidfd would say so
+            # now.
+            if select.select([self.pidfd], [], [], 0)[0]:
+                raise ProcessLookupError('it has exited')
+            if int(fields[1]) != master:
+                raise ValueError('it is not a child of the old master '
+                                 '(pid %d)' % master)
+            want = [b'--socket', os.fsencode(socket_path)]
+            if not any(argv[i:i + 2] == want for i in range(len(argv))):
+                raise ValueError('it is not a notifyd on %s' % socket_path)
+        except BaseException:
+            self.close()
+            raise
+
+    def signal(self, signum):
+        try:
+            signal.pidfd_send_signal(self.pidfd, signum)
+        except ProcessLookupError:
+            pass
+
+    def await_exit(self, timeout, log):
+        """Wait up to timeout seconds for it to exit, then kill it; let go
+        of it either way."""
+        try:
+            if not select.select([self.pidfd], [], [], timeout)[0]:
+                log.warning('notifyd: old notifyd (pid %d) did not stop; '
+                            'killing it', self.pid)
+                self.signal(signal.SIGKILL)
+                select.select([self.pidfd], [], [], timeout)
+        finally:
+            self.close()
+
+    def close(self):
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None

@@ -78,7 +78,6 @@ How it runs, and why:
 import copy
 import enum
 import os
-import select
 import signal
 import socket
 
@@ -312,17 +311,17 @@ class _Manager:
         if running is not None:
             server.log.info('notifyd: settings changed; restarting notifyd')
             self._terminate(running)
-        old_masters = self._take_over(server) if self.old_notifyd else None
+        predecessor = self._take_over(server) if self.old_notifyd else None
         self.failures = 0
-        if running is not None or old_masters is not None:
+        if running is not None or predecessor is not None:
             # The one being replaced lets go of the state directory as it
             # stops reading; its successor would find it taken before.
             await_unlocked(self.wanted.directory, STOP_TIMEOUT)
         self._spawn()
         if running is not None:
             self._await(running)
-        if old_masters is not None:
-            self._await_old(server, *old_masters)
+        if predecessor is not None:
+            predecessor.await_exit(STOP_TIMEOUT, server.log)
         self.sockets.close_retired_http()
 
     def pre_exec(self, server):
@@ -467,21 +466,10 @@ class _Manager:
         if proc is self.process:
             self._become(State.IDLE)
         self.retired.append(proc)
-        try:
-            os.kill(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        proc.signal(signal.SIGTERM)
 
     def _await(self, proc):
-        try:
-            if not proc.wait(STOP_TIMEOUT):
-                self.server.log.warning('notifyd: notifyd (pid %d) did not '
-                                        'stop; killing it', proc.pid)
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(STOP_TIMEOUT)
-        except ProcessLookupError:
-            pass
-        proc.reap()
+        proc.await_exit(STOP_TIMEOUT, self.server.log)
         if proc in self.retired:
             self.retired.remove(proc)
 
@@ -493,34 +481,18 @@ class _Manager:
     def _take_over(self, server):
         # The old master's notifyd reads the same sockets: it is told to
         # stop before ours starts, so that no datagram goes to a notifyd
-        # that is about to exit. Returns (pid, pidfd) to wait on, or None.
+        # that is about to exit. Returns it, to wait on, or None.
         (pid, master), self.old_notifyd = self.old_notifyd, None
         try:
-            pidfd = _handoff.old_notifyd(pid, master, self.sockets.path)
+            old = _handoff.OldNotifyd(pid, master, self.sockets.path)
         except (OSError, ValueError) as err:
             server.log.info('notifyd: not stopping pid %d named by the old '
                             'master: %s', pid, err)
             return None
         server.log.info('notifyd: taking over from notifyd (pid %d) of '
                         'the old master', pid)
-        try:
-            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        return pid, pidfd
-
-    def _await_old(self, server, pid, pidfd):
-        # It is the old master's child, which reaps it.
-        try:
-            if not select.select([pidfd], [], [], STOP_TIMEOUT)[0]:
-                server.log.warning('notifyd: old notifyd (pid %d) did not '
-                                   'stop; killing it', pid)
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                select.select([pidfd], [], [], STOP_TIMEOUT)
-        except ProcessLookupError:
-            pass
-        finally:
-            os.close(pidfd)
+        old.signal(signal.SIGTERM)
+        return old
 
     def _close_sockets(self, server):
         # A master that a USR2 started, and whose old master still runs,

@@ -162,6 +162,22 @@ class _Process:
     def uptime(self):
         return time.monotonic() - self.started
 
+    def signal(self, signum):
+        try:
+            os.kill(self.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def await_exit(self, timeout, log):
+        """Wait up to timeout seconds for it to exit, then kill it, and reap
+        it."""
+        if not self.wait(timeout):
+            log.warning('notifyd: notifyd (pid %d) did not stop; killing it',
+                        self.pid)
+            self.signal(signal.SIGKILL)
+            self.wait(timeout)
+        self.reap()
+
     def close(self):
         if self.pidfd is not None:
             os.close(self.pidfd)

@@ -178,14 +178,14 @@ class OldNotifydTest(unittest.TestCase):
         deadline = time.monotonic() + 10
         while True:
             try:
-                pidfd = _handoff.old_notifyd(proc.pid, os.getpid(),
-                                              '/s/notify.sock')
+                old = _handoff.OldNotifyd(proc.pid, os.getpid(),
+                                          '/s/notify.sock')
                 break
             except ValueError:
                 # Not exec'd yet: the fork still runs this interpreter.
                 self.assertLess(time.monotonic(), deadline)
                 time.sleep(0.01)
-        os.close(pidfd)
+        old.close()
 
     def test_anything_else_is_refused(self):
         proc = self.start(sys.executable, '-c', 'import time; time.sleep(100)',
@@ -197,12 +197,12 @@ class OldNotifydTest(unittest.TestCase):
         ]:
             with self.subTest(pid=pid, master=master, path=path):
                 with self.assertRaises(ValueError) as cm:
-                    _handoff.old_notifyd(pid, master, path)
+                    _handoff.OldNotifyd(pid, master, path)
                 self.assertIn(want, str(cm.exception))
         proc.kill()
         proc.wait()
         with self.assertRaises(ProcessLookupError):
-            _handoff.old_notifyd(proc.pid, os.getpid(), '/s/notify.sock')
+            _handoff.OldNotifyd(proc.pid, os.getpid(), '/s/notify.sock')
 
 
 class ListenQueuesTest(unittest.TestCase):
