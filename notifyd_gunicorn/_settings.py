@@ -95,6 +95,14 @@ def read(ns):
         args=_args(ns, problems),
         binary=_binary(ns, problems),
     )
+    for name, value in (('healthcheck_bind', settings.bind),
+                        ('healthcheck_directory', settings.directory),
+                        ('healthcheck_filename', settings.filename),
+                        ('notifyd_args', ''.join(settings.args))):
+        if value is not None and '\0' in value:
+            # No command line can carry it.
+            problems.append('%s: must not contain a NUL byte' % name)
+            settings.binary = None
     if settings.binary is not None:
         try:
             lines = check(settings.binary, settings.flags()

@@ -96,6 +96,8 @@ class SettingsTest(unittest.TestCase):
             ({'notifyd_args': ['--log-level', 'loud']}, 'notifyd_args: --log-level "loud": must be debug, info, warn or error'),
             ({'notifyd_args': ['--requre', '2']}, 'notifyd_args: flag provided but not defined: -requre'),
             ({'notifyd_binary': 7}, 'notifyd_binary 7: must be a path'),
+            ({'healthcheck_filename': 'w{}\0'}, 'healthcheck_filename: must not contain a NUL byte'),
+            ({'notifyd_args': ['--log-level', 'de\0bug']}, 'notifyd_args: must not contain a NUL byte'),
         ]:
             with self.subTest(ns):
                 settings, problems = self.read(**ns)
