@@ -9,6 +9,7 @@ real gunicorn, in tests/wheel.
 """
 
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -361,6 +362,100 @@ class StartTest(unittest.TestCase):
         self.assertEqual(calls, ['own'])
         server.log.info.assert_called_once_with(
             'notifyd: healthcheck_bind is None: notifyd is not started')
+
+
+class _Log:
+    """gunicorn's logger, as the hooks use it: lines, by level."""
+
+    def __init__(self):
+        self.lines = []
+
+    def __getattr__(self, level):
+        return lambda msg, *args: self.lines.append((level, msg % args))
+
+
+class StateTest(unittest.TestCase):
+    """The manager's State through the hooks, with a real process in the
+    place of notifyd and a master of the test's own: the test process."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(subprocess.run, ['rm', '-rf', self.dir])
+        patcher = mock.patch.object(_managed, '_manager', _managed._Manager())
+        self.manager = patcher.start()
+        self.addCleanup(patcher.stop)
+        handler = signal.getsignal(signal.SIGCHLD)
+        self.addCleanup(signal.signal, signal.SIGCHLD, handler)
+        self.server = mock.Mock(
+            log=_Log(), num_workers=1, LISTENERS=[], reexec_pid=0,
+            master_pid=os.getpid())
+        self.server.cfg = mock.Mock(uid=os.getuid(), gid=os.getgid(),
+                                    preload_app=False, env_orig={})
+        self.server.log.error_log = None
+        os.environ.pop('RUNTIME_DIRECTORY', None)
+
+    def fake_notifyd(self, script):
+        path = os.path.join(self.dir, 'notifyd')
+        with open(path, 'w') as f:
+            f.write('#!/bin/sh\n[ "$1" = --check ] && exit 0\n' + script)
+        os.chmod(path, stat.S_IRWXU)
+        return path
+
+    def start(self, binary):
+        with mock.patch.dict(os.environ, {'RUNTIME_DIRECTORY': self.dir}):
+            notifyd_gunicorn.start({'healthcheck_bind': '127.0.0.1:0',
+                                    'healthcheck_directory': self.dir,
+                                    'notifyd_binary': binary})
+        self.addCleanup(self.manager.on_exit, self.server)
+
+    def wait_state(self, state):
+        deadline = time.monotonic() + 10
+        while self.manager.state is not state:
+            self.assertLess(time.monotonic(), deadline,
+                            'still %s, want %s: %s' % (
+                                self.manager.state, state,
+                                self.server.log.lines))
+            time.sleep(0.01)  # the SIGCHLD handler runs between two polls
+
+    def test_given_up_until_the_next_reload(self):
+        # It refuses its arguments the first time, and runs the next.
+        mark = os.path.join(self.dir, 'refused')
+        binary = self.fake_notifyd(
+            '[ -e %s ] && exec sleep 100\ntouch %s\nexit 2\n' % (mark, mark))
+        self.start(binary)
+        self.assertIs(self.manager.state, _managed.State.IDLE)
+        self.manager.sync(self.server)  # when_ready
+        self.wait_state(_managed.State.GIVEN_UP)
+        started = [line for level, line in self.server.log.lines
+                   if 'notifyd: started' in line]
+        self.assertEqual(len(started), 1)
+        self.manager.sync(self.server)  # when_ready again: no retry
+        self.assertIs(self.manager.state, _managed.State.GIVEN_UP)
+        self.assertEqual(len([line for level, line in self.server.log.lines
+                              if 'notifyd: started' in line]), 1)
+        self.manager.reload(self.server)
+        self.assertIs(self.manager.state, _managed.State.RUNNING)
+        self.assertIsNotNone(self.manager.process)
+        self.manager.on_exit(self.server)
+        self.assertIs(self.manager.state, _managed.State.EXITED)
+        self.assertIsNone(self.manager.process)
+
+    def test_a_crash_starts_it_again(self):
+        binary = self.fake_notifyd('exec sleep 100\n')
+        self.start(binary)
+        self.manager.sync(self.server)
+        self.assertIs(self.manager.state, _managed.State.RUNNING)
+        first = self.manager.process
+        first.started -= _managed.QUICK_EXIT  # not an exit at start
+        os.kill(first.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while self.manager.process is first or self.manager.process is None:
+            self.assertLess(time.monotonic(), deadline, self.server.log.lines)
+            time.sleep(0.01)
+        self.assertIs(self.manager.state, _managed.State.RUNNING)
+        self.assertIn(('warning', 'notifyd: notifyd (pid %d) was killed by '
+                       'signal 9; starting it again' % first.pid),
+                      self.server.log.lines)
 
 
 if __name__ == '__main__':
