@@ -13,7 +13,7 @@ is logged as one line in gunicorn's log, all of them at once; gunicorn boots
 and serves all the same, without notifyd at the first start, with notifyd's
 previous settings at a reload.
 
-Where notifyd stands is one State, which only the hooks change. The rooms:
+Where notifyd stands is one State, which only the hooks change. The parts:
 _settings reads and checks the settings, _sockets holds the sockets and the
 socket directory, _handoff passes them on at USR2, _process runs notifyd,
 and _chain puts the hooks in gunicorn's place.
@@ -27,7 +27,7 @@ How it runs, and why:
   first sets its number of workers (nworkers_changed, in Arbiter.setup,
   before the application is loaded and after daemon = True has forked),
   the master binds the notify socket in a directory of its own, which it
-  keeps (see _SocketDir: only the socket goes to the workers' user), and
+  keeps (see _sockets.SocketDir: only the socket goes to the workers' user), and
   runs the notifyd binary found next to the interpreter, never through
   PATH, passing both sockets as systemd's socket activation does. What
   workers send while notifyd starts or restarts waits in the socket's
