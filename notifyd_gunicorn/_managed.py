@@ -27,9 +27,9 @@ How it runs, and why:
   first sets its number of workers (nworkers_changed, in Arbiter.setup,
   before the application is loaded and after daemon = True has forked),
   the master binds the notify socket in a directory of its own, which it
-  keeps (see _sockets.SocketDir: only the socket goes to the workers' user), and
-  runs the notifyd binary found next to the interpreter, never through
-  PATH, passing both sockets as systemd's socket activation does. What
+  keeps (see _sockets.SocketDir: only the socket goes to the workers'
+  user), and runs the notifyd binary found next to the interpreter, never
+  through PATH, passing both sockets as systemd's socket activation does. What
   workers send while notifyd starts or restarts waits in the socket's
   queue. The worker hooks are install()'s, on that socket. So from the
   first probe on, notifyd answers: 500 "0 workers ready, starting" while
