@@ -73,6 +73,35 @@ func TestBadFlagsStopStartWithOneLine(t *testing.T) {
 	}
 }
 
+func TestCheckReportsEveryMistakeAndTouchesNothing(t *testing.T) {
+	dir := shortDir(t)
+	notifyd := filepath.Join(bin, "notifyd")
+	base := []string{"--check", "--dir", dir, "--socket", dir + "/s", "--address-file", dir + "/addr.json"}
+
+	out, err := exec.Command(notifyd, append(base, "--require", "x", "--filename", "w", "--bind", "localhost")...).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
+		t.Fatalf("--check with three mistakes: exit %v, want status 2; output %q", err, out)
+	}
+	want := []string{`notifyd: --bind "localhost": `, `notifyd: --require "x": `, `notifyd: --filename "w": `}
+	lines := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
+	if len(lines) != len(want) {
+		t.Fatalf("output %q, want a line for each of %d mistakes", out, len(want))
+	}
+	for i, line := range lines {
+		if !strings.HasPrefix(line, want[i]) {
+			t.Errorf("line %d = %q, want it to start %q", i, line, want[i])
+		}
+	}
+
+	out, err = exec.Command(notifyd, append(base, "--bind", "127.0.0.1:0")...).CombinedOutput()
+	if err != nil || string(out) != "notifyd: the configuration is valid\n" {
+		t.Fatalf("--check with good flags = %v, %q", err, out)
+	}
+	if entries, err := os.ReadDir(dir); err != nil || len(entries) != 0 {
+		t.Fatalf("--check left %v in %s (%v), want nothing", entries, dir, err)
+	}
+}
+
 func TestFlagWinsOverEnvironment(t *testing.T) {
 	dir := shortDir(t)
 	t.Setenv("NOTIFYD_REQUIRE", "5")

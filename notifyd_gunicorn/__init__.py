@@ -43,12 +43,13 @@ worker it knows for one lookup, and never counts a dead or reused pid.
 pre_request and post_request report the worker's activity: requests in flight
 now (with gthread, the requests its threads serve at once), requests finished
 and microseconds spent with at least one request in flight since it booted.
-Each costs one non-blocking send on a socket the worker keeps connected, and
-nothing at all while that socket is down. The values are absolute, so a
-datagram dropped on a full queue costs nothing: the next one, or the next
-READY=1, which carries them too, tells the truth. A failed send never delays
-the request: it only wakes the worker's thread, which connects again and
-re-announces.
+They write it into the worker's activity page, a memfd the worker passed to
+notifyd with its READY=1, which notifyd reads only when asked: no system call
+on a request's path. Without a page (no memfd on the system, or a heartbeat
+deadline, whose WATCHDOG=1 travels with each request), each costs one
+non-blocking send on a socket the worker keeps connected; the values are
+absolute, so a datagram dropped on a full queue costs nothing, and a failed
+send never delays the request.
 """
 
 import inspect

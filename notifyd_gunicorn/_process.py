@@ -1,6 +1,7 @@
-"""The notifyd process managed mode starts: where its binary is, how it is
-forked and executed with the sockets it is given, and the pidfd the master
-holds it by.
+"""The notifyd process managed mode starts: where its binary is, what it
+makes of the flags it would be given (notifyd --check), how it is forked and
+executed with the sockets it is given, the pidfd the master holds it by, and
+the lock it holds on its state directory.
 
 Standard library only. Nothing here runs at import.
 """
@@ -9,9 +10,21 @@ import fcntl
 import os
 import select
 import signal
+import subprocess
 import sys
 import sysconfig
 import time
+
+# CHECK_TIMEOUT bounds notifyd --check, which answers in milliseconds.
+CHECK_TIMEOUT = 5.0
+
+# LOCK_FILE is the lock a notifyd holds in its state directory.
+LOCK_FILE = '.notifyd.lock'
+
+# Variables that are the master's own, never notifyd's: systemd's socket
+# activation and notification variables, which managed mode sets itself,
+# and the hand-over to a new master (NOTIFYD_GUNICORN_HANDOFF).
+_MASTERS_OWN = ('LISTEN_', 'NOTIFY_SOCKET', 'WATCHDOG_', 'NOTIFYD_GUNICORN_')
 
 
 def find_binary(configured=None):
@@ -42,6 +55,64 @@ def find_binary(configured=None):
         'no notifyd binary in %s: install the notifyd wheel into the '
         'environment gunicorn runs in, or set notifyd_binary'
         % ' or '.join(places))
+
+
+def environ(supervisor=None):
+    """The environment notifyd runs in: the master's, but for what is the
+    master's own; NOTIFY_SOCKET is the supervisor's when given. NOTIFYD_*
+    variables, notifyd's own flags, pass."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(_MASTERS_OWN)}
+    if supervisor is not None:
+        env['NOTIFY_SOCKET'] = supervisor
+    return env
+
+
+def check(binary, flags):
+    """Return what notifyd at binary makes of flags, in the environment it
+    would run in: a list of lines, one for each mistake, empty when there
+    is none. Raises OSError when it cannot say."""
+    # SIGCHLD is held until the check is reaped here, so that gunicorn's
+    # handler, which reaps every child, never sees it.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
+    try:
+        done = subprocess.run([binary, '--check'] + flags, env=environ(),
+                              stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=CHECK_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise OSError('%s --check did not answer within %gs'
+                      % (binary, CHECK_TIMEOUT))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    lines = done.stderr.decode(errors='replace').splitlines()
+    if done.returncode == 0:
+        return []
+    if done.returncode == 2 and lines:
+        return [line.removeprefix('notifyd: ') for line in lines]
+    raise OSError('%s --check exited with status %d: %s' % (
+        binary, done.returncode, ' '.join(lines) or 'no output'))
+
+
+def await_unlocked(directory, timeout):
+    """Wait, up to timeout seconds, until no notifyd holds directory's
+    lock."""
+    try:
+        fd = os.open(os.path.join(directory, LOCK_FILE),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return  # no lock file: nobody holds it
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return  # released at once, with the descriptor
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.005)
+    finally:
+        os.close(fd)
 
 
 class _Process:
@@ -90,6 +161,22 @@ class _Process:
 
     def uptime(self):
         return time.monotonic() - self.started
+
+    def signal(self, signum):
+        try:
+            os.kill(self.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def await_exit(self, timeout, log):
+        """Wait up to timeout seconds for it to exit, then kill it, and reap
+        it."""
+        if not self.wait(timeout):
+            log.warning('notifyd: notifyd (pid %d) did not stop; killing it',
+                        self.pid)
+            self.signal(signal.SIGKILL)
+            self.wait(timeout)
+        self.reap()
 
     def close(self):
         if self.pidfd is not None:

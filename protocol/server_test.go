@@ -623,6 +623,9 @@ func TestServerKeepsItsSocket(t *testing.T) {
 	})
 
 	replace() // closes the first socket
+	// The newest socket is read only once the replacement has closed the
+	// first: its file appears a moment before.
+	barrier(t, dial(t, path))
 	if err := early.Send([]byte("STATUS=too late"), waitLimit); err == nil {
 		t.Fatal("a send to the socket replaced twice succeeded; it should have been closed")
 	}

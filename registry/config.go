@@ -3,6 +3,7 @@
 package registry
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -36,12 +37,7 @@ func (a Access) String() string {
 
 // ParseAccess parses the --access values: same-uid, root or all.
 func ParseAccess(s string) (Access, error) {
-	for _, a := range []Access{SameUID, RootOnly, All} {
-		if s == a.String() {
-			return a, nil
-		}
-	}
-	return 0, fmt.Errorf("must be same-uid, root or all")
+	return parseName(s, "must be same-uid, root or all", SameUID, RootOnly, All)
 }
 
 // Detection says how the registry learns that a worker exited.
@@ -71,12 +67,19 @@ func (d Detection) String() string {
 
 // ParseDetection parses the --exit-detection values: auto, pidfd or sweep.
 func ParseDetection(s string) (Detection, error) {
-	for _, d := range []Detection{Auto, Pidfd, Sweep} {
-		if s == d.String() {
-			return d, nil
+	return parseName(s, "must be auto, pidfd or sweep", Auto, Pidfd, Sweep)
+}
+
+// parseName returns the one of values whose name is s, or an error that
+// says what is allowed.
+func parseName[T fmt.Stringer](s, allowed string, values ...T) (T, error) {
+	for _, v := range values {
+		if s == v.String() {
+			return v, nil
 		}
 	}
-	return 0, fmt.Errorf("must be auto, pidfd or sweep")
+	var none T
+	return none, errors.New(allowed)
 }
 
 // Config is what New needs. Dir and Filename are required.

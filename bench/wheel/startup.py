@@ -15,8 +15,10 @@ N times. For each run it times, from starting venv/bin/python -m gunicorn:
   probe sent as it arrives is 200.
 
 Both addresses are polled every 5 ms, side by side; the supervisor's
-socket is read by a thread meanwhile. It prints a Markdown
-section for docs/PERFORMANCE.md.
+socket is read by a thread meanwhile. It also times what judging the
+settings adds to every read of the config file (at start and at each HUP):
+notifyd --check, run by the installed module on the installed binary. It
+prints a Markdown section for docs/PERFORMANCE.md.
 """
 
 import argparse
@@ -113,6 +115,30 @@ def one_run(python, src, work):
                                          heard['answer'][0]]
 
 
+# CHECKS is how many config reads are timed.
+CHECKS = 41
+
+_TIME_CHECKS = '''
+import statistics, sys, time
+from notifyd_gunicorn import _settings
+times = []
+for _ in range(int(sys.argv[1])):
+    began = time.perf_counter()
+    settings, problems = _settings.read({'healthcheck_bind': '127.0.0.1:0'})
+    times.append(time.perf_counter() - began)
+    assert settings is not None, problems
+print(statistics.median(times) * 1000, max(times) * 1000)
+'''
+
+
+def time_checks(python):
+    """Return the median and the longest time, in ms, that start() takes to
+    read and check the seed's settings."""
+    out = subprocess.run([python, '-c', _TIME_CHECKS, str(CHECKS)],
+                         check=True, capture_output=True, text=True).stdout
+    return [float(v) for v in out.split()]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--runs', type=int, default=7)
@@ -135,6 +161,7 @@ def main():
                         '--quiet', os.path.join(dist, wheel)], check=True)
         binaries = {name: os.path.getsize(os.path.join(venv, 'bin', name))
                     for name in ('notifyd', 'notify')}
+        check_median, check_max = time_checks(python)
         runs = []
         for i in range(args.runs):
             work = os.path.join(tmp, 'run%d' % i)
@@ -180,6 +207,10 @@ def main():
           'interval and the probe in flight make up the difference).'
           % ('/'.join(sorted({str(a) for a in after})),
              statistics.median(r - h for r, h in zip(ready, health))))
+    print('\nReading and checking the settings, which start() does at every '
+          'read of the config file (at start and at each HUP) by running '
+          '`notifyd --check`: median %.1f ms, at most %.1f ms, over %d reads.'
+          % (check_median, check_max, CHECKS))
 
 
 if __name__ == '__main__':

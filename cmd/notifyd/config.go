@@ -254,22 +254,33 @@ func oneOf(allowed ...string) func(string) bool {
 	return func(v string) bool { return slices.Contains(allowed, v) }
 }
 
+// isHostPort accepts host:port with a port number, [::1]:8001 for IPv6; an
+// empty host is every address.
 func isHostPort(v string) bool {
-	_, _, err := net.SplitHostPort(v)
+	_, port, err := net.SplitHostPort(v)
+	if err != nil {
+		return false
+	}
+	_, err = strconv.ParseUint(port, 10, 16)
 	return err == nil
 }
 
-// errHelp is returned for --help and --version, once they have printed.
+// errHelp is returned for --help, --version and --check, once they have
+// printed.
 var errHelp = flag.ErrHelp
 
-// usageError is a mistake on the command line; notifyd exits 2 for it.
+// usageError is a mistake on the command line, or several, a line each;
+// notifyd exits 2 for it.
 type usageError struct{ msg string }
 
 func (e *usageError) Error() string { return e.msg }
 
 // parseConfig reads flags from args and their NOTIFYD_* twins from the
-// environment; a flag wins over its variable. Every error is one line naming
-// the flag (or variable), the value and what is allowed.
+// environment; a flag wins over its variable. Every value that is wrong is
+// reported, each on a line naming the flag (or variable), the value and what
+// is allowed. With --check, it prints that the configuration is valid and
+// returns errHelp: --check binds, creates and changes nothing, so that
+// whoever starts notifyd (managed mode, a deploy) can ask it first.
 func parseConfig(args []string, stdout io.Writer) (config, error) {
 	c := config{socketGID: -1}
 	opts := c.options()
@@ -285,7 +296,8 @@ func parseConfig(args []string, stdout io.Writer) (config, error) {
 			return nil
 		})
 	}
-	showVersion := fs.Bool("version", false, "print the version and exit")
+	showVersion := fs.Bool("version", false, "")
+	checkOnly := fs.Bool("check", false, "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			printUsage(opts, stdout)
@@ -304,12 +316,13 @@ func parseConfig(args []string, stdout io.Writer) (config, error) {
 	// Where each option's value came from, and the value, for errors that
 	// weigh one option against another.
 	where, value := map[string]string{}, map[string]string{}
+	var problems []string
 	for _, o := range opts {
 		var values []string
 		where[o.name], values = o.source(given[o.name])
 		for _, v := range values {
 			if err := o.set(v); err != nil {
-				return c, &usageError{fmt.Sprintf("%s %q: %s", where[o.name], v, err)}
+				problems = append(problems, fmt.Sprintf("%s %q: %s", where[o.name], v, err))
 			}
 			value[o.name] = v
 		}
@@ -318,7 +331,14 @@ func parseConfig(args []string, stdout io.Writer) (config, error) {
 		c.expect = c.require
 	}
 	if c.weighByQueue && len(c.listenQueues) == 0 {
-		return c, &usageError{fmt.Sprintf("%s %q: needs at least one --listen-queue to weigh by", where["agent-weight"], value["agent-weight"])}
+		problems = append(problems, fmt.Sprintf("%s %q: needs at least one --listen-queue to weigh by", where["agent-weight"], value["agent-weight"]))
+	}
+	if len(problems) > 0 {
+		return c, &usageError{strings.Join(problems, "\n")}
+	}
+	if *checkOnly {
+		fmt.Fprintln(stdout, "notifyd: the configuration is valid")
+		return c, errHelp
 	}
 	return c, nil
 }
@@ -393,5 +413,6 @@ over its variable.
 		}
 		fmt.Fprintf(w, "  --%-18s %s (default %q)\n", o.name, o.usage, o.value)
 	}
+	fmt.Fprintf(w, "  --%-18s %s\n", "check", "check every flag and variable, report each mistake, and exit; binds, creates and changes nothing")
 	fmt.Fprintf(w, "  --%-18s %s\n", "version", "print the version and exit")
 }

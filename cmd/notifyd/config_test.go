@@ -168,6 +168,40 @@ func TestParseConfigErrors(t *testing.T) {
 	}
 }
 
+func TestParseConfigReportsEveryMistake(t *testing.T) {
+	clearEnv(t)
+	t.Setenv("NOTIFYD_LOG_LEVEL", "loud")
+	args := []string{"--check", "--bind", "127.0.0.1:70000", "--require", "x", "--filename", "w", "--listen-queue", "nowhere", "--listen-queue", "127.0.0.1:8000"}
+	var out bytes.Buffer
+	_, err := parseConfig(args, &out)
+	var usage *usageError
+	if !errors.As(err, &usage) {
+		t.Fatalf("parseConfig(%q) = %v, want a usage error", args, err)
+	}
+	want := []string{`--bind "127.0.0.1:70000": `, `--require "x": `, `--listen-queue "nowhere": `, `--filename "w": `, `NOTIFYD_LOG_LEVEL "loud": `}
+	lines := strings.Split(err.Error(), "\n")
+	if len(lines) != len(want) {
+		t.Fatalf("parseConfig(%q) reported %d lines, want %d:\n%v", args, len(lines), len(want), err)
+	}
+	for i, line := range lines {
+		if !strings.HasPrefix(line, want[i]) {
+			t.Errorf("line %d = %q, want it to start %q", i, line, want[i])
+		}
+	}
+	if out.Len() != 0 {
+		t.Errorf("--check with mistakes printed %q", out.String())
+	}
+}
+
+func TestParseConfigCheck(t *testing.T) {
+	clearEnv(t)
+	var out bytes.Buffer
+	c, err := parseConfig([]string{"--check", "--require", "2"}, &out)
+	if !errors.Is(err, errHelp) || out.String() != "notifyd: the configuration is valid\n" || c.require != 2 {
+		t.Fatalf("--check = %v, %q, require %d", err, out.String(), c.require)
+	}
+}
+
 func TestParseConfigHelpAndVersion(t *testing.T) {
 	clearEnv(t)
 	var out bytes.Buffer

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/notifyd/notifyd/internal/footprint"
 )
@@ -23,7 +24,9 @@ func main() {
 	switch {
 	case err == nil, errors.Is(err, errHelp):
 	case errors.As(err, &usage):
-		fmt.Fprintln(os.Stderr, "notifyd:", err)
+		for _, line := range strings.Split(err.Error(), "\n") {
+			fmt.Fprintln(os.Stderr, "notifyd:", line)
+		}
 		os.Exit(2)
 	default:
 		fmt.Fprintln(os.Stderr, "notifyd:", err)

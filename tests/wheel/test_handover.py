@@ -202,9 +202,10 @@ class HandoverTest(test_wheel.ManagedTestCase):
                  lambda: port_refused('127.0.0.1:%d' % port))
 
     def test_an_exit_at_once_is_never_lost(self):
+        # A notifyd that accepts its flags, then exits as it starts.
         script = os.path.join(self.dir, 'exits')
         with open(script, 'w') as f:
-            f.write('#!/bin/sh\nexit 1\n')
+            f.write('#!/bin/sh\n[ "$1" = --check ] && exit 0\nexit 1\n')
         os.chmod(script, 0o755)
         self.gunicorn(notifyd_binary=script)
         quick = QUICK_EXITS

@@ -687,7 +687,7 @@ class WheelTest(ManagedTestCase):
         self.assertEqual(self.notifyd_children(master.pid), [])
         self.assertEqual(os.listdir(self.state), [])
 
-    def test_bad_settings_get_one_line_and_gunicorn_serves(self):
+    def test_bad_settings_get_a_line_each_and_gunicorn_serves(self):
         taken = socket.socket()
         taken.bind(('127.0.0.1', 0))
         taken.listen()
@@ -695,18 +695,25 @@ class WheelTest(ManagedTestCase):
         port = taken.getsockname()[1]
         cases = [
             ('require', {'healthcheck_require_workers': 'x'},
-             "healthcheck_require_workers 'x': must be a whole number, 0 or "
-             "more; notifyd is not started"),
+             ['healthcheck_require_workers "x": must be a whole number, 0 or '
+              'more; notifyd is not started']),
             ('filename', {'healthcheck_filename': 'worker'},
-             "healthcheck_filename 'worker': must contain exactly one {} "
-             "placeholder for the pid"),
+             ['healthcheck_filename "worker": must contain exactly one {} '
+              'placeholder for the pid']),
+            ('every bad setting', {'healthcheck_filename': '{}.tmp',
+                                   'healthcheck_reload_grace': 3600,
+                                   'notifyd_args': ['--log-level', 'loud']},
+             ['healthcheck_filename "{}.tmp": must not end in .tmp',
+              'notifyd_args: --log-level "loud": must be debug, info, warn '
+              'or error; notifyd is not started',
+              'healthcheck_reload_grace "3600s": must be a duration']),
             ('port taken', {'healthcheck_bind': '127.0.0.1:%d' % port},
-             "healthcheck_bind '127.0.0.1:%d': Address already in use; "
-             "notifyd is not started" % port),
+             ["healthcheck_bind '127.0.0.1:%d': Address already in use; "
+              "notifyd is not started" % port]),
             ('missing binary', {},
-             'no notifyd binary in %s' % os.path.dirname(self.notifyd)),
+             ['no notifyd binary in %s' % os.path.dirname(self.notifyd)]),
         ]
-        for name, settings, want in cases:
+        for name, settings, wants in cases:
             with self.subTest(name):
                 self.setUp()
                 moved = self.notifyd + '.moved'
@@ -721,8 +728,9 @@ class WheelTest(ManagedTestCase):
                     if name == 'missing binary':
                         os.rename(moved, self.notifyd)
                 errors = self.error_lines()
-                self.assertEqual(len(errors), 1, errors)
-                self.assertIn(want, errors[0])
+                self.assertEqual(len(errors), len(wants), errors)
+                for want, error in zip(wants, errors):
+                    self.assertIn(want, error)
                 self.assertEqual(self.notifyd_children(master.pid), [])
                 self.kill_all(master)
 
