@@ -52,13 +52,21 @@ func TestOldestTCPWildcard(t *testing.T) {
 	ap := listenTCP(t, netip.MustParseAddr("0.0.0.0"), 7, false)
 	other := listenTCP(t, netip.MustParseAddr("127.0.0.1"), 7, false)
 	dial(t, "tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), other.Port()).String(), 1)
-	time.Sleep(100 * time.Millisecond) // an age the other port's connection would show
+	// The other port's connection waits, with an age to lend.
+	waiting := newReader(t, other.String())
+	deadline := time.Now().Add(settle)
+	for qs := readUntil(t, waiting, 0, 1); qs[0].OldestSeconds == 0; qs = readUntil(t, waiting, 0, 1) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the connection waiting on %s has no age: %+v", other, qs[0])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	r := newReader(t, ap.String())
 	if qs, err := r.Read(); err != nil || qs[0].Queued != 0 || qs[0].OldestSeconds != 0 {
 		t.Fatalf("empty queue beside a busy port: %+v, %v; want an age of 0", qs, err)
 	}
 	dial(t, "tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ap.Port()).String(), 1)
-	deadline := time.Now().Add(settle)
+	deadline = time.Now().Add(settle)
 	for {
 		qs := readUntil(t, r, 0, 1)
 		if qs[0].OldestSeconds > 0 {

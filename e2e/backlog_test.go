@@ -35,10 +35,11 @@ func (d *daemon) queues(t *testing.T) []queueStatus {
 	return doc.ListenQueues
 }
 
-// saturate occupies both sync workers with slow requests, then opens extra
-// connections that no worker can accept: they wait in the listen queue. It
-// returns a function that closes them all.
-func saturate(t *testing.T, network, addr string, extra int) (release func()) {
+// saturate occupies both sync workers of the gunicorn that d watches with
+// slow requests, and once d shows both busy, opens extra connections that
+// no worker can accept: they wait in the listen queue. It returns a
+// function that closes them all.
+func saturate(t *testing.T, d *daemon, network, addr string, extra int) (release func()) {
 	t.Helper()
 	var conns []net.Conn
 	release = func() {
@@ -63,7 +64,12 @@ func saturate(t *testing.T, network, addr string, extra int) (release func()) {
 			t.Fatalf("dial %s: %v", addr, err)
 		}
 	}
-	time.Sleep(500 * time.Millisecond) // let each worker take one of them
+	// Each worker has taken one of them once its activity page says so;
+	// until then a worker could still accept one of the extra connections.
+	waitFor(t, "both workers busy with a slow request", func() bool {
+		doc := statusActivity(t, d)
+		return doc.BusyWorkers == 2 && doc.InFlight == 2
+	})
 	for range extra {
 		dial("GET / HTTP/1.0\r\n\r\n")
 	}
@@ -88,7 +94,7 @@ func TestListenQueueOfBusyGunicorn(t *testing.T) {
 				t.Fatalf("idle listen queues %+v, want %s listening with 0/64 and 127.0.0.1:1 not listening", q, watch)
 			}
 
-			release := saturate(t, network, dialAddr, 20)
+			release := saturate(t, d, network, dialAddr, 20)
 			var q []queueStatus
 			waitFor(t, "15 or more queued connections", func() bool {
 				q = d.queues(t)
@@ -119,7 +125,7 @@ func TestAgentWeightFollowsListenQueue(t *testing.T) {
 	}
 
 	// A full queue brings the weight down to the floor, and no lower.
-	release := saturate(t, "tcp", addr, 10)
+	release := saturate(t, d, "tcp", addr, 10)
 	waitFor(t, "the agent weight to reach the floor", func() bool {
 		return agentReply(t, agent) == "ready up 10%\n"
 	})

@@ -29,10 +29,21 @@ func TestExitWithFollowsTheProcess(t *testing.T) {
 				d.waitStarted(t)
 			}
 			wantHealth(t, d, 200, "0 workers ready\n")
+			// A witness notifyd, started after this one, follows a process
+			// killed at once: once it has stopped, this one's watch has had
+			// as long to go wrong.
+			witnessed := sleeper(t)
+			witness := startNotifyd(t, shortDir(t), "--exit-with", pidString(witnessed), "--require", "0")
+			witnessed.Process.Signal(syscall.SIGKILL)
+			select {
+			case <-witness.done:
+			case <-time.After(20 * time.Second):
+				t.Fatal("the witness notifyd still runs after its watched process was killed")
+			}
 			select {
 			case <-d.done:
 				t.Fatalf("notifyd exited while the watched process lives: %v\n%s", d.err, d.log.String())
-			case <-time.After(200 * time.Millisecond):
+			default:
 			}
 			// Not reaped yet: a zombie has exited, and that is enough.
 			master.Process.Signal(syscall.SIGKILL)

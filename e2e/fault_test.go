@@ -365,6 +365,20 @@ func (c *workerChurn) park(w *churnWorker) bool {
 	return true
 }
 
+// provedParked counts the parked workers whose READY=1 is proved by the
+// outages so far, all of which have ended.
+func (c *workerChurn) provedParked(outages []outage) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, w := range c.parked {
+		if w.ready.definite(outages) {
+			n++
+		}
+	}
+	return n
+}
+
 // killParked SIGKILLs up to n parked workers whose READY=1 is proved by
 // the outages so far, the last of which has not ended, and returns them.
 // A parked worker whose READY=1 an outage has made unprovable is no use to
@@ -434,7 +448,10 @@ func TestFaultKill9DuringRegistrationChurn(t *testing.T) {
 	var outages []outage
 	victims := 0
 	for round := range rounds {
-		time.Sleep(phase)
+		time.Sleep(phase) // the churn's run between two kills
+		// However slow the machine, the kill meets a registration it can
+		// be held to.
+		waitFor(t, "a parked worker proved registered", func() bool { return c.provedParked(outages) > 0 })
 		down := time.Now()
 		d.stop(t, syscall.SIGKILL)
 

@@ -481,21 +481,21 @@ func TestNotifyWaitGarbage(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			f := serveFake(t, tt.code, tt.contentType, tt.body)
 			// An answer that is not /status ends the wait at once: the URL
-			// is wrong, and waiting will not right it.
-			start := time.Now()
+			// is wrong, and waiting will not right it. A wait that went on
+			// would ask again, ten times a second.
 			wantNotify(t, 1, "notify: "+f.srv.URL+"/status "+tt.want+"\n", "wait", "--ready", "1", "--timeout", "60s", "--url", f.srv.URL)
-			if f.requests.Load() != 1 || time.Since(start) > 30*time.Second {
-				t.Fatalf("notify wait asked %d times in %s, want once and at once", f.requests.Load(), time.Since(start))
+			if n := f.requests.Load(); n != 1 {
+				t.Fatalf("notify wait asked %d times, want once", n)
 			}
 		})
 	}
 
 	// A 5xx answer may be notifyd or a proxy restarting: the wait goes on.
 	f := serveFake(t, 503, "text/plain", "restarting")
-	wantNotify(t, 1, "notify: timed out after 300ms: notifyd never answered: "+f.srv.URL+"/status answered 503 Service Unavailable: restarting\n",
-		"wait", "--ready", "1", "--timeout", "300ms", "--url", f.srv.URL)
+	wantNotify(t, 1, "notify: timed out after 2s: notifyd never answered: "+f.srv.URL+"/status answered 503 Service Unavailable: restarting\n",
+		"wait", "--ready", "1", "--timeout", "2s", "--url", f.srv.URL)
 	if f.requests.Load() < 2 {
-		t.Fatalf("notify wait asked a 503 answer %d times in 300ms, want it to ask again", f.requests.Load())
+		t.Fatalf("notify wait asked a 503 answer %d times in 2s, want it to ask again", f.requests.Load())
 	}
 }
 

@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/notifyd/notifyd/httpapi"
 	"github.com/notifyd/notifyd/protocol"
@@ -25,9 +24,9 @@ var (
 	sleeper    = proctest.Sleeper
 )
 
-// waitLimit bounds how long a test polls for an asynchronous effect. It only
-// stops a broken test from hanging; no test asserts how long anything took.
-const waitLimit = 10 * time.Second
+// waitLimit bounds how long a test polls for an asynchronous effect:
+// proctest.Patience.
+const waitLimit = proctest.Patience
 
 // root is the sender of every message in these tests: the test process, as
 // root, which may speak for any pid.

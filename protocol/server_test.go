@@ -26,8 +26,8 @@ var (
 	sockDir = proctest.ShortDir
 )
 
-// waitLimit bounds every wait for the server; nothing asserts how fast it is.
-const waitLimit = 10 * time.Second
+// waitLimit bounds every wait for the server: proctest.Patience.
+const waitLimit = proctest.Patience
 
 type record struct {
 	m    Message

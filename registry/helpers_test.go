@@ -27,8 +27,8 @@ var (
 )
 
 // waitFor is how long a test waits for an asynchronous effect before it
-// fails. It bounds a wait; no test asserts how long an effect took.
-const waitFor = 10 * time.Second
+// fails: proctest.Patience.
+const waitFor = proctest.Patience
 
 // defaultPattern is the seed's state file name.
 const defaultPattern = ".gunicorn.worker.{}"

@@ -13,8 +13,12 @@ import (
 )
 
 // Patience bounds every wait for an asynchronous effect. It only stops a
-// broken test from hanging. A test waits for an effect; how long it took is
-// for bench/report to measure.
+// broken test from hanging: no test asserts how long an effect took. A test
+// waits for the effect, or for an event that proves the system has moved
+// past it (a barrier acknowledgement, a log line, a counter); a time the
+// product reports, such as a queue's age, is held between readings of the
+// test's own clock taken around it. How long things take is for
+// bench/report to measure.
 const Patience = 20 * time.Second
 
 // Eventually polls cond until it holds, and fails the test if it does not

@@ -14,7 +14,6 @@ import re
 import signal
 import socket
 import subprocess
-import time
 import unittest
 
 import test_wheel
@@ -43,19 +42,27 @@ def new_master_of(master):
 class HandoverTest(test_wheel.ManagedTestCase):
 
     def config(self, **settings):
-        # A master that a USR2 started reads its config slowly while the
-        # file "slow" exists: it is not ready for that long.
+        # A master that a USR2 started reads its config for as long as the
+        # file "slow" exists: it is not ready until the test says so.
         path = super().config(**settings)
         with open(path, 'a') as f:
             f.write('import os as _os, time as _time\n'
-                    'if "GUNICORN_PID" in _os.environ and '
+                    'while "GUNICORN_PID" in _os.environ and '
                     '_os.path.exists(%r):\n'
-                    '    _time.sleep(8)\n' % os.path.join(self.dir, 'slow'))
+                    '    _time.sleep(0.05)\n' % os.path.join(self.dir, 'slow'))
         return path
 
     def slow_new_master(self):
-        open(os.path.join(self.dir, 'slow'), 'w').close()
-        self.addCleanup(os.remove, os.path.join(self.dir, 'slow'))
+        """Hold the next master a USR2 starts in its config; return the
+        function that lets it go on."""
+        path = os.path.join(self.dir, 'slow')
+        open(path, 'w').close()
+
+        def release():
+            if os.path.exists(path):
+                os.remove(path)
+        self.addCleanup(release)
+        return release
 
     def socket_path(self):
         return SOCKET_AT.search(self.log()).group(1)
@@ -80,7 +87,7 @@ class HandoverTest(test_wheel.ManagedTestCase):
         pid, url = self.notifyd_started()
         self.wait_health(url, 200, '2 workers ready\n')
         sock = self.socket_path()
-        self.slow_new_master()
+        release = self.slow_new_master()
         mark = len(self.log())
         master.send_signal(signal.SIGUSR2)
         new_master = new_master_of(master.pid)
@@ -88,6 +95,7 @@ class HandoverTest(test_wheel.ManagedTestCase):
         master.send_signal(signal.SIGQUIT)
         master.wait(DEADLINE)
         self.assertTrue(os.path.exists(sock))
+        release()
         self.notifyd_started(after=mark)
         self.assert_counted_through_hup(new_master, url, sock)
         os.kill(new_master, signal.SIGTERM)
@@ -120,7 +128,7 @@ class HandoverTest(test_wheel.ManagedTestCase):
         old, url = self.notifyd_started()
         self.wait_health(url, 200, '2 workers ready\n')
         sock = self.socket_path()
-        self.slow_new_master()
+        release = self.slow_new_master()
         master.send_signal(signal.SIGUSR2)
         new_master = new_master_of(master.pid)
         self.strays = [new_master]
@@ -139,6 +147,7 @@ class HandoverTest(test_wheel.ManagedTestCase):
         master.send_signal(signal.SIGQUIT)
         master.wait(DEADLINE)
         self.assertTrue(os.path.exists(sock))
+        release()
         self.assert_counted_through_hup(new_master, url, sock)
 
     def test_leftover_or_forged_handoff_is_ignored_and_closed(self):
@@ -189,11 +198,8 @@ class HandoverTest(test_wheel.ManagedTestCase):
         self.strays = self.workers(master.pid)
         master.send_signal(signal.SIGKILL)
         master.wait(DEADLINE)
-        deadline = time.monotonic() + 5
-        while not port_refused('127.0.0.1:%d' % port):
-            self.assertLess(time.monotonic(), deadline,
-                            'the health port is still held')
-            time.sleep(0.05)
+        wait_for('the health port to be let go',
+                 lambda: port_refused('127.0.0.1:%d' % port))
 
     def test_an_exit_at_once_is_never_lost(self):
         # A notifyd that accepts its flags, then exits as it starts.
