@@ -4,8 +4,8 @@ package registry
 
 import (
 	"errors"
-	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 )
 
@@ -23,21 +23,14 @@ const (
 	All
 )
 
-func (a Access) String() string {
-	switch a {
-	case SameUID:
-		return "same-uid"
-	case RootOnly:
-		return "root"
-	case All:
-		return "all"
-	}
-	return "unknown"
-}
+// accessNames are the --access values, by Access.
+var accessNames = []string{SameUID: "same-uid", RootOnly: "root", All: "all"}
+
+func (a Access) String() string { return name(accessNames, a) }
 
 // ParseAccess parses the --access values: same-uid, root or all.
 func ParseAccess(s string) (Access, error) {
-	return parseName(s, "must be same-uid, root or all", SameUID, RootOnly, All)
+	return parseName[Access](accessNames, s, "must be same-uid, root or all")
 }
 
 // Detection says how the registry learns that a worker exited.
@@ -53,33 +46,31 @@ const (
 	Sweep
 )
 
-func (d Detection) String() string {
-	switch d {
-	case Auto:
-		return "auto"
-	case Pidfd:
-		return "pidfd"
-	case Sweep:
-		return "sweep"
+// detectionNames are the --exit-detection values, by Detection.
+var detectionNames = []string{Auto: "auto", Pidfd: "pidfd", Sweep: "sweep"}
+
+func (d Detection) String() string { return name(detectionNames, d) }
+
+// ParseDetection parses the --exit-detection values: auto, pidfd or sweep.
+func ParseDetection(s string) (Detection, error) {
+	return parseName[Detection](detectionNames, s, "must be auto, pidfd or sweep")
+}
+
+// name returns v's name in names, indexed by value, or "unknown".
+func name[T ~uint8](names []string, v T) string {
+	if int(v) < len(names) {
+		return names[v]
 	}
 	return "unknown"
 }
 
-// ParseDetection parses the --exit-detection values: auto, pidfd or sweep.
-func ParseDetection(s string) (Detection, error) {
-	return parseName(s, "must be auto, pidfd or sweep", Auto, Pidfd, Sweep)
-}
-
-// parseName returns the one of values whose name is s, or an error that
+// parseName returns the value whose name in names is s, or an error that
 // says what is allowed.
-func parseName[T fmt.Stringer](s, allowed string, values ...T) (T, error) {
-	for _, v := range values {
-		if s == v.String() {
-			return v, nil
-		}
+func parseName[T ~uint8](names []string, s, allowed string) (T, error) {
+	if i := slices.Index(names, s); i >= 0 {
+		return T(i), nil
 	}
-	var none T
-	return none, errors.New(allowed)
+	return 0, errors.New(allowed)
 }
 
 // Config is what New needs. Dir and Filename are required.
