@@ -12,11 +12,10 @@ Standard library only. Nothing here runs at import.
 
 import collections
 import os
-import select
-import signal
 import socket
 import stat
 
+from ._process import Pidfd
 from ._sockets import SocketDir
 
 HANDOFF = 'NOTIFYD_GUNICORN_HANDOFF'
@@ -140,17 +139,18 @@ def _close_named(fields):
             os.close(fd)
 
 
-class OldNotifyd:
+class OldNotifyd(Pidfd):
     """The old master's notifyd, which the new master stops before it starts
     its own on the same sockets. It is the old master's child, which reaps
-    it: the new master holds it by a pidfd."""
+    it: the new master holds it by a pidfd only."""
+
+    what = 'old notifyd'
 
     def __init__(self, pid, master, socket_path):
         """Hold pid once it proves to be a live notifyd that is a child of
         master, running on socket_path; raises OSError or ValueError saying
         what it is not."""
-        self.pid = pid
-        self.pidfd = os.pidfd_open(pid)
+        super().__init__(pid, os.pidfd_open(pid))
         try:
             with open('/proc/%d/stat' % pid, 'rb') as f:
                 fields = f.read().rpartition(b')')[2].split()
@@ -159,7 +159,7 @@ class OldNotifyd:
             # Read while the pidfd held the process: had it exited
             # meanwhile, and its pid gone to another, the pidfd would say so
             # now.
-            if select.select([self.pidfd], [], [], 0)[0]:
+            if self.exited():
                 raise ProcessLookupError('it has exited')
             if int(fields[1]) != master:
                 raise ValueError('it is not a child of the old master '
@@ -171,25 +171,10 @@ class OldNotifyd:
             self.close()
             raise
 
-    def signal(self, signum):
-        try:
-            signal.pidfd_send_signal(self.pidfd, signum)
-        except ProcessLookupError:
-            pass
-
     def await_exit(self, timeout, log):
-        """Wait up to timeout seconds for it to exit, then kill it; let go
-        of it either way."""
+        """Wait for it to exit, killing it after timeout seconds, and let go
+        of it."""
         try:
-            if not select.select([self.pidfd], [], [], timeout)[0]:
-                log.warning('notifyd: old notifyd (pid %d) did not stop; '
-                            'killing it', self.pid)
-                self.signal(signal.SIGKILL)
-                select.select([self.pidfd], [], [], timeout)
+            super().await_exit(timeout, log)
         finally:
             self.close()
-
-    def close(self):
-        if self.pidfd is not None:
-            os.close(self.pidfd)
-            self.pidfd = None

@@ -115,27 +115,60 @@ def await_unlocked(directory, timeout):
         os.close(fd)
 
 
-class _Process:
-    """One notifyd the master started, held by a pidfd."""
+class Pidfd:
+    """A process held by a pidfd: waited for and signalled through it, so
+    that a pid the kernel gives to another process meanwhile is never
+    touched."""
 
-    def __init__(self, pid, pidfd, settings):
+    what = 'process'  # as the log names it
+
+    def __init__(self, pid, pidfd):
         self.pid = pid
         self.pidfd = pidfd
-        self.settings = settings
-        self.started = time.monotonic()
-        self.status = None  # set once reaped
-        self.code = None    # the exit status, when it exited
 
     def exited(self):
-        if self.pidfd is None:
-            return True
-        return bool(select.select([self.pidfd], [], [], 0)[0])
+        return self.wait(0)
 
     def wait(self, timeout):
         """Return whether the process exited within timeout seconds."""
         if self.pidfd is None:
             return True
         return bool(select.select([self.pidfd], [], [], timeout)[0])
+
+    def signal(self, signum):
+        if self.pidfd is None:
+            return
+        try:
+            signal.pidfd_send_signal(self.pidfd, signum)
+        except ProcessLookupError:
+            pass
+
+    def await_exit(self, timeout, log):
+        """Wait up to timeout seconds for it to exit; then kill it, and wait
+        as long again."""
+        if not self.wait(timeout):
+            log.warning('notifyd: %s (pid %d) did not stop; killing it',
+                        self.what, self.pid)
+            self.signal(signal.SIGKILL)
+            self.wait(timeout)
+
+    def close(self):
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+class _Process(Pidfd):
+    """One notifyd the master started, its child."""
+
+    what = 'notifyd'
+
+    def __init__(self, pid, pidfd, settings):
+        super().__init__(pid, pidfd)
+        self.settings = settings
+        self.started = time.monotonic()
+        self.status = None  # set once reaped
+        self.code = None    # the exit status, when it exited
 
     def reap(self):
         """Collect the exit status once the process has exited, and return
@@ -162,26 +195,11 @@ class _Process:
     def uptime(self):
         return time.monotonic() - self.started
 
-    def signal(self, signum):
-        try:
-            os.kill(self.pid, signum)
-        except ProcessLookupError:
-            pass
-
     def await_exit(self, timeout, log):
-        """Wait up to timeout seconds for it to exit, then kill it, and reap
+        """Wait for it to exit, killing it after timeout seconds, and reap
         it."""
-        if not self.wait(timeout):
-            log.warning('notifyd: notifyd (pid %d) did not stop; killing it',
-                        self.pid)
-            self.signal(signal.SIGKILL)
-            self.wait(timeout)
+        super().await_exit(timeout, log)
         self.reap()
-
-    def close(self):
-        if self.pidfd is not None:
-            os.close(self.pidfd)
-            self.pidfd = None
 
 
 def _child_alive(pid):
