@@ -52,6 +52,7 @@ absolute, so a datagram dropped on a full queue costs nothing, and a failed
 send never delays the request.
 """
 
+import functools
 import inspect
 import logging
 import time
@@ -166,53 +167,62 @@ def _stopping(previous, address, interval):
     # say STOPPING=1 for the worker. Only a worker has a reporter to stop
     # first, so that no READY=1 follows.
     def stopping(server, worker):
-        try:
-            if previous is not None:
-                previous(server, worker)
-        finally:
-            if _announcer is not None:
-                _announcer.stop()
-            _notify(_log(server), address, 'STOPPING=1', worker.pid)
+        if _announcer is not None:
+            _announcer.stop()
+        _notify(_log(server), address, 'STOPPING=1', worker.pid)
 
-    return stopping
+    return _after(previous, stopping)
 
 
 def _pre_request(previous, address, interval):
     def pre_request(worker, req):
-        try:
-            if previous is not None:
-                previous(worker, req)
-        finally:
-            _begin(req)
+        _begin(req)
 
-    return pre_request
+    return _after(previous, pre_request)
 
 
 def _post_request(previous, address, interval):
-    arity = _post_request_arity(previous)
+    # gunicorn takes a post_request of 2, 3 or 4 arguments and calls it with
+    # as many: the file's own gets as many as it takes. gunicorn calls
+    # post_request even when pre_request raised, so the request that
+    # pre_request counted always ends here.
+    if previous is not None:
+        arity = _post_request_arity(previous)
+        previous = functools.partial(_first, previous, arity)
 
-    # gunicorn calls post_request even when pre_request raised, so the
-    # request that pre_request counted always ends here.
     def post_request(worker, req, environ, resp):
-        try:
-            if previous is not None:
-                previous(*(worker, req, environ, resp)[:arity])
-        finally:
-            _end(req)
+        _end(req)
 
-    return post_request
+    return _after(previous, post_request)
 
 
 def _on_reload(previous, address, interval):
     # Runs in the master at a HUP, before gunicorn starts the new workers.
     def on_reload(server):
+        reload_instance(_log(server), address)
+
+    return _after(previous, on_reload)
+
+
+def _after(previous, ours):
+    """Return a hook that runs previous, the file's own hook when there is
+    one, then ours, with gunicorn's arguments, even when previous raised:
+    its error reaches gunicorn as it would without notifyd. The hook takes
+    the arguments ours takes, as gunicorn checks."""
+    def hook(*args):
         try:
             if previous is not None:
-                previous(server)
+                previous(*args)
         finally:
-            reload_instance(_log(server), address)
+            ours(*args)
 
-    return on_reload
+    hook.__signature__ = inspect.signature(ours)
+    hook.__name__ = ours.__name__
+    return hook
+
+
+def _first(hook, arity, *args):
+    return hook(*args[:arity])
 
 
 _HOOKS = {
@@ -249,10 +259,7 @@ def _end(req):
 
 
 def _post_request_arity(hook):
-    # gunicorn takes a post_request of 2, 3 or 4 arguments and calls it with
-    # as many; it checks ours, so we check the user's.
-    if hook is None:
-        return 4
+    # gunicorn checks ours, so we check the user's.
     try:
         params = inspect.signature(hook).parameters.values()
     except (TypeError, ValueError):
