@@ -151,14 +151,22 @@ def _args(ns, problems):
     return tuple(args)
 
 
+# _SWITCHES are notifyd's flags that take no value.
+_SWITCHES = ('check', 'version', 'help', 'h')
+
+
 def _flag_names(args):
     # The names of the flags in args, as Go's flag package reads them: -name
-    # or --name, the value after "=" or in the next argument; "--" ends them.
+    # or --name, the value after "=" or in the next argument (but for
+    # notifyd's switches); "--" or an argument that is no flag ends them.
+    args = iter(args)
     for arg in args:
-        if arg == '--':
+        if arg == '--' or not arg.startswith('-'):
             return
-        if arg.startswith('-'):
-            yield arg.lstrip('-').split('=', 1)[0]
+        name, eq, _ = arg.lstrip('-').partition('=')
+        if not eq and name not in _SWITCHES:
+            next(args, None)
+        yield name
 
 
 def _binary(ns, problems):
@@ -173,7 +181,10 @@ def _binary(ns, problems):
         return None
 
 
-# _FLAG finds a flag's name in one of notifyd's lines.
+# _LINE is one of notifyd's lines about a value: the flag or variable it
+# came from, the value as Go quotes it, and what is wrong with it.
+_LINE = re.compile(r'(--[a-z-]+|NOTIFYD_[A-Z_]+) ("(?:[^"\\]|\\.)*")(: .*)\Z')
+# _FLAG finds a flag's name in what notifyd says of a value.
 _FLAG = re.compile(r'(?<![\w-])--([a-z-]+)')
 
 
@@ -181,14 +192,20 @@ def _in_settings_words(line, settings):
     """One of notifyd's lines about its flags, with each flag managed mode
     set from a setting called by that setting's name: '--require "x": ...'
     becomes 'healthcheck_require_workers "x": ...'. A line about a flag of
-    notifyd_args says so."""
-    given = set(_flag_names(settings.flags()))
-
-    def setting(match):
-        name = match.group(1)
-        return SETTING_OF[name] if name in given else match.group(0)
-
-    words = _FLAG.sub(setting, line)
-    if words == line and not line.startswith('NOTIFYD_'):
+    notifyd_args says so; one about a variable is notifyd's as it is."""
+    # The flags managed mode gave from a setting: flags() is name, value.
+    given = {flag for flag in settings.flags()[::2]
+             if flag[2:] in SETTING_OF}
+    match = _LINE.match(line)
+    if match is None or match.group(1) not in given:
+        if match is not None and match.group(1).startswith('NOTIFYD_'):
+            return line
         return 'notifyd_args: ' + line
-    return words
+    subject, value, what = match.groups()
+
+    def setting(flag):
+        name = '--' + flag.group(1)
+        return SETTING_OF[flag.group(1)] if name in given else name
+
+    return '%s %s%s' % (SETTING_OF[subject[2:]], value,
+                        _FLAG.sub(setting, what))

@@ -96,6 +96,7 @@ class SettingsTest(unittest.TestCase):
             ({'notifyd_args': ['--require', 2]}, 'notifyd_args'),
             ({'notifyd_args': ['--log-level', 'loud']}, 'notifyd_args: --log-level "loud": must be debug, info, warn or error'),
             ({'notifyd_args': ['--requre', '2']}, 'notifyd_args: flag provided but not defined: -requre'),
+            ({'notifyd_args': ['--log-level', '--bind']}, 'notifyd_args: --log-level "--bind": must be'),
             ({'notifyd_binary': 7}, 'notifyd_binary 7: must be a path'),
             ({'healthcheck_filename': 'w{}\0'}, 'healthcheck_filename: must not contain a NUL byte'),
             ({'notifyd_args': ['--log-level', 'de\0bug']}, 'notifyd_args: must not contain a NUL byte'),
@@ -144,6 +145,7 @@ class ManagedFlagsTest(unittest.TestCase):
             (['--log-level', 'debug', '--filename=w{}'],
              'set healthcheck_filename instead'),
             (['--require', '2'], 'set healthcheck_require_workers instead'),
+            (['--version', '--dir', '/tmp'], 'set healthcheck_directory instead'),
         ]:
             with self.subTest(args):
                 settings, problems = read_settings(
