@@ -52,7 +52,6 @@ absolute, so a datagram dropped on a full queue costs nothing, and a failed
 send never delays the request.
 """
 
-import functools
 import inspect
 import logging
 import time
@@ -174,26 +173,34 @@ def _stopping(previous, address, interval):
     return _after(previous, stopping)
 
 
+# pre_request and post_request run on every request, so they call the
+# file's own hook themselves: through _after, they cost another Python call
+# each, 60 ns a request.
+
 def _pre_request(previous, address, interval):
     def pre_request(worker, req):
-        _begin(req)
+        try:
+            if previous is not None:
+                previous(worker, req)
+        finally:
+            _begin(req)
 
-    return _after(previous, pre_request)
+    return pre_request
 
 
 def _post_request(previous, address, interval):
-    # gunicorn takes a post_request of 2, 3 or 4 arguments and calls it with
-    # as many: the file's own gets as many as it takes. gunicorn calls
-    # post_request even when pre_request raised, so the request that
-    # pre_request counted always ends here.
-    if previous is not None:
-        arity = _post_request_arity(previous)
-        previous = functools.partial(_first, previous, arity)
+    arity = _post_request_arity(previous)
 
+    # gunicorn calls post_request even when pre_request raised, so the
+    # request that pre_request counted always ends here.
     def post_request(worker, req, environ, resp):
-        _end(req)
+        try:
+            if previous is not None:
+                previous(*(worker, req, environ, resp)[:arity])
+        finally:
+            _end(req)
 
-    return _after(previous, post_request)
+    return post_request
 
 
 def _on_reload(previous, address, interval):
@@ -219,10 +226,6 @@ def _after(previous, ours):
     hook.__signature__ = inspect.signature(ours)
     hook.__name__ = ours.__name__
     return hook
-
-
-def _first(hook, arity, *args):
-    return hook(*args[:arity])
 
 
 _HOOKS = {
@@ -259,7 +262,10 @@ def _end(req):
 
 
 def _post_request_arity(hook):
-    # gunicorn checks ours, so we check the user's.
+    # gunicorn takes a post_request of 2, 3 or 4 arguments and calls it with
+    # as many; it checks ours, so we check the user's.
+    if hook is None:
+        return 4
     try:
         params = inspect.signature(hook).parameters.values()
     except (TypeError, ValueError):
